@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` and `make test`. Each sets itself up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export RAY_USAGE_STATS_ENABLED ?= 0
+export RAY_AUTH_MODE ?= disabled
+export TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S ?= 0
+export RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS ?= 0
+
+.PHONY: demo test data clean-venv
+
+# (Re)build the virtual environment when it is missing or older than pyproject.toml.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+# Fashion-MNIST, the default data set: on disk already, else Debian's package (as root with apt),
+# else torchvision's download (users with internet).
+data: $(STAMP)
+	@$(BIN)/byol-bench data fashion-mnist --offline >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing the Debian package dataset-fashion-mnist"; \
+	    apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }; \
+	  fi; }
+	@$(BIN)/byol-bench data fashion-mnist
+
+demo: data
+	$(BIN)/byol-bench train --method byol --subset 10000 --test-subset 2000 --out results/trials/demo-byol.json
+
+test: data
+	$(BIN)/python -m pytest -q tests
+
+clean-venv:
+	rm -rf $(VENV)

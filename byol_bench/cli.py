@@ -1,0 +1,120 @@
+"""The ``byol-bench`` command. Every user error ends as one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import types
+import typing
+from pathlib import Path
+
+from byol_bench.config import KEYS, _HINTS, make_config, read_yaml
+from byol_bench.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, exit 2
+        raise UserError(f"{message}; see '{self.prog} --help'")
+
+
+def _from_text(key: str, text: str):
+    """A CLI string as the type the config key expects (validation itself is make_config's)."""
+    hint = _HINTS[key]
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if type(None) in allowed and text.lower() in ("none", "null"):
+        return None
+    for kind in allowed:
+        try:
+            if kind is bool:
+                if text.lower() in ("true", "false", "1", "0", "yes", "no"):
+                    return text.lower() in ("true", "1", "yes")
+            elif kind is not type(None):
+                return kind(text)
+        except ValueError:
+            continue
+    names = " or ".join(k.__name__ for k in allowed if k is not type(None))
+    raise UserError(f"--{key.replace('_', '-')}: '{text}' is not a valid {names}")
+
+
+def check_writable(path: Path) -> None:
+    """Fail before any work when ``path`` could not be written (nothing is created here)."""
+    if path.is_dir():
+        raise UserError(f"output path {path} is a folder; give a file path such as {path}/trial.json")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"output path {path} is not writable ({parent} cannot be written); choose another --out")
+
+
+def write_json_atomic(path: Path, payload) -> None:
+    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
+        json.dump(payload, f, indent=2, default=str)
+        temporary = Path(f.name)
+    os.replace(temporary, path)
+
+
+def cmd_train(args) -> int:
+    from byol_bench.train import run_trial
+
+    values = read_yaml(args.config) if args.config else {}
+    values.update({key: _from_text(key, getattr(args, key)) for key in KEYS if getattr(args, key) is not None})
+    cfg = make_config(values)
+    out = Path(args.out or f"results/trials/{cfg.method}-{cfg.dataset}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    check_writable(out)
+    result = run_trial(cfg)
+    write_json_atomic(out, result)
+    print(f"wrote {out}")
+    return 0 if result["status"] == "ok" else 1
+
+
+def cmd_data(args) -> int:
+    from byol_bench.data import load_data
+
+    data = load_data(args.name, args.data_dir, download=not args.offline)
+    print(f"{data.name}: {len(data.pretrain_images)} pretraining, {len(data.train_images)} train, "
+          f"{len(data.test_images)} test images of {data.channels}x{data.image_size}x{data.image_size}, "
+          f"{data.num_classes} classes")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="byol-bench", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="run one trial: pretrain, measure, evaluate, write a JSON result")
+    train.add_argument("--config", help="a YAML file of trial keys; flags given here override it")
+    train.add_argument("--out", help="the result JSON (default: results/trials/<method>-<dataset>-seed<seed>-<time>.json)")
+    for key in KEYS:
+        train.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar=_HINTS[key].__name__.upper()
+                           if isinstance(_HINTS[key], type) else "VALUE")
+    train.set_defaults(run=cmd_train)
+
+    data = commands.add_parser("data", help="make sure a data set is present (downloading it if allowed) and describe it")
+    data.add_argument("name", help="a registered data set, e.g. fashion-mnist")
+    data.add_argument("--data-dir", help="the data root (torchvision layout) or ImageFolder tree")
+    data.add_argument("--offline", action="store_true", help="only look on disk; never download")
+    data.set_defaults(run=cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+    except UserError as error:
+        print(f"byol-bench: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("byol-bench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

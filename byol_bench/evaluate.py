@@ -1,0 +1,114 @@
+"""Frozen-backbone evaluation: weighted kNN and a linear probe on features extracted once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from byol_bench.views import normalize
+
+KNN_MAX_SIMILARITIES = 1 << 25  # elements of one test-chunk x bank similarity block (128 MiB in fp32)
+
+
+@dataclass(frozen=True)
+class ProbeRecipe:
+    """The linear probe's recipe, recorded with every result."""
+
+    epochs: int = 100
+    lr: float = 0.01
+    batch_size: int = 1024
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    features: str = "standardised with the train set's mean and std"
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, images: Tensor, mean, std, device, batch_size: int = 512) -> Tensor:
+    """Features of un-augmented images (uint8 on any device) in eval mode, returned on ``device``."""
+    was_training = backbone.training
+    backbone.eval()
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(device, non_blocking=True).float().div_(255)
+        chunks.append(backbone(normalize(batch, mean, std)).float())
+    backbone.train(was_training)
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def knn_predict(train_features: Tensor, train_labels: Tensor, test_features: Tensor, num_classes: int,
+                k: int = 200, t: float = 0.1) -> Tensor:
+    """Weighted kNN (InstDisc): cosine similarity, the k nearest vote with weight exp(sim / t).
+
+    Returns class scores (num_test, num_classes). Test rows are processed in chunks so that the
+    similarity block stays under KNN_MAX_SIMILARITIES elements whatever the bank's size.
+    """
+    bank = F.normalize(train_features, dim=1)
+    test = F.normalize(test_features, dim=1)
+    k = min(k, len(bank))
+    chunk = max(1, KNN_MAX_SIMILARITIES // len(bank))
+    scores = []
+    for start in range(0, len(test), chunk):
+        similarity = test[start : start + chunk] @ bank.T
+        top_sim, top_idx = similarity.topk(k, dim=1)
+        weights = (top_sim / t).exp()
+        votes = torch.zeros(len(top_idx), num_classes, device=bank.device)
+        votes.scatter_add_(1, train_labels[top_idx], weights)
+        scores.append(votes)
+    return torch.cat(scores)
+
+
+def topk_accuracy(scores: Tensor, labels: Tensor, ks=(1, 5)) -> dict[int, float]:
+    ranked = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
+    hits = ranked == labels[:, None]
+    return {k: hits[:, :k].any(dim=1).float().mean().item() for k in ks}
+
+
+def linear_probe(train_features: Tensor, train_labels: Tensor, test_features: Tensor, num_classes: int,
+                 recipe: ProbeRecipe, seed: int = 0) -> Tensor:
+    """Train a linear classifier on cached, standardised features; return test-set class scores."""
+    mean, std = train_features.mean(0), train_features.std(0).clamp_min(1e-6)
+    train_x, test_x = (train_features - mean) / std, (test_features - mean) / std
+    g = torch.Generator().manual_seed(seed)
+    classifier = nn.Linear(train_x.shape[1], num_classes).to(train_x.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        classifier.reset_parameters()
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    steps_per_epoch = max(1, -(-len(train_x) // recipe.batch_size))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, recipe.epochs * steps_per_epoch)
+    with torch.enable_grad():
+        for _ in range(recipe.epochs):
+            order = torch.randperm(len(train_x), generator=g).to(train_x.device)
+            for start in range(0, len(order), recipe.batch_size):
+                idx = order[start : start + recipe.batch_size]
+                loss = F.cross_entropy(classifier(train_x[idx]), train_labels[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+    with torch.no_grad():
+        return classifier(test_x)
+
+
+def evaluate_features(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
+                      num_classes: int, knn_k: int, knn_t: float, probe: ProbeRecipe | None, seed: int = 0) -> dict:
+    """kNN top-1/top-5 and, when a probe recipe is given, linear-probe top-1/top-5."""
+    knn = topk_accuracy(knn_predict(train_features, train_labels, test_features, num_classes, knn_k, knn_t), test_labels)
+    result = {"knn_top1": knn[1], "knn_top5": knn[5]}
+    if probe is not None:
+        linear = topk_accuracy(linear_probe(train_features, train_labels, test_features, num_classes, probe, seed), test_labels)
+        result.update(linear_top1=linear[1], linear_top5=linear[5])
+    return result
+
+
+def raw_pixel_features(train_images: Tensor, test_images: Tensor, mean, std) -> tuple[Tensor, Tensor]:
+    """Flattened, normalised pixels centred on the train mean: the floor that features must beat."""
+    train, test = (normalize(x.float().div(255), mean, std).flatten(1) for x in (train_images, test_images))
+    centre = train.mean(dim=0, keepdim=True)
+    return train - centre, test - centre

@@ -1,0 +1,21 @@
+"""SimCLR: contrast two views of each image against the rest of the batch with NT-Xent (Chen et al., 2020)."""
+
+import torch.nn as nn
+from lightly.loss import NTXentLoss
+from lightly.models.modules import SimCLRProjectionHead
+
+from byol_bench.views import SIMCLR_VIEWS
+
+
+class SimCLR(nn.Module):
+    views = SIMCLR_VIEWS
+    uses_momentum = False
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, cfg):
+        super().__init__()
+        self.backbone = backbone
+        self.projection_head = SimCLRProjectionHead(feature_dim, cfg.hidden_dim, cfg.projection_dim)
+        self.criterion = NTXentLoss(temperature=cfg.temperature)
+
+    def training_loss(self, view0, view1):
+        return self.criterion(self.projection_head(self.backbone(view0)), self.projection_head(self.backbone(view1)))

@@ -1,0 +1,30 @@
+"""SimSiam: a predictor and a stop-gradient instead of a target network (Chen & He, 2021)."""
+
+import torch.nn as nn
+from lightly.loss import NegativeCosineSimilarity
+from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
+
+from byol_bench.views import SIMSIAM_VIEWS
+
+
+class SimSiam(nn.Module):
+    views = SIMSIAM_VIEWS
+    uses_momentum = False
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, cfg):
+        super().__init__()
+        self.backbone = backbone
+        self.projection_head = SimSiamProjectionHead(feature_dim, cfg.hidden_dim, cfg.projection_dim)
+        # The paper's bottleneck predictor: narrower than the projection by default.
+        predictor_hidden = cfg.predictor_hidden_dim or cfg.projection_dim // 2
+        self.prediction_head = SimSiamPredictionHead(cfg.projection_dim, predictor_hidden, cfg.projection_dim)
+        self.criterion = NegativeCosineSimilarity()
+        self.stop_gradient = cfg.stop_gradient
+
+    def training_loss(self, view0, view1):
+        z0 = self.projection_head(self.backbone(view0))
+        z1 = self.projection_head(self.backbone(view1))
+        p0, p1 = self.prediction_head(z0), self.prediction_head(z1)
+        if self.stop_gradient:  # without it SimSiam collapses: kept as a switch for collapse tests
+            z0, z1 = z0.detach(), z1.detach()
+        return 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))

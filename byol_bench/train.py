@@ -1,0 +1,248 @@
+"""One benchmark trial, top to bottom: load data, pretrain an SSL method, measure it, evaluate it.
+
+``run_trial`` is plain PyTorch and knows nothing of Ray: the sweep passes ``on_epoch`` to report each
+epoch's row and checkpoint, and ``resume`` to continue from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from dataclasses import asdict
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from byol_bench.backbones import build_backbone
+from byol_bench.config import TrialConfig
+from byol_bench.data import ImageData, load_data
+from byol_bench.errors import UserError
+from byol_bench.evaluate import ProbeRecipe, evaluate_features, extract_features, raw_pixel_features
+from byol_bench.methods import METHODS
+from byol_bench.provenance import provenance
+from byol_bench.schedules import learning_rate, parse_momentum_schedule
+from byol_bench.views import PILViewDataset, TensorViews
+
+PROGRESS_EVERY_S = 10.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' asked for, but PyTorch sees no CUDA device here; use --device cpu")
+    return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: max allocated by PyTorch. CPU: the process's peak resident set size."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Each epoch's shuffling and augmentation derive from (seed, epoch): a resumed trial repeats them."""
+    return seed * 100_003 + epoch
+
+
+class Evaluator:
+    """Evaluates a frozen backbone on un-augmented train (bank/probe) and test images."""
+
+    def __init__(self, data: ImageData, cfg: TrialConfig, device: torch.device):
+        self.data, self.cfg, self.device = data, cfg, device
+        self.train_labels = data.train_labels.to(device)
+        self.test_labels = data.test_labels.to(device)
+        self.probe = ProbeRecipe(epochs=cfg.probe_epochs, lr=cfg.probe_lr)
+
+    def features(self, backbone) -> tuple[Tensor, Tensor]:
+        d = self.data
+        return (extract_features(backbone, d.train_images, d.mean, d.std, self.device),
+                extract_features(backbone, d.test_images, d.mean, d.std, self.device))
+
+    def __call__(self, backbone, with_probe: bool = True) -> dict:
+        train, test = self.features(backbone)
+        return self._scores(train, test, with_probe)
+
+    def _scores(self, train: Tensor, test: Tensor, with_probe: bool) -> dict:
+        return evaluate_features(train, self.train_labels, test, self.test_labels, self.data.num_classes,
+                                 self.cfg.knn_k, self.cfg.knn_t, self.probe if with_probe else None, self.cfg.seed)
+
+    def floors(self, random_init_backbone) -> dict:
+        """The same protocol on a random-init backbone and (for images <= 32 px) on raw pixels."""
+        scores = self(random_init_backbone)
+        floors = {"random_init_knn_top1": scores["knn_top1"], "random_init_knn_top5": scores["knn_top5"],
+                  "random_init_linear_top1": scores["linear_top1"], "random_init_linear_top5": scores["linear_top5"]}
+        if self.data.image_size <= 32:
+            d = self.data
+            train, test = raw_pixel_features(d.train_images.to(self.device), d.test_images.to(self.device), d.mean, d.std)
+            raw = self._scores(train, test, with_probe=False)
+            floors.update(raw_pixels_knn_top1=raw["knn_top1"], raw_pixels_knn_top5=raw["knn_top5"])
+        return floors
+
+
+def make_batches(cfg: TrialConfig, data: ImageData, method_views, device: torch.device):
+    """A function epoch -> iterator of (view0, view1) batches on ``device``; drop_last, seeded per epoch."""
+    images = data.pretrain_images
+    steps = len(images) // cfg.batch_size
+    if cfg.augment == "tensor":
+        on_device = images.to(device)
+        views = TensorViews(method_views, data.image_size, data.channels, data.mean, data.std, cfg.seed, device)
+
+        def tensor_batches(epoch: int):
+            views.generator.manual_seed(epoch_seed(cfg.seed, epoch))
+            order = torch.randperm(len(images), generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
+            for i in range(steps):
+                yield views(on_device[order[i * cfg.batch_size : (i + 1) * cfg.batch_size].to(device)])
+
+        return tensor_batches
+    dataset = PILViewDataset(images, method_views, data.image_size, data.channels, data.mean, data.std)
+
+    def pil_batches(epoch: int):
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.loader_workers,
+            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
+        for view0, view1 in loader:
+            yield view0.to(device, non_blocking=True), view1.to(device, non_blocking=True)
+
+    return pil_batches
+
+
+def build_optimizer(cfg: TrialConfig, method: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in method.parameters() if p.requires_grad]
+    if cfg.optimizer == "lars":
+        from lightly.utils.lars import LARS
+
+        return LARS(params, lr=cfg.peak_lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.peak_lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+
+
+def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = None, resume: dict | None = None,
+              log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> dict:
+    """Pretrain ``cfg.method``, then evaluate it; returns the trial's result (see README, "Trial result").
+
+    ``on_epoch(row, state)`` is called after every epoch with that epoch's history row and a
+    checkpoint ``state`` that ``resume`` accepts to continue the trial from the next epoch.
+    """
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg.dataset, cfg.data_dir, cfg.subset, cfg.test_subset, cfg.image_size, cfg.seed)
+    if cfg.batch_size > len(data.pretrain_images):
+        raise UserError(f"batch_size {cfg.batch_size} is larger than the {len(data.pretrain_images)} pretraining images; "
+                        "lower the batch size or raise --subset")
+    backbone, feature_dim = build_backbone(cfg.backbone, data.channels, data.image_size)
+    method_class = METHODS[cfg.method]
+    method = method_class(backbone, feature_dim, cfg).to(device)
+    evaluator = Evaluator(data, cfg, device)
+    steps_per_epoch = len(data.pretrain_images) // cfg.batch_size
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup_steps = round(cfg.lr_warmup_epochs * steps_per_epoch)
+    momentum_schedule = parse_momentum_schedule(cfg.momentum_schedule)
+    optimizer = build_optimizer(cfg, method)
+    batches = make_batches(cfg, data, method_class.views, device)
+
+    if resume is None:
+        log(f"[{cfg.method}] {data.name}: {len(data.pretrain_images)} pretraining images, "
+            f"{len(data.train_images)} train / {len(data.test_images)} test for evaluation, device {device}")
+        baselines = evaluator.floors(method.backbone)
+        state = {"epoch": 0, "history": [], "baselines": baselines, "pretrain_time_s": 0.0,
+                 "step_times": [], "data_times": [], "status": "ok"}
+    else:
+        state = resume
+        method.load_state_dict(state.pop("method"))
+        optimizer.load_state_dict(state.pop("optimizer"))
+        log(f"[{cfg.method}] resuming at epoch {state['epoch'] + 1}/{cfg.epochs}")
+
+    steps_this_process = 0
+    for epoch in range(state["epoch"], cfg.epochs):
+        if state["status"] != "ok":
+            break
+        method.train()
+        epoch_start = last_log = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        timed_images = timed_seconds = 0.0
+        tick = time.perf_counter()
+        for i, (view0, view1) in enumerate(batches(epoch)):
+            synchronize(device)
+            got_batch = time.perf_counter()
+            step = epoch * steps_per_epoch + i
+            lr = learning_rate(step, total_steps, cfg.peak_lr, warmup_steps, cfg.lr_schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = method.training_loss(view0, view1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            tau = momentum_schedule(step, total_steps) if method_class.uses_momentum else None
+            if tau is not None:
+                method.update_target(tau)
+            loss_sum += loss.detach()
+            synchronize(device)
+            done = time.perf_counter()
+            steps_this_process += 1
+            if steps_this_process > cfg.timing_warmup_steps:  # first steps pay for allocation and caches
+                state["data_times"].append(got_batch - tick)
+                state["step_times"].append(done - tick)
+                timed_images += cfg.batch_size
+                timed_seconds += done - tick
+            if done - last_log > PROGRESS_EVERY_S:
+                log(f"[{cfg.method}] epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch} "
+                    f"loss {loss.item():.4f} {timed_images / max(timed_seconds, 1e-9):.0f} img/s")
+                last_log = done
+            tick = time.perf_counter()
+        state["pretrain_time_s"] += time.perf_counter() - epoch_start
+        epoch_loss = (loss_sum / steps_per_epoch).item()
+        row = {"epoch": epoch + 1, "loss": epoch_loss, "lr": lr, "momentum": tau,
+               "images_per_s": timed_images / timed_seconds if timed_seconds else None,
+               "epoch_time_s": time.perf_counter() - epoch_start}
+        if not math.isfinite(epoch_loss):
+            state["status"] = "diverged"
+        elif cfg.knn_monitor_every and (epoch + 1) % cfg.knn_monitor_every == 0:
+            row["knn_top1"] = evaluator(method.backbone, with_probe=False)["knn_top1"]
+        state["history"].append(row)
+        state["epoch"] = epoch + 1
+        log(f"[{cfg.method}] epoch {epoch + 1}/{cfg.epochs} loss {epoch_loss:.4f} lr {lr:.4f}"
+            + (f" tau {tau:.4f}" if tau is not None else "")
+            + (f" {row['images_per_s']:.0f} img/s" if row["images_per_s"] else "")
+            + (f" knn {row['knn_top1']:.3f}" if "knn_top1" in row else ""))
+        if on_epoch is not None:
+            on_epoch(row, {**state, "method": method.state_dict(), "optimizer": optimizer.state_dict()})
+
+    scores = evaluator(method.backbone) if state["status"] == "ok" else {}
+    step_times, data_times = state["step_times"], state["data_times"]
+    metrics = {
+        **{k: scores.get(k) for k in ("knn_top1", "knn_top5", "linear_top1", "linear_top5")},
+        "images_per_s": cfg.batch_size * len(step_times) / sum(step_times) if step_times else None,
+        "step_time_median_s": float(torch.tensor(step_times).median()) if step_times else None,
+        "data_wait_fraction": sum(data_times) / sum(step_times) if step_times else None,
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "pretrain_time_s": state["pretrain_time_s"],
+        "final_loss": state["history"][-1]["loss"] if state["history"] else None,
+    }
+    if scores:
+        log(f"[{cfg.method}] kNN top-1 {scores['knn_top1']:.4f} (random init {state['baselines']['random_init_knn_top1']:.4f}), "
+            f"linear top-1 {scores['linear_top1']:.4f}, {metrics['images_per_s'] or 0:.0f} img/s")
+    return {
+        "status": state["status"],
+        "config": cfg.to_dict(),
+        "run": {"device": str(device), "image_size": data.image_size, "channels": data.channels,
+                "num_classes": data.num_classes, "pretrain_images": len(data.pretrain_images),
+                "train_images": len(data.train_images), "test_images": len(data.test_images),
+                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "peak_lr": cfg.peak_lr,
+                "lr_warmup_steps": warmup_steps, "timed_steps": len(step_times),
+                "probe_recipe": asdict(evaluator.probe)},
+        "history": state["history"],
+        "metrics": metrics,
+        "baselines": state["baselines"],
+        "provenance": provenance(device, cfg.seed),
+    }

@@ -1,0 +1,125 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from byol_bench.cli import main
+from byol_bench.train import run_trial
+from conftest import TINY
+
+TINY_FLAGS = [arg for key, value in TINY.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
+
+
+def test_train_command_writes_a_complete_result(tmp_path, capsys):
+    out = tmp_path / "trial.json"
+    assert main(["train", "--method", "byol", "--knn-monitor-every", "1", "--out", str(out), *TINY_FLAGS]) == 0
+    result = json.loads(out.read_text())
+    assert result["status"] == "ok"
+    assert result["config"]["method"] == "byol" and result["config"]["momentum_schedule"] == "cosine:0.99-1.0"
+    assert len(result["history"]) == 2
+    for row in result["history"]:
+        assert {"epoch", "loss", "lr", "momentum", "images_per_s", "knn_top1"} <= row.keys()
+    metrics = result["metrics"]
+    for key in ("knn_top1", "knn_top5", "linear_top1", "linear_top5"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["images_per_s"] > 0 and metrics["step_time_median_s"] > 0
+    assert 0 <= metrics["data_wait_fraction"] < 1 and metrics["peak_memory_bytes"] > 0 and metrics["pretrain_time_s"] > 0
+    assert {"random_init_knn_top1", "random_init_linear_top1", "raw_pixels_knn_top1"} <= result["baselines"].keys()
+    for key in ("python", "torch", "torchvision", "lightly", "ray", "git_revision", "device_name", "threads", "seed", "time"):
+        assert key in result["provenance"]
+    assert result["run"]["probe_recipe"]["epochs"] == 5
+    assert not [p for p in tmp_path.iterdir() if p.name != "trial.json"]  # no temporary file left behind
+
+
+def test_config_file_and_flags_combine(tmp_path):
+    config = tmp_path / "trial.yaml"
+    config.write_text("method: simsiam\nepochs: 1\nbatch_size: 32\n")
+    out = tmp_path / "trial.json"
+    flags = [f for f in TINY_FLAGS]
+    flags[flags.index("--epochs") + 1] = "1"
+    assert main(["train", "--config", str(config), "--batch-size", "64", "--out", str(out), *flags]) == 0
+    result = json.loads(out.read_text())
+    assert result["config"]["method"] == "simsiam" and result["config"]["batch_size"] == 64
+    assert result["history"][0]["momentum"] is None  # no target network
+
+
+def test_same_config_and_seed_give_the_same_numbers(tiny_config):
+    cfg = tiny_config(method="simclr", epochs=1)
+    a, b = run_trial(cfg, log=lambda line: None), run_trial(cfg, log=lambda line: None)
+    assert a["history"][0]["loss"] == b["history"][0]["loss"]
+    for key in ("knn_top1", "linear_top1"):
+        assert a["metrics"][key] == b["metrics"][key]
+
+
+def test_a_resumed_trial_ends_where_an_uninterrupted_one_does(tiny_config):
+    cfg = tiny_config(method="byol", epochs=2)
+    states = []
+    full = run_trial(cfg, on_epoch=lambda row, state: states.append(state), log=lambda line: None)
+    resumed = run_trial(cfg, resume=states[0], log=lambda line: None)
+    assert [r["loss"] for r in resumed["history"]] == pytest.approx([r["loss"] for r in full["history"]], rel=1e-5)
+    assert resumed["metrics"]["knn_top1"] == pytest.approx(full["metrics"]["knn_top1"], abs=0.011)
+
+
+BAD_INPUTS = [
+    (["--method", "byl"], "unknown method 'byl' (did you mean 'byol'?)"),
+    (["--dataset", "fashion"], "unknown data set"),
+    (["--backbone", "resnet19"], "unknown backbone 'resnet19'"),
+    (["--batch-size", "0"], "batch_size must be positive"),
+    (["--batch-size", "-4"], "batch_size must be positive"),
+    (["--epochs", "0"], "epochs must be positive"),
+    (["--epochs", "two"], "--epochs: 'two' is not a valid int"),
+    (["--batch-size", "512"], "batch_size 512 is larger than subset 256"),
+    (["--subset", "100000"], "--subset 100000 is larger than synthetic's 2000 images"),
+    (["--data-dir", "/nonexistent/data"], "--data-dir /nonexistent/data does not exist"),
+    (["--momentum-schedule", "cosine:0.99"], "momentum_schedule 'cosine:0.99' is not valid"),
+    (["--device", "tpu"], "device 'tpu' is not valid"),
+    (["--no-such-flag", "1"], "unrecognized arguments"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_INPUTS, ids=[" ".join(f) for f, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(flags, message, tmp_path, capsys):
+    out = tmp_path / "trial.json"
+    assert main(["train", *TINY_FLAGS, *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_is_refused_before_training(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user that can write anywhere")
+        assert main(["train", *TINY_FLAGS, "--out", str(locked / "trial.json")]) == 2
+        assert "not writable" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)
+
+
+def test_output_path_that_is_a_folder_is_refused(tmp_path, capsys):
+    assert main(["train", *TINY_FLAGS, "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_bad_config_file_is_one_line(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("method: byol\n  epochs: [1\n")
+    assert main(["train", "--config", str(config)]) == 2
+    assert "is not valid YAML at line" in capsys.readouterr().err
+    config.write_text("metod: byol\n")
+    assert main(["train", "--config", str(config)]) == 2
+    assert "unknown key 'metod' (did you mean 'method'?)" in capsys.readouterr().err
+
+
+def test_the_console_script_exits_2_without_a_traceback(tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "byol-bench")
+    done = subprocess.run([script, "train", "--method", "nope", "--out", str(tmp_path / "x.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("byol-bench: error: unknown method 'nope'")
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from byol_bench.views import (BYOL_VIEWS, SIMCLR_VIEWS, SIMSIAM_VIEWS, PILViewDataset, TensorViews, ViewRecipe,
+                              adapt, augment)
+
+
+def _images(n, channels, size, seed=0):
+    return torch.randint(0, 256, (n, channels, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("channels, size", [(1, 28), (3, 32), (3, 64)])
+@pytest.mark.parametrize("recipes", [BYOL_VIEWS, SIMCLR_VIEWS, SIMSIAM_VIEWS], ids=["byol", "simclr", "simsiam"])
+def test_views_have_the_right_shape_and_range(channels, size, recipes):
+    mean, std = (0.5,) * channels, (0.25,) * channels
+    views = TensorViews(recipes, size, channels, mean, std, seed=0, device="cpu")
+    view0, view1 = views(_images(16, channels, size))
+    for view in (view0, view1):
+        assert view.shape == (16, channels, size, size) and view.dtype == torch.float32
+        # normalised from [0, 1]: (0 - 0.5) / 0.25 = -2 .. (1 - 0.5) / 0.25 = 2
+        assert view.min() >= -2 - 1e-5 and view.max() <= 2 + 1e-5
+    assert not torch.equal(view0, view1)
+
+
+def test_grayscale_recipes_drop_colour_ops_and_small_images_drop_blur():
+    gray_small = adapt(BYOL_VIEWS[0], 28, 1)
+    assert gray_small.saturation == 0 and gray_small.hue == 0 and gray_small.grayscale_prob == 0
+    assert gray_small.blur_prob == 0
+    rgb_large = adapt(BYOL_VIEWS[0], 96, 3)
+    assert rgb_large == BYOL_VIEWS[0]
+
+
+def test_random_parameters_differ_per_sample():
+    same = _images(1, 3, 32).expand(32, -1, -1, -1).contiguous()  # one image, 32 times
+    out = augment(same, SIMCLR_VIEWS[0], 32, torch.Generator().manual_seed(0))
+    distinct = {tuple(v.flatten()[:50].tolist()) for v in out}
+    assert len(distinct) == 32
+
+
+def test_identity_recipe_returns_the_image():
+    identity = ViewRecipe(min_scale=1.0, hflip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0)
+    images = _images(8, 3, 32)
+    out = augment(images, identity, 32, torch.Generator().manual_seed(0))
+    # The whole-image box with ratio 1 is still drawn: crops near 1.0 scale resample a little.
+    assert (out * 255 - images.float()).abs().mean() < 20
+
+
+def test_solarize_inverts_bright_pixels_only():
+    solarize = ViewRecipe(min_scale=1.0, hflip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=1.0)
+    images = torch.full((4, 3, 32, 32), 230, dtype=torch.uint8)
+    out = augment(images, solarize, 32, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, torch.full_like(out, 1 - 230 / 255), atol=1e-3, rtol=0)
+
+
+def test_hue_shift_by_a_full_turn_is_identity_and_keeps_gray_gray():
+    from byol_bench.views import _shift_hue
+
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(_shift_hue(x, torch.zeros(4)), x, atol=1e-5, rtol=0)
+    gray = torch.rand(4, 1, 8, 8).expand(-1, 3, -1, -1)
+    torch.testing.assert_close(_shift_hue(gray, torch.full((4,), 0.3)), gray, atol=1e-5, rtol=0)
+
+
+def test_views_are_seeded():
+    images = _images(8, 3, 32)
+    a = TensorViews(BYOL_VIEWS, 32, 3, (0.5,) * 3, (0.25,) * 3, seed=3, device="cpu")(images)
+    b = TensorViews(BYOL_VIEWS, 32, 3, (0.5,) * 3, (0.25,) * 3, seed=3, device="cpu")(images)
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_pil_reference_path_gives_the_same_shapes(channels):
+    dataset = PILViewDataset(_images(4, channels, 28), BYOL_VIEWS, 28, channels, (0.5,) * channels, (0.25,) * channels)
+    view0, view1 = dataset[0]
+    assert view0.shape == view1.shape == (channels, 28, 28)
+    assert view0.min() >= -2 - 1e-5 and view0.max() <= 2 + 1e-5
