@@ -28,8 +28,11 @@ data: $(STAMP)
 	  fi; }
 	@$(BIN)/byol-bench data fashion-mnist
 
+# A real quick sweep on the CPU. A finished demo is moved aside so that the demo can be run again.
 demo: data
-	$(BIN)/byol-bench train --method byol --subset 10000 --test-subset 2000 --out results/trials/demo-byol.json
+	@if [ -f results/quick/manifest.json ] && grep -q '"complete": true' results/quick/manifest.json; then \
+	  mv results/quick results/quick-$$(date +%Y%m%d-%H%M%S); fi
+	$(BIN)/byol-bench sweep benchmarks/sweeps/quick.yaml $$( [ -d results/quick/tune ] && echo --resume )
 
 test: data
 	$(BIN)/python -m pytest -q tests

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 import types
 import typing
 from pathlib import Path
 
-from byol_bench.config import KEYS, _HINTS, make_config, read_yaml
+from byol_bench.config import KEYS, HINTS, make_config, read_yaml
 from byol_bench.errors import UserError
+from byol_bench.results import write_json
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,7 +22,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _from_text(key: str, text: str):
     """A CLI string as the type the config key expects (validation itself is make_config's)."""
-    hint = _HINTS[key]
+    hint = HINTS[key]
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if type(None) in allowed and text.lower() in ("none", "null"):
         return None
@@ -51,15 +50,6 @@ def check_writable(path: Path) -> None:
         raise UserError(f"output path {path} is not writable ({parent} cannot be written); choose another --out")
 
 
-def write_json_atomic(path: Path, payload) -> None:
-    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
-        json.dump(payload, f, indent=2, default=str)
-        temporary = Path(f.name)
-    os.replace(temporary, path)
-
-
 def cmd_train(args) -> int:
     from byol_bench.train import run_trial
 
@@ -69,9 +59,20 @@ def cmd_train(args) -> int:
     out = Path(args.out or f"results/trials/{cfg.method}-{cfg.dataset}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     check_writable(out)
     result = run_trial(cfg)
-    write_json_atomic(out, result)
+    write_json(out, result)
     print(f"wrote {out}")
     return 0 if result["status"] == "ok" else 1
+
+
+def cmd_sweep(args) -> int:
+    from byol_bench.sweep import describe, expand, load_sweep, run_sweep
+
+    sweep = load_sweep(args.file)
+    if args.dry_run:
+        print(describe(sweep, expand(sweep)))
+        return 0
+    return run_sweep(sweep, Path(args.results_dir), address=args.address, resume=args.resume,
+                     max_concurrent=args.max_concurrent)
 
 
 def cmd_data(args) -> int:
@@ -92,9 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="a YAML file of trial keys; flags given here override it")
     train.add_argument("--out", help="the result JSON (default: results/trials/<method>-<dataset>-seed<seed>-<time>.json)")
     for key in KEYS:
-        train.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar=_HINTS[key].__name__.upper()
-                           if isinstance(_HINTS[key], type) else "VALUE")
+        train.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar=HINTS[key].__name__.upper()
+                           if isinstance(HINTS[key], type) else "VALUE")
     train.set_defaults(run=cmd_train)
+
+    sweep = commands.add_parser("sweep", help="run a grid of trials on Ray Tune (local cluster, or --address)")
+    sweep.add_argument("file", help="a sweep file, e.g. benchmarks/sweeps/quick.yaml")
+    sweep.add_argument("--address", help="a running Ray cluster: auto, or ray://host:port (default: a local cluster)")
+    sweep.add_argument("--resume", action="store_true", help="continue the sweep in the results folder: finished trials are kept")
+    sweep.add_argument("--dry-run", action="store_true", help="print the expanded trial table and resources, then exit")
+    sweep.add_argument("--max-concurrent", type=int, help="run at most N trials at once")
+    sweep.add_argument("--results-dir", default="results", help="where results/<sweep-name>/ goes (default: results)")
+    sweep.set_defaults(run=cmd_sweep)
 
     data = commands.add_parser("data", help="make sure a data set is present (downloading it if allowed) and describe it")
     data.add_argument("name", help="a registered data set, e.g. fashion-mnist")

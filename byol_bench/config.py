@@ -64,7 +64,7 @@ class TrialConfig:
 
 
 KEYS = tuple(f.name for f in fields(TrialConfig))
-_HINTS = typing.get_type_hints(TrialConfig)
+HINTS = typing.get_type_hints(TrialConfig)
 _POSITIVE = ("hidden_dim", "projection_dim", "predictor_hidden_dim", "batch_size", "epochs", "subset", "test_subset",
              "image_size", "knn_k", "probe_epochs", "threads", "temperature", "knn_t", "lr", "probe_lr")
 _NON_NEGATIVE = ("loader_workers", "lr_warmup_epochs", "weight_decay", "sgd_momentum", "knn_monitor_every", "seed", "timing_warmup_steps")
@@ -92,7 +92,7 @@ def make_config(values: dict) -> TrialConfig:
     for key in values:
         if key not in KEYS:
             raise UserError(f"unknown key '{key}'{did_you_mean(key, KEYS)}; valid keys: {', '.join(KEYS)}")
-    checked = {key: _check_type(key, value, _HINTS[key]) for key, value in values.items()}
+    checked = {key: _check_type(key, value, HINTS[key]) for key, value in values.items()}
     cfg = TrialConfig(**checked)
     validate(cfg)
     return cfg

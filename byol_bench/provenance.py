@@ -41,7 +41,7 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def provenance(device: torch.device, seed: int) -> dict:
+def versions() -> dict:
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -49,6 +49,12 @@ def provenance(device: torch.device, seed: int) -> dict:
         "lightly": _version("lightly"),
         "ray": _version("ray"),
         "byol_bench": _version("byol-bench"),
+    }
+
+
+def provenance(device: torch.device, seed: int) -> dict:
+    return {
+        **versions(),
         "git_revision": git_revision(),
         "device": str(device),
         "device_name": device_name(device),

@@ -21,7 +21,7 @@ from byol_bench.config import TrialConfig
 from byol_bench.data import ImageData, load_data
 from byol_bench.errors import UserError
 from byol_bench.evaluate import ProbeRecipe, evaluate_features, extract_features, raw_pixel_features
-from byol_bench.methods import METHODS
+from byol_bench.methods import METHODS, uses_momentum
 from byol_bench.provenance import provenance
 from byol_bench.schedules import learning_rate, parse_momentum_schedule
 from byol_bench.views import PILViewDataset, TensorViews
@@ -183,7 +183,7 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            tau = momentum_schedule(step, total_steps) if method_class.uses_momentum else None
+            tau = momentum_schedule(step, total_steps) if uses_momentum(method_class) else None
             if tau is not None:
                 method.update_target(tau)
             loss_sum += loss.detach()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from byol_bench.backbones import build_backbone
-from byol_bench.methods import METHODS
+from byol_bench.methods import METHODS, uses_momentum
 from byol_bench.views import TensorViews
 from byol_bench.data import make_synthetic
 
@@ -32,7 +32,7 @@ def test_loss_falls_on_a_fixed_batch(name, tiny_config):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if method.uses_momentum:
+        if uses_momentum(method):
             method.update_target(0.99)
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.05, losses

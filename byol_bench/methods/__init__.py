@@ -1,8 +1,9 @@
 """The method registry: a new method is one file in this folder and one line here.
 
 A method is an ``nn.Module`` with a ``backbone`` (the part evaluated), ``views`` (two
-``ViewRecipe``), ``uses_momentum`` (whether a momentum schedule applies), ``training_loss(view0,
-view1)`` and, when ``uses_momentum``, ``update_target(momentum)``.
+``ViewRecipe``), ``knobs`` (the method-specific config keys it reads, so that a sweep crosses them
+only with this method) and ``training_loss(view0, view1)``. A method with a target network lists
+``momentum_schedule`` in its knobs and has ``update_target(momentum)``.
 """
 
 from byol_bench.methods.byol import BYOL
@@ -14,3 +15,10 @@ METHODS = {
     "simclr": SimCLR,
     "simsiam": SimSiam,
 }
+
+# Config keys that only some methods read: a sweep varies them only for those methods.
+METHOD_SPECIFIC_KNOBS = frozenset(knob for method in METHODS.values() for knob in method.knobs)
+
+
+def uses_momentum(method) -> bool:
+    return "momentum_schedule" in method.knobs

@@ -12,7 +12,7 @@ from byol_bench.views import BYOL_VIEWS
 
 class BYOL(nn.Module):
     views = BYOL_VIEWS
-    uses_momentum = True
+    knobs = ("momentum_schedule", "predictor_hidden_dim")  # the method-specific config keys it reads
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg):
         super().__init__()

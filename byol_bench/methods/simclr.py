@@ -9,7 +9,7 @@ from byol_bench.views import SIMCLR_VIEWS
 
 class SimCLR(nn.Module):
     views = SIMCLR_VIEWS
-    uses_momentum = False
+    knobs = ("temperature",)  # the method-specific config keys it reads
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg):
         super().__init__()

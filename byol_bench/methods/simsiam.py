@@ -9,7 +9,7 @@ from byol_bench.views import SIMSIAM_VIEWS
 
 class SimSiam(nn.Module):
     views = SIMSIAM_VIEWS
-    uses_momentum = False
+    knobs = ("predictor_hidden_dim", "stop_gradient")  # the method-specific config keys it reads
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg):
         super().__init__()

@@ -1,0 +1,80 @@
+"""Trial results -> tidy tables: one row per trial, one row per trial-epoch, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from byol_bench.config import KEYS
+
+METRICS = ("knn_top1", "knn_top5", "linear_top1", "linear_top5", "images_per_s", "step_time_median_s",
+           "data_wait_fraction", "peak_memory_bytes", "pretrain_time_s", "final_loss")
+FLOORS = ("random_init_knn_top1", "random_init_knn_top5", "random_init_linear_top1", "random_init_linear_top5",
+          "raw_pixels_knn_top1", "raw_pixels_knn_top5")
+RUN_FIELDS = ("device", "pretrain_images", "train_images", "test_images", "total_steps", "peak_lr")
+PROVENANCE_FIELDS = ("device_name", "threads", "git_revision", "torch", "lightly", "hostname", "time")
+STATUSES = ("ok", "failed", "diverged", "incomplete")
+
+
+def trial_row(trial_id: str, knobs: dict, status: str, result: dict | None = None, error: str | None = None) -> dict:
+    """One trial as a flat row: every config key, the status, metrics, floors, run facts and provenance.
+
+    ``knobs`` holds the keys the trial actually used; a method-specific key the method does not read
+    (SimCLR's momentum schedule, say) is left empty rather than filled with a default that was never used.
+    """
+    row = {"trial_id": trial_id, "status": status, "error": error}
+    row.update({key: knobs.get(key) for key in KEYS})
+    result = result or {}
+    row.update({key: result.get("metrics", {}).get(key) for key in METRICS})
+    row.update({key: result.get("baselines", {}).get(key) for key in FLOORS})
+    row.update({key: result.get("run", {}).get(key) for key in RUN_FIELDS})
+    row.update({key: result.get("provenance", {}).get(key) for key in PROVENANCE_FIELDS})
+    return row
+
+
+def epoch_rows(trial_id: str, result: dict) -> list[dict]:
+    return [{"trial_id": trial_id, **row} for row in result.get("history", [])]
+
+
+def _write_atomic(path: Path, write) -> None:
+    """``write(temporary_path)``, then rename over ``path``: a crash never leaves half a table."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, payload) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2, default=str)))
+
+
+def write_tables(folder: Path, trials: list[dict], epochs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``trials.parquet`` (+ ``.csv``) and ``epochs.parquet`` in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    trial_table = pd.DataFrame(trials).sort_values("trial_id", kind="stable").reset_index(drop=True)
+    epoch_columns = ["trial_id", "epoch", "loss", "lr", "momentum", "images_per_s", "epoch_time_s", "knn_top1"]
+    epoch_table = pd.DataFrame(epochs, columns=None if epochs else epoch_columns)
+    axes = trial_table[["trial_id", "method", "batch_size", "momentum_schedule", "seed"]]
+    epoch_table = axes.merge(epoch_table, on="trial_id", how="inner")
+    _write_atomic(folder / "trials.parquet", lambda tmp: trial_table.to_parquet(tmp, index=False))
+    _write_atomic(folder / "trials.csv", lambda tmp: trial_table.to_csv(tmp, index=False))
+    _write_atomic(folder / "epochs.parquet", lambda tmp: epoch_table.to_parquet(tmp, index=False))
+    return trial_table, epoch_table
+
+
+def summary(trial_table: pd.DataFrame) -> str:
+    """The final table a sweep prints: axes, status, accuracy against the floor, speed."""
+    columns = ["method", "batch_size", "momentum_schedule", "seed", "status", "knn_top1", "linear_top1",
+               "random_init_knn_top1", "images_per_s", "pretrain_time_s"]
+    view = trial_table[columns].copy()
+    view["momentum_schedule"] = view["momentum_schedule"].fillna("-")
+    return view.to_string(index=False, float_format=lambda v: f"{v:.3f}" if abs(v) < 10 else f"{v:.0f}")

@@ -1,0 +1,288 @@
+"""Sweeps: a YAML grid of trials run by Ray Tune. The only module that imports ray.
+
+The sweep file names fixed trial knobs (``trial``), the crossed ``axes``, the ``resources`` of a
+trial, concurrency and retries, and optional published ``anchors``. Everything is validated and the
+grid expanded before Ray starts; each trial is ``train.run_trial`` inside a Tune function trainable
+that reports every epoch with a checkpoint, so a retried or resumed trial continues.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from byol_bench.config import KEYS, TrialConfig, make_config, read_yaml
+from byol_bench.errors import UserError, did_you_mean
+from byol_bench.methods import METHOD_SPECIFIC_KNOBS, METHODS
+from byol_bench.provenance import git_revision, versions
+from byol_bench.results import epoch_rows, summary, trial_row, write_json, write_tables
+
+SWEEP_KEYS = ("name", "description", "trial", "axes", "resources", "max_concurrent", "max_failures", "anchors")
+TUNE_FOLDER = "tune"  # Ray Tune's experiment folder inside results/<sweep>/
+
+
+@dataclass
+class Sweep:
+    name: str
+    path: Path
+    source: str  # the sweep file as given
+    trial: dict  # knobs shared by every trial
+    axes: dict[str, list]
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None
+    max_failures: int = 1
+    anchors: list[dict] = field(default_factory=list)
+    description: str = ""
+
+    @property
+    def resources(self) -> dict:
+        return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+
+
+@dataclass(frozen=True)
+class PlannedTrial:
+    trial_id: str
+    knobs: dict  # exactly the keys this trial sets (method-specific keys only where the method reads them)
+
+    @property
+    def config(self) -> TrialConfig:
+        return make_config(self.knobs)
+
+
+def _number(where: str, value, low: float, integer: bool = False):
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value < low:
+        raise UserError(f"{where}: {value!r} is not valid; give a {'whole ' if integer else ''}number >= {low}")
+    return value
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Parse and validate a sweep file (the grid itself is validated by ``expand``)."""
+    raw = read_yaml(path)
+    for key in raw:
+        if key not in SWEEP_KEYS:
+            raise UserError(f"{path}: unknown key '{key}'{did_you_mean(key, SWEEP_KEYS)}; valid keys: {', '.join(SWEEP_KEYS)}")
+    name = raw.get("name") or Path(path).stem
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise UserError(f"{path}: name {name!r} must be letters, digits, '-' or '_' (it names the results folder)")
+    trial = raw.get("trial") or {}
+    axes = raw.get("axes") or {}
+    if not isinstance(trial, dict) or not isinstance(axes, dict):
+        raise UserError(f"{path}: 'trial' and 'axes' must be mappings of config keys")
+    if not axes:
+        raise UserError(f"{path}: 'axes' is empty; list at least one knob to sweep, e.g. 'method: [byol, simclr]'")
+    for key, values in axes.items():
+        if key not in KEYS:
+            raise UserError(f"{path}: axes: unknown key '{key}'{did_you_mean(key, KEYS)}")
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{path}: axes.{key} must be a non-empty list, e.g. '{key}: [{values!r}]'")
+    overlap = set(trial) & set(axes)
+    if overlap:
+        raise UserError(f"{path}: {', '.join(sorted(overlap))} set both in 'trial' and in 'axes'; keep one")
+    resources = raw.get("resources") or {}
+    if not isinstance(resources, dict) or set(resources) - {"cpu", "gpu"}:
+        raise UserError(f"{path}: resources must be a mapping with 'cpu' and/or 'gpu', e.g. {{cpu: 1, gpu: 0.5}}")
+    sweep = Sweep(
+        name=name, path=Path(path), source=Path(path).read_text(), trial=trial, axes=axes,
+        cpus_per_trial=_number("resources.cpu", resources.get("cpu", 1), 0),
+        gpus_per_trial=_number("resources.gpu", resources.get("gpu", 0), 0),
+        max_concurrent=raw.get("max_concurrent") and _number("max_concurrent", raw["max_concurrent"], 1, integer=True),
+        max_failures=_number("max_failures", raw.get("max_failures", 1), 0, integer=True),
+        anchors=raw.get("anchors") or [], description=raw.get("description") or "",
+    )
+    if sweep.gpus_per_trial > 1 and sweep.gpus_per_trial != int(sweep.gpus_per_trial):
+        raise UserError(f"{path}: resources.gpu {sweep.gpus_per_trial}: above 1 GPU a trial needs a whole number")
+    return sweep
+
+
+def expand(sweep: Sweep) -> list[PlannedTrial]:
+    """The grid's meaningful trials: a method-specific axis (momentum_schedule, temperature, ...) is
+    crossed only with the methods that read it, so SimCLR runs once, not once per momentum schedule."""
+    planned, seen = [], set()
+    for combination in itertools.product(*sweep.axes.values()):
+        knobs = {**sweep.trial, **dict(zip(sweep.axes, combination))}
+        method = knobs.get("method", TrialConfig.method)
+        if method in METHODS:
+            knobs = {k: v for k, v in knobs.items() if k not in METHOD_SPECIFIC_KNOBS or k in METHODS[method].knobs}
+        if sweep.gpus_per_trial:
+            knobs.setdefault("device", "cuda")
+        knobs.setdefault("threads", max(1, int(sweep.cpus_per_trial)))
+        trial_id = ",".join(f"{key}={knobs[key]}" for key in sweep.axes if key in knobs)
+        if trial_id in seen:
+            continue
+        seen.add(trial_id)
+        try:
+            make_config(knobs)
+        except UserError as error:
+            raise UserError(f"trial {trial_id}: {error}") from None
+        planned.append(PlannedTrial(trial_id, knobs))
+    return planned
+
+
+def describe(sweep: Sweep, planned: list[PlannedTrial]) -> str:
+    """The expanded trial table and the resources it asks for (``--dry-run``)."""
+    axes = list(sweep.axes)
+    widths = {a: max(len(a), *(len(str(p.knobs.get(a, "-"))) for p in planned)) for a in axes}
+    lines = [f"sweep {sweep.name}: {len(planned)} trials, each {sweep.cpus_per_trial:g} CPU and "
+             f"{sweep.gpus_per_trial:g} GPU; fixed: " + ", ".join(f"{k}={v}" for k, v in sweep.trial.items())]
+    lines.append("  ".join(a.ljust(widths[a]) for a in axes))
+    lines += ["  ".join(str(p.knobs.get(a, "-")).ljust(widths[a]) for a in axes) for p in planned]
+    total_gpu = sweep.gpus_per_trial * len(planned)
+    lines.append(f"in all: {sweep.cpus_per_trial * len(planned):g} CPU-trials, {total_gpu:g} GPU-trials; "
+                 f"at most {sweep.max_concurrent or 'as many as fit'} at once, {sweep.max_failures} retries each")
+    return "\n".join(lines)
+
+
+# --- the Ray side --------------------------------------------------------------------------------
+
+
+def trainable(config: dict) -> None:
+    """A Tune function trainable: one trial, reporting each epoch with a checkpoint, then its result."""
+    import torch
+    from ray import tune
+
+    from byol_bench.train import run_trial
+
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = torch.load(Path(folder) / "state.pt", weights_only=False)
+
+    def report_epoch(row: dict, state: dict) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state, Path(folder) / "state.pt")
+            tune.report({k: v for k, v in row.items() if v is not None}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    trial = config["trial"]
+    result = run_trial(make_config(trial["knobs"]), on_epoch=report_epoch, resume=resume,
+                       log=lambda line: print(f"{trial['trial_id']}: {line}", file=sys.stderr, flush=True))
+    summary = {k: v for k, v in result["metrics"].items() if v is not None}
+    tune.report({**summary, "status": result["status"], "result_json": json.dumps(result, default=str)})
+
+
+def _start_ray(address: str | None):
+    for variable, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"),
+                            ("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")):
+        os.environ.setdefault(variable, value)
+    if address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster needs no token
+    import ray
+
+    if ray.is_initialized():  # e.g. a test session's cluster
+        return ray, False
+    try:
+        if address is None:
+            ray.init(include_dashboard=False, logging_level="WARNING")
+        else:
+            ray.init(address=address, logging_level="WARNING")
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot connect to the Ray cluster at --address {address} ({reason}); "
+                        "start it with 'ray start --head' or leave --address out for a local cluster") from None
+    return ray, True
+
+
+def _check_resources(ray, sweep: Sweep) -> dict:
+    available = ray.cluster_resources()
+    if sweep.gpus_per_trial > available.get("GPU", 0):
+        raise UserError(f"the sweep asks for {sweep.gpus_per_trial:g} GPU per trial but the Ray cluster has "
+                        f"{available.get('GPU', 0):g}; set resources.gpu to 0 (CPU) or connect to a GPU cluster with --address")
+    if sweep.cpus_per_trial > available.get("CPU", 0):
+        raise UserError(f"the sweep asks for {sweep.cpus_per_trial:g} CPUs per trial but the Ray cluster has "
+                        f"{available.get('CPU', 0):g}; lower resources.cpu")
+    return available
+
+
+def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict]]:
+    """Rows for every planned trial from Tune's results: ok/diverged, failed with its error, or incomplete."""
+    by_id = {result.config["trial"]["trial_id"]: result for result in grid if result.config}
+    trials, epochs = [], []
+    for plan in planned:
+        result = by_id.get(plan.trial_id)
+        metrics = (result.metrics or {}) if result is not None else {}
+        if result is not None and result.error is not None:
+            message = str(result.error).strip().splitlines()
+            trials.append(trial_row(plan.trial_id, plan.knobs, "failed", error=" | ".join(message[-3:])[:2000]))
+        elif "result_json" in metrics:
+            outcome = json.loads(metrics["result_json"])
+            trials.append(trial_row(plan.trial_id, plan.knobs, outcome["status"], outcome))
+            epochs += epoch_rows(plan.trial_id, outcome)
+        else:
+            trials.append(trial_row(plan.trial_id, plan.knobs, "incomplete"))
+    return trials, epochs
+
+
+def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resume: bool = False,
+              max_concurrent: int | None = None) -> int:
+    """Run (or resume) a sweep, write its tables and manifest; returns the command's exit code."""
+    planned = expand(sweep)
+    folder = (results_dir / sweep.name).resolve()
+    manifest_path = folder / "manifest.json"
+    grid_ids = [p.trial_id for p in planned]
+    if resume:
+        if not (folder / TUNE_FOLDER).is_dir():
+            raise UserError(f"--resume: {folder} holds no sweep to resume; run without --resume first")
+        previous = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        if previous.get("grid") and [t["trial_id"] for t in previous["grid"]] != grid_ids:
+            raise UserError(f"--resume: {folder} belongs to a sweep with another grid; "
+                            "resume with the same sweep file, or pass --results-dir to start a new one")
+    elif folder.exists() and any(folder.iterdir()):
+        raise UserError(f"{folder} already holds results; pass --resume to continue that sweep, "
+                        "or --results-dir to write elsewhere")
+
+    ray, started_here = _start_ray(address)
+    from ray import tune
+
+    try:
+        cluster = _check_resources(ray, sweep)
+        manifest = {
+            "sweep": sweep.name, "description": sweep.description, "sweep_file": sweep.source,
+            "axes": list(sweep.axes), "fixed": sweep.trial, "resources": sweep.resources, "anchors": sweep.anchors,
+            "grid": [{"trial_id": p.trial_id, "knobs": p.knobs} for p in planned],
+            "cluster_resources": cluster, "address": address or "local",
+            "git_revision": git_revision(), "versions": versions(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": None, "complete": False,
+        }
+        if resume:  # keep the first start; list every resumption
+            manifest.update(started=previous.get("started", manifest["started"]),
+                            resumed=[*previous.get("resumed", []), manifest["started"]])
+        write_json(manifest_path, manifest)
+        experiment = folder / TUNE_FOLDER
+        runnable = tune.with_resources(trainable, sweep.resources)
+        if resume and tune.Tuner.can_restore(str(experiment)):
+            tuner = tune.Tuner.restore(str(experiment), trainable=runnable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                runnable,
+                param_space={"trial": tune.grid_search([{"trial_id": p.trial_id, "knobs": p.knobs} for p in planned])},
+                tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or sweep.max_concurrent, reuse_actors=True),
+                run_config=tune.RunConfig(
+                    name=TUNE_FOLDER, storage_path=str(folder), verbose=1,
+                    failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+            )
+        grid = tuner.fit()
+    finally:
+        if started_here:
+            ray.shutdown()
+    trials, epochs = _collect(planned, grid)
+    trial_table, _ = write_tables(folder, trials, epochs)
+    counts = trial_table["status"].value_counts().to_dict()
+    manifest.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), complete=not counts.get("incomplete"))
+    write_json(manifest_path, manifest)
+    print(summary(trial_table))
+    print(f"results: {folder}/trials.parquet, epochs.parquet, manifest.json")
+    if counts.get("incomplete"):
+        print(f"sweep interrupted: {counts['incomplete']} of {len(planned)} trials unfinished; continue with "
+              f"'byol-bench sweep {sweep.path} --resume'", file=sys.stderr)
+        return 130
+    return 0 if counts.get("ok", 0) == len(planned) else 1

@@ -1,0 +1,137 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from byol_bench.cli import main
+from byol_bench.sweep import expand, load_sweep, run_sweep
+
+PRESETS = Path(__file__).resolve().parent.parent / "benchmarks" / "sweeps"
+TINY_TRIAL = dict(dataset="synthetic", subset=256, test_subset=100, epochs=2, probe_epochs=5, hidden_dim=64,
+                  projection_dim=32, knn_k=20)
+
+
+def write_sweep(folder: Path, name: str, axes: dict, **extra) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "trial": {**TINY_TRIAL, **extra.pop("trial", {})}, "axes": axes,
+                                    "resources": {"cpu": 1}, **extra}))
+    return path
+
+
+def test_method_specific_axes_cross_only_the_methods_that_read_them(tmp_path):
+    path = write_sweep(tmp_path, "grid", {"method": ["byol", "simclr", "simsiam"], "batch_size": [32, 64],
+                                          "momentum_schedule": ["constant:0.99", "cosine:0.99-1.0"],
+                                          "temperature": [0.1, 0.5], "seed": [0, 1]})
+    planned = expand(load_sweep(path))
+    per_method = pd.Series([p.knobs["method"] for p in planned]).value_counts().to_dict()
+    assert per_method == {"byol": 2 * 2 * 2, "simclr": 2 * 2 * 2, "simsiam": 2 * 2}
+    assert len({p.trial_id for p in planned}) == len(planned)
+    simclr = [p for p in planned if p.knobs["method"] == "simclr"][0]
+    assert "momentum_schedule" not in simclr.knobs and "momentum_schedule" not in simclr.trial_id
+
+
+@pytest.mark.parametrize("preset, trials", [("quick", 8)])
+def test_presets_dry_run_to_the_expected_trial_count(preset, trials, capsys):
+    assert main(["sweep", str(PRESETS / f"{preset}.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"{trials} trials" in out
+    assert len(expand(load_sweep(PRESETS / f"{preset}.yaml"))) == trials
+
+
+def test_a_sweep_writes_both_tables_and_a_manifest(tmp_path, ray_cluster):
+    path = write_sweep(tmp_path, "tiny", {"method": ["byol", "simsiam"], "batch_size": [64],
+                                          "momentum_schedule": ["constant:0.99", "cosine:0.99-1.0"], "seed": [0]})
+    assert run_sweep(load_sweep(path), tmp_path / "results") == 0
+    folder = tmp_path / "results" / "tiny"
+    trials = pd.read_parquet(folder / "trials.parquet")
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    assert len(trials) == 3 and set(trials["status"]) == {"ok"}
+    assert sorted(trials["momentum_schedule"].dropna()) == ["constant:0.99", "cosine:0.99-1.0"]
+    assert trials.loc[trials.method == "simsiam", "momentum_schedule"].isna().all()
+    for column in ("method", "batch_size", "seed", "knn_top1", "linear_top1", "images_per_s", "peak_memory_bytes",
+                   "random_init_knn_top1", "raw_pixels_knn_top1", "error", "git_revision"):
+        assert column in trials.columns
+    assert trials["knn_top1"].between(0, 1).all()
+    assert len(epochs) == 3 * 2 and set(epochs["trial_id"]) == set(trials["trial_id"])
+    assert pd.read_csv(folder / "trials.csv").shape[0] == 3
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert len(manifest["grid"]) == 3 and manifest["finished"] and "CPU" in manifest["cluster_resources"]
+    assert manifest["sweep_file"] == path.read_text() and manifest["versions"]["ray"]
+
+
+def test_a_failing_trial_is_recorded_while_the_others_finish(tmp_path, ray_cluster, capsys):
+    good, corrupt = tmp_path / "good", tmp_path / "corrupt"
+    from torchvision.transforms.functional import to_pil_image
+    import torch
+
+    for tree in (good, corrupt):
+        for label in ("a", "b"):
+            (tree / label).mkdir(parents=True)
+            for i in range(40):
+                to_pil_image(torch.randint(0, 255, (3, 16, 16), dtype=torch.uint8)).save(tree / label / f"{i}.png")
+    (corrupt / "a" / "broken.png").write_bytes(b"not a png at all")
+    path = write_sweep(tmp_path, "faulty", {"data_dir": [str(good), str(corrupt)]},
+                       trial={"dataset": "imagefolder", "image_size": 16, "subset": None, "test_subset": None,
+                              "batch_size": 16, "epochs": 1}, max_failures=0)
+    assert run_sweep(load_sweep(path), tmp_path / "results") == 1
+    trials = pd.read_parquet(tmp_path / "results" / "faulty" / "trials.parquet").set_index("data_dir")
+    assert trials.loc[str(good), "status"] == "ok"
+    assert trials.loc[str(corrupt), "status"] == "failed"
+    assert "broken.png" in trials.loc[str(corrupt), "error"] or "identify" in trials.loc[str(corrupt), "error"]
+    assert "failed" in capsys.readouterr().out
+
+
+def test_gpus_the_cluster_lacks_are_refused_before_scheduling(tmp_path, ray_cluster):
+    path = write_sweep(tmp_path, "gpu", {"method": ["byol"]}, resources={"cpu": 1, "gpu": 1})
+    with pytest.raises(Exception, match="asks for 1 GPU per trial but the Ray cluster has 0"):
+        run_sweep(load_sweep(path), tmp_path / "results")
+    assert not (tmp_path / "results" / "gpu").exists()
+
+
+def test_an_existing_results_folder_is_not_overwritten(tmp_path, capsys):
+    path = write_sweep(tmp_path, "taken", {"method": ["byol"]})
+    (tmp_path / "results" / "taken").mkdir(parents=True)
+    (tmp_path / "results" / "taken" / "trials.parquet").write_text("earlier results")
+    assert main(["sweep", str(path), "--results-dir", str(tmp_path / "results")]) == 2
+    assert "already holds results; pass --resume" in capsys.readouterr().err
+    assert (tmp_path / "results" / "taken" / "trials.parquet").read_text() == "earlier results"
+
+
+def _bench(*args, **kwargs):
+    script = os.path.join(os.path.dirname(sys.executable), "byol-bench")
+    return subprocess.Popen([script, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_an_interrupted_sweep_resumes_only_its_missing_trials(tmp_path):
+    path = write_sweep(tmp_path, "resumable", {"method": ["simclr"], "seed": [0, 1, 2]}, max_concurrent=1,
+                       trial={"epochs": 3, "batch_size": 32})
+    results = tmp_path / "results"
+    first = _bench("sweep", str(path), "--results-dir", str(results))
+    experiment = results / "resumable" / "tune"
+    deadline = time.time() + 240
+    finished = []
+    while time.time() < deadline and not finished:  # interrupt once the first trial has finished
+        time.sleep(0.5)
+        finished = [p for p in experiment.glob("*/result.json") if '"result_json"' in p.read_text()]
+    assert finished, "no trial finished in time"
+    first.send_signal(signal.SIGINT)
+    output, _ = first.communicate(timeout=120)
+    assert first.returncode != 0 and "--resume" in output
+    done_before = {json.loads(l)["config"]["trial"]["trial_id"]: json.loads(l)["result_json"]
+                   for p in experiment.glob("*/result.json") for l in p.read_text().splitlines() if '"result_json"' in l}
+    assert 1 <= len(done_before) < 3
+    second = _bench("sweep", str(path), "--results-dir", str(results), "--resume")
+    output, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, output
+    trials = pd.read_parquet(results / "resumable" / "trials.parquet")
+    assert len(trials) == 3 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
+    for trial_id, result_json in done_before.items():  # a finished trial kept its result: it was not rerun
+        kept = trials.set_index("trial_id").loc[trial_id, "time"]
+        assert kept == json.loads(result_json)["provenance"]["time"]
