@@ -32,6 +32,7 @@ class TrialConfig:
     subset: int | None = None  # seeded stratified subset of the train split
     test_subset: int | None = None
     image_size: int | None = None  # None: the data set's native size
+    views: str = "method"  # the method's own view recipe, or one recipe for all: byol | simclr | simsiam
     augment: str = "tensor"  # tensor (batched, on the device) | pil (lightly's transforms in workers)
     loader_workers: int = 1  # DataLoader workers for augment=pil (0: in the main process)
     # optimisation
@@ -103,6 +104,7 @@ def validate(cfg: TrialConfig) -> None:
     from byol_bench.data import DATASETS
     from byol_bench.methods import METHODS
     from byol_bench.schedules import parse_momentum_schedule
+    from byol_bench.views import RECIPES
 
     for kind, name, registry in (("method", cfg.method, METHODS), ("data set", cfg.dataset, DATASETS),
                                  ("backbone", cfg.backbone, BACKBONES)):
@@ -115,7 +117,7 @@ def validate(cfg: TrialConfig) -> None:
     for key in _NON_NEGATIVE:
         if getattr(cfg, key) < 0:
             raise UserError(f"{key} must not be negative, got {getattr(cfg, key)}")
-    for key, choices in _CHOICES.items():
+    for key, choices in {**_CHOICES, "views": ("method", *RECIPES)}.items():
         if getattr(cfg, key) not in choices:
             raise unknown(key, getattr(cfg, key), choices)
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):

@@ -24,7 +24,8 @@ from byol_bench.methods import METHOD_SPECIFIC_KNOBS, METHODS
 from byol_bench.provenance import git_revision, versions
 from byol_bench.results import epoch_rows, summary, trial_row, write_json, write_tables
 
-SWEEP_KEYS = ("name", "description", "trial", "axes", "resources", "max_concurrent", "max_failures", "anchors")
+SWEEP_KEYS = ("name", "description", "trial", "method_overrides", "axes", "resources", "max_concurrent", "max_failures",
+              "anchors")
 TUNE_FOLDER = "tune"  # Ray Tune's experiment folder inside results/<sweep>/
 
 
@@ -35,6 +36,7 @@ class Sweep:
     source: str  # the sweep file as given
     trial: dict  # knobs shared by every trial
     axes: dict[str, list]
+    method_overrides: dict[str, dict] = field(default_factory=dict)  # e.g. each method's own head sizes
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_concurrent: int | None = None
@@ -84,6 +86,15 @@ def load_sweep(path: str | Path) -> Sweep:
             raise UserError(f"{path}: axes: unknown key '{key}'{did_you_mean(key, KEYS)}")
         if not isinstance(values, list) or not values:
             raise UserError(f"{path}: axes.{key} must be a non-empty list, e.g. '{key}: [{values!r}]'")
+    overrides = raw.get("method_overrides") or {}
+    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+        raise UserError(f"{path}: method_overrides must map a method to its knobs, e.g. {{byol: {{hidden_dim: 1024}}}}")
+    for method, knobs in overrides.items():
+        if method not in METHODS:
+            raise UserError(f"{path}: method_overrides: unknown method '{method}'{did_you_mean(method, METHODS)}")
+        for key in knobs:
+            if key not in KEYS or key in axes:
+                raise UserError(f"{path}: method_overrides.{method}.{key}: not a trial key, or already an axis")
     overlap = set(trial) & set(axes)
     if overlap:
         raise UserError(f"{path}: {', '.join(sorted(overlap))} set both in 'trial' and in 'axes'; keep one")
@@ -91,7 +102,7 @@ def load_sweep(path: str | Path) -> Sweep:
     if not isinstance(resources, dict) or set(resources) - {"cpu", "gpu"}:
         raise UserError(f"{path}: resources must be a mapping with 'cpu' and/or 'gpu', e.g. {{cpu: 1, gpu: 0.5}}")
     sweep = Sweep(
-        name=name, path=Path(path), source=Path(path).read_text(), trial=trial, axes=axes,
+        name=name, path=Path(path), source=Path(path).read_text(), trial=trial, axes=axes, method_overrides=overrides,
         cpus_per_trial=_number("resources.cpu", resources.get("cpu", 1), 0),
         gpus_per_trial=_number("resources.gpu", resources.get("gpu", 0), 0),
         max_concurrent=raw.get("max_concurrent") and _number("max_concurrent", raw["max_concurrent"], 1, integer=True),
@@ -110,6 +121,7 @@ def expand(sweep: Sweep) -> list[PlannedTrial]:
     for combination in itertools.product(*sweep.axes.values()):
         knobs = {**sweep.trial, **dict(zip(sweep.axes, combination))}
         method = knobs.get("method", TrialConfig.method)
+        knobs.update(sweep.method_overrides.get(method, {}))
         if method in METHODS:
             knobs = {k: v for k, v in knobs.items() if k not in METHOD_SPECIFIC_KNOBS or k in METHODS[method].knobs}
         if sweep.gpus_per_trial:
@@ -246,7 +258,7 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
         cluster = _check_resources(ray, sweep)
         manifest = {
             "sweep": sweep.name, "description": sweep.description, "sweep_file": sweep.source,
-            "axes": list(sweep.axes), "fixed": sweep.trial, "resources": sweep.resources, "anchors": sweep.anchors,
+            "axes": list(sweep.axes), "fixed": sweep.trial, "method_overrides": sweep.method_overrides, "resources": sweep.resources, "anchors": sweep.anchors,
             "grid": [{"trial_id": p.trial_id, "knobs": p.knobs} for p in planned],
             "cluster_resources": cluster, "address": address or "local",
             "git_revision": git_revision(), "versions": versions(),

@@ -24,7 +24,7 @@ from byol_bench.evaluate import ProbeRecipe, evaluate_features, extract_features
 from byol_bench.methods import METHODS, uses_momentum
 from byol_bench.provenance import provenance
 from byol_bench.schedules import learning_rate, parse_momentum_schedule
-from byol_bench.views import PILViewDataset, TensorViews
+from byol_bench.views import RECIPES, PILViewDataset, TensorViews
 
 PROGRESS_EVERY_S = 10.0
 
@@ -149,7 +149,7 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
     warmup_steps = round(cfg.lr_warmup_epochs * steps_per_epoch)
     momentum_schedule = parse_momentum_schedule(cfg.momentum_schedule)
     optimizer = build_optimizer(cfg, method)
-    batches = make_batches(cfg, data, method_class.views, device)
+    batches = make_batches(cfg, data, method_class.views if cfg.views == "method" else RECIPES[cfg.views], device)
 
     if resume is None:
         log(f"[{cfg.method}] {data.name}: {len(data.pretrain_images)} pretraining images, "

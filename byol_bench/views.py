@@ -41,6 +41,7 @@ _SIMCLR_VIEW = ViewRecipe(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2,
 SIMCLR_VIEWS = (_SIMCLR_VIEW, _SIMCLR_VIEW)
 _SIMSIAM_VIEW = ViewRecipe(min_scale=0.2, saturation=0.4, blur_prob=0.5)
 SIMSIAM_VIEWS = (_SIMSIAM_VIEW, _SIMSIAM_VIEW)
+RECIPES = {"byol": BYOL_VIEWS, "simclr": SIMCLR_VIEWS, "simsiam": SIMSIAM_VIEWS}
 
 
 def adapt(recipe: ViewRecipe, image_size: int, channels: int) -> ViewRecipe:
