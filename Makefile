@@ -8,7 +8,7 @@ export RAY_AUTH_MODE ?= disabled
 export TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S ?= 0
 export RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS ?= 0
 
-.PHONY: demo test data clean-venv
+.PHONY: demo test data bench bench-compare clean-venv
 
 # (Re)build the virtual environment when it is missing or older than pyproject.toml.
 $(STAMP): pyproject.toml
@@ -36,6 +36,19 @@ demo: data
 
 test: data
 	$(BIN)/python -m pytest -q tests
+
+# Micro-benchmarks of the hot paths. `bench` saves a run; `bench-compare` fails when a median is
+# slower than the last saved run by more than BENCH_TOLERANCE.
+BENCH_PATHS ?= benchmarks
+BENCH_STORAGE ?= results/benchmarks
+BENCH_TOLERANCE ?= median:15%
+BENCH_FLAGS = -q -p no:cacheprovider --benchmark-only --benchmark-storage=$(BENCH_STORAGE) --benchmark-columns=median,iqr,rounds
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest $(BENCH_PATHS) $(BENCH_FLAGS) --benchmark-autosave
+
+bench-compare: $(STAMP)
+	$(BIN)/python -m pytest $(BENCH_PATHS) $(BENCH_FLAGS) --benchmark-compare --benchmark-compare-fail=$(BENCH_TOLERANCE)
 
 clean-venv:
 	rm -rf $(VENV)

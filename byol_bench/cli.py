@@ -75,6 +75,34 @@ def cmd_sweep(args) -> int:
                      max_concurrent=args.max_concurrent)
 
 
+def cmd_baseline_save(args) -> int:
+    from byol_bench.compare import save_baseline
+
+    print(f"saved {save_baseline(args.sweep, args.name, Path(args.baselines_dir))}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from byol_bench.compare import Tolerances, compare_runs, load_run, to_markdown
+
+    baselines = Path(args.baselines_dir)
+    baseline, candidate = load_run(args.baseline, baselines), load_run(args.candidate, baselines)
+    tolerances = Tolerances(acc_points=args.acc_tol, speed_percent=args.speed_tol, memory_percent=args.memory_tol)
+    comparison = compare_runs(baseline, candidate, tolerances)
+    markdown = to_markdown(comparison)
+    print(markdown)
+    folder = Path(args.candidate) if Path(args.candidate).is_dir() else baselines / args.candidate
+    stem = f"regression-vs-{baseline.name}"
+    write_json(folder / f"{stem}.json", comparison)
+    (folder / f"{stem}.md").write_text(markdown + "\n")
+    print(f"wrote {folder / stem}.md and .json")
+    if (folder / "trials.parquet").exists():  # a sweep: its report shows the verdicts too
+        from byol_bench.report import write_report
+
+        print(f"report: {write_report(folder)}")
+    return 1 if comparison["regressed"] else 0
+
+
 def cmd_data(args) -> int:
     from byol_bench.data import load_data
 
@@ -82,6 +110,17 @@ def cmd_data(args) -> int:
     print(f"{data.name}: {len(data.pretrain_images)} pretraining, {len(data.train_images)} train, "
           f"{len(data.test_images)} test images of {data.channels}x{data.image_size}x{data.image_size}, "
           f"{data.num_classes} classes")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from byol_bench.report import write_comparison, write_report
+
+    if args.other:
+        path = write_comparison(Path(args.source), Path(args.other))
+    else:
+        path = write_report(Path(args.source), heatmap_axes=tuple(args.heatmap))
+    print(f"report: {path}")
     return 0
 
 
@@ -106,11 +145,37 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--results-dir", default="results", help="where results/<sweep-name>/ goes (default: results)")
     sweep.set_defaults(run=cmd_sweep)
 
+    baseline = commands.add_parser("baseline", help="keep a sweep as a baseline for regression checks")
+    baseline_commands = baseline.add_subparsers(dest="baseline_command", required=True, parser_class=_Parser)
+    save = baseline_commands.add_parser("save", help="copy a sweep's trial table and manifest to results/baselines/NAME")
+    save.add_argument("sweep", help="a finished sweep folder, e.g. results/quick")
+    save.add_argument("--as", dest="name", required=True, help="the baseline's name")
+    save.add_argument("--baselines-dir", default="results/baselines", help="where baselines live")
+    save.set_defaults(run=cmd_baseline_save)
+
+    compare = commands.add_parser("compare", help="verdicts of a candidate sweep against a baseline; exit 1 on regression")
+    compare.add_argument("baseline", help="a saved baseline's name or folder, or a sweep folder")
+    compare.add_argument("candidate", help="a sweep folder (or a saved baseline)")
+    compare.add_argument("--acc-tol", type=float, default=1.0, metavar="POINTS", help="smallest accuracy change that counts (default 1.0)")
+    compare.add_argument("--speed-tol", type=float, default=10.0, metavar="PERCENT", help="allowed images/s drop (default 10)")
+    compare.add_argument("--memory-tol", type=float, default=10.0, metavar="PERCENT", help="allowed peak-memory growth (default 10)")
+    compare.add_argument("--baselines-dir", default="results/baselines", help="where baselines live")
+    compare.set_defaults(run=cmd_compare)
+
     data = commands.add_parser("data", help="make sure a data set is present (downloading it if allowed) and describe it")
     data.add_argument("name", help="a registered data set, e.g. fashion-mnist")
     data.add_argument("--data-dir", help="the data root (torchvision layout) or ImageFolder tree")
     data.add_argument("--offline", action="store_true", help="only look on disk; never download")
     data.set_defaults(run=cmd_data)
+
+    report = commands.add_parser("report", help="tables and figures (HTML + Markdown) for a sweep or a trial JSON; "
+                                                "given two, put them side by side")
+    report.add_argument("source", help="a sweep's results folder (results/<sweep>) or a trial JSON from 'train --out'")
+    report.add_argument("other", nargs="?", help="a second sweep or trial JSON: compare it with the first "
+                                                 "(written into the first's folder as compare-<other>.html/.md)")
+    report.add_argument("--heatmap", nargs=2, metavar=("ROWS", "COLUMNS"), default=["method", "batch_size"],
+                        help="the two trial columns the mean-kNN heatmap spans (default: method batch_size)")
+    report.set_defaults(run=cmd_report)
     return parser
 
 

@@ -20,18 +20,19 @@ PROVENANCE_FIELDS = ("device_name", "threads", "git_revision", "torch", "lightly
 STATUSES = ("ok", "failed", "diverged", "incomplete")
 
 
-def trial_row(trial_id: str, knobs: dict, status: str, result: dict | None = None, error: str | None = None) -> dict:
+def trial_row(trial_id: str, config: dict, status: str, result: dict | None = None, error: str | None = None) -> dict:
     """One trial as a flat row: every config key, the status, metrics, floors, run facts and provenance.
 
-    ``knobs`` holds the keys the trial actually used; a method-specific key the method does not read
-    (SimCLR's momentum schedule, say) is left empty rather than filled with a default that was never used.
+    ``config`` is the trial's resolved config (``methods.applicable``): a method-specific key the method
+    does not read (SimCLR's momentum schedule, say) is empty rather than a default that was never used.
+    The run facts follow the config, so ``device`` holds the device the trial ran on, not ``auto``.
     """
     row = {"trial_id": trial_id, "status": status, "error": error}
-    row.update({key: knobs.get(key) for key in KEYS})
+    row.update({key: config.get(key) for key in KEYS})
     result = result or {}
     row.update({key: result.get("metrics", {}).get(key) for key in METRICS})
     row.update({key: result.get("baselines", {}).get(key) for key in FLOORS})
-    row.update({key: result.get("run", {}).get(key) for key in RUN_FIELDS})
+    row.update({key: result["run"][key] for key in RUN_FIELDS if key in result.get("run", {})})
     row.update({key: result.get("provenance", {}).get(key) for key in PROVENANCE_FIELDS})
     return row
 

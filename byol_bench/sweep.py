@@ -20,7 +20,7 @@ from pathlib import Path
 
 from byol_bench.config import KEYS, TrialConfig, make_config, read_yaml
 from byol_bench.errors import UserError, did_you_mean
-from byol_bench.methods import METHOD_SPECIFIC_KNOBS, METHODS
+from byol_bench.methods import METHODS, applicable, reads
 from byol_bench.provenance import git_revision, versions
 from byol_bench.results import epoch_rows, summary, trial_row, write_json, write_tables
 
@@ -55,8 +55,9 @@ class PlannedTrial:
     knobs: dict  # exactly the keys this trial sets (method-specific keys only where the method reads them)
 
     @property
-    def config(self) -> TrialConfig:
-        return make_config(self.knobs)
+    def resolved(self) -> dict:
+        """Every knob this trial ran with, defaults included (those its method never reads left empty)."""
+        return applicable(make_config(self.knobs).to_dict())
 
 
 def _number(where: str, value, low: float, integer: bool = False):
@@ -122,8 +123,7 @@ def expand(sweep: Sweep) -> list[PlannedTrial]:
         knobs = {**sweep.trial, **dict(zip(sweep.axes, combination))}
         method = knobs.get("method", TrialConfig.method)
         knobs.update(sweep.method_overrides.get(method, {}))
-        if method in METHODS:
-            knobs = {k: v for k, v in knobs.items() if k not in METHOD_SPECIFIC_KNOBS or k in METHODS[method].knobs}
+        knobs = {key: value for key, value in knobs.items() if reads(method, key)}
         if sweep.gpus_per_trial:
             knobs.setdefault("device", "cuda")
         knobs.setdefault("threads", max(1, int(sweep.cpus_per_trial)))
@@ -223,13 +223,13 @@ def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict]]
         metrics = (result.metrics or {}) if result is not None else {}
         if result is not None and result.error is not None:
             message = str(result.error).strip().splitlines()
-            trials.append(trial_row(plan.trial_id, plan.knobs, "failed", error=" | ".join(message[-3:])[:2000]))
+            trials.append(trial_row(plan.trial_id, plan.resolved, "failed", error=" | ".join(message[-3:])[:2000]))
         elif "result_json" in metrics:
             outcome = json.loads(metrics["result_json"])
-            trials.append(trial_row(plan.trial_id, plan.knobs, outcome["status"], outcome))
+            trials.append(trial_row(plan.trial_id, plan.resolved, outcome["status"], outcome))
             epochs += epoch_rows(plan.trial_id, outcome)
         else:
-            trials.append(trial_row(plan.trial_id, plan.knobs, "incomplete"))
+            trials.append(trial_row(plan.trial_id, plan.resolved, "incomplete"))
     return trials, epochs
 
 
@@ -293,6 +293,9 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
     write_json(manifest_path, manifest)
     print(summary(trial_table))
     print(f"results: {folder}/trials.parquet, epochs.parquet, manifest.json")
+    from byol_bench.report import write_report  # plotting libraries load only once there is something to plot
+
+    print(f"report: {write_report(folder)}")
     if counts.get("incomplete"):
         print(f"sweep interrupted: {counts['incomplete']} of {len(planned)} trials unfinished; continue with "
               f"'byol-bench sweep {sweep.path} --resume'", file=sys.stderr)

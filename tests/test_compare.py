@@ -1,0 +1,128 @@
+import json
+
+import pytest
+
+from byol_bench.cli import main
+from byol_bench.compare import Tolerances, compare_runs, load_run, save_baseline, to_markdown
+from byol_bench.errors import UserError
+from byol_bench.results import trial_row, write_json, write_tables
+
+AXES = ["method", "batch_size", "momentum_schedule", "seed"]
+
+
+def make_sweep(folder, name, groups, fixed=None):
+    """A sweep folder as a sweep writes it; groups: {(method, batch): [(knn, linear, images_per_s, memory), ...]}."""
+    rows = []
+    for (method, batch), seeds in groups.items():
+        for seed, (knn, linear, speed, memory) in enumerate(seeds):
+            knobs = {"method": method, "batch_size": batch, "seed": seed}
+            trial_id = f"method={method},batch_size={batch},seed={seed}"
+            result = {"metrics": {"knn_top1": knn, "linear_top1": linear, "images_per_s": speed, "peak_memory_bytes": memory}}
+            rows.append(trial_row(trial_id, knobs, "ok", result))
+    write_tables(folder / name, rows, [])
+    write_json(folder / name / "manifest.json", {"sweep": name, "axes": AXES, "fixed": fixed or {"epochs": 4}})
+    return folder / name
+
+
+SEEDS = [(0.700, 0.780, 400, 1e9), (0.706, 0.784, 410, 1e9), (0.703, 0.781, 395, 1e9)]
+
+
+def shifted(seeds, knn=0.0, speed=1.0, memory=1.0):
+    return [(k + knn, lin, s * speed, m * memory) for k, lin, s, m in seeds]
+
+
+def test_other_seeds_of_an_unchanged_config_are_not_flagged(tmp_path):
+    base = make_sweep(tmp_path, "base", {("byol", 256): SEEDS, ("simclr", 256): SEEDS})
+    rerun = [(k + 0.003 * (-1) ** i, lin, s * 1.03, m) for i, (k, lin, s, m) in enumerate(SEEDS)]
+    cand = make_sweep(tmp_path, "cand", {("byol", 256): rerun, ("simclr", 256): rerun})
+    result = compare_runs(load_run(base), load_run(cand))
+    assert not result["regressed"]
+    assert {g["knn_top1"]["verdict"] for g in result["groups"]} == {"unchanged"}
+    assert result["groups"][0]["knn_top1"]["test"] == "welch"
+
+
+def test_a_significant_accuracy_drop_is_a_regression(tmp_path):
+    base = make_sweep(tmp_path, "base", {("byol", 256): SEEDS, ("simclr", 256): SEEDS})
+    cand = make_sweep(tmp_path, "cand", {("byol", 256): shifted(SEEDS, knn=-0.05), ("simclr", 256): SEEDS})
+    result = compare_runs(load_run(base), load_run(cand))
+    verdicts = {g["group"]["method"]: g["knn_top1"]["verdict"] for g in result["groups"]}
+    assert verdicts == {"byol": "regressed", "simclr": "unchanged"} and result["regressed"]
+    byol = [g for g in result["groups"] if g["group"]["method"] == "byol"][0]
+    assert byol["knn_top1"]["delta_points"] == pytest.approx(-5.0) and byol["knn_top1"]["p_value"] < 0.05
+
+
+def test_a_small_but_significant_change_under_the_effect_size_is_not_flagged(tmp_path):
+    base = make_sweep(tmp_path, "base", {("byol", 256): SEEDS})
+    cand = make_sweep(tmp_path, "cand", {("byol", 256): shifted(SEEDS, knn=-0.005)})
+    assert compare_runs(load_run(base), load_run(cand))["groups"][0]["knn_top1"]["verdict"] == "unchanged"
+
+
+def test_one_seed_uses_the_tolerance(tmp_path):
+    base = make_sweep(tmp_path, "base", {("byol", 256): SEEDS[:1]})
+    cand = make_sweep(tmp_path, "cand", {("byol", 256): shifted(SEEDS[:1], knn=-0.02)})
+    knn = compare_runs(load_run(base), load_run(cand), Tolerances(acc_points=1.0))["groups"][0]["knn_top1"]
+    assert knn["test"] == "tolerance" and knn["verdict"] == "regressed"
+    knn = compare_runs(load_run(base), load_run(cand), Tolerances(acc_points=3.0))["groups"][0]["knn_top1"]
+    assert knn["verdict"] == "unchanged"
+
+
+def test_a_planted_slowdown_and_memory_growth_are_caught(tmp_path):
+    base = make_sweep(tmp_path, "base", {("byol", 256): SEEDS})
+    cand = make_sweep(tmp_path, "cand", {("byol", 256): shifted(SEEDS, speed=0.7, memory=1.3)})
+    group = compare_runs(load_run(base), load_run(cand))["groups"][0]
+    assert group["images_per_s"]["verdict"] == "regressed" and group["images_per_s"]["ratio"] == pytest.approx(0.7)
+    assert group["peak_memory_bytes"]["verdict"] == "regressed"
+    assert group["knn_top1"]["verdict"] == "unchanged"
+
+
+def test_unmatched_and_unfinished_trials_are_reported_not_crashed_on(tmp_path):
+    base = make_sweep(tmp_path, "base", {("byol", 256): SEEDS, ("simsiam", 128): SEEDS})
+    cand = make_sweep(tmp_path, "cand", {("byol", 256): SEEDS, ("simclr", 512): SEEDS}, fixed={"epochs": 8})
+    run = load_run(cand)
+    run.trials.loc[0, "status"] = "failed"
+    result = compare_runs(load_run(base), run)
+    assert [g["method"] for g in result["unmatched"]["baseline_only"]] == ["simsiam"]
+    assert [g["method"] for g in result["unmatched"]["candidate_only"]] == ["simclr"]
+    assert result["not_ok"][0]["status"] == "failed"
+    assert result["protocol_changes"] == {"epochs": [4, 8]}
+    markdown = to_markdown(result)
+    assert "only in the baseline" in markdown and "did not finish" in markdown and "epochs: 4 → 8" in markdown
+
+
+def test_baseline_save_and_the_compare_command(tmp_path, capsys):
+    sweep = make_sweep(tmp_path, "quick", {("byol", 256): SEEDS})
+    baselines = tmp_path / "baselines"
+    assert main(["baseline", "save", str(sweep), "--as", "v1", "--baselines-dir", str(baselines)]) == 0
+    assert sorted(p.name for p in (baselines / "v1").iterdir()) == ["manifest.json", "trials.csv"]
+    assert main(["baseline", "save", str(sweep), "--as", "v1", "--baselines-dir", str(baselines)]) == 2
+    assert "exists already" in capsys.readouterr().err
+    slower = make_sweep(tmp_path, "slower", {("byol", 256): shifted(SEEDS, speed=0.5)})
+    assert main(["compare", "v1", str(slower), "--baselines-dir", str(baselines)]) == 1
+    out = capsys.readouterr().out
+    assert "| method=byol, batch_size=256, momentum_schedule=- |" in out and "REGRESSED" in out
+    assert json.loads((slower / "regression-vs-quick.json").read_text())["regressed"] is True
+    report = (slower / "report.html").read_text()  # the candidate's report carries the verdicts
+    assert "Against baseline quick" in report and "regressed" in report
+    assert main(["compare", "v1", str(sweep), "--baselines-dir", str(baselines)]) == 0
+
+
+@pytest.mark.parametrize("damage", ["truncate", "drop-manifest", "garbage-manifest", "missing-columns"])
+def test_a_corrupt_baseline_is_one_clear_error(tmp_path, capsys, damage):
+    sweep = make_sweep(tmp_path, "quick", {("byol", 256): SEEDS})
+    baseline = save_baseline(sweep, "v1", tmp_path / "baselines")
+    if damage == "truncate":
+        (baseline / "trials.csv").write_bytes(b"")
+    elif damage == "drop-manifest":
+        (baseline / "manifest.json").unlink()
+    elif damage == "garbage-manifest":
+        (baseline / "manifest.json").write_text("{not json")
+    else:
+        (baseline / "trials.csv").write_text("a,b\n1,2\n")
+    assert main(["compare", str(baseline), str(sweep)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(baseline) in err and "Traceback" not in err
+
+
+def test_an_unknown_baseline_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="neither a results folder nor a saved baseline"):
+        load_run("no-such-baseline", tmp_path)

@@ -1,0 +1,383 @@
+"""Reports from hand-built sweep tables (the real writers, no training, no Ray)."""
+
+import base64
+import fcntl
+import io
+import itertools
+import json
+import math
+import os
+import select
+import subprocess
+import time
+import zlib
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+from byol_bench.cli import main
+from byol_bench.config import make_config
+from byol_bench.errors import UserError
+from byol_bench.report import heatmap, load_results, pareto_front, write_report
+from byol_bench.config import make_config
+from byol_bench.methods import applicable
+from byol_bench.results import epoch_rows, trial_row, write_json, write_tables
+
+FIXED = {"dataset": "fashion-mnist", "backbone": "small-cnn", "subset": 5000, "test_subset": 2000, "epochs": 3, "threads": 1}
+FIGURES = ("accuracy_vs_batch_size", "byol_vs_momentum", "throughput_vs_batch_size", "accuracy_vs_compute",
+           "training_curves", "heatmap")
+TABLES = ("Accuracy", "Published numbers next to ours", "Speed and cost", "Floors: random-init backbone and raw pixels",
+          "Failed, diverged, incomplete and missing trials")
+ANCHOR = {"method": "byol", "batch_size": 128, "knn_top1": 0.869, "source": "lightly CIFAR-10 benchmark"}
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def fake_result(knobs: dict, status: str = "ok", offset: float = 0.0) -> dict:
+    """A trial result shaped like run_trial's, with numbers that vary by method, batch size and seed."""
+    rng = np.random.default_rng(zlib.crc32(json.dumps(knobs, sort_keys=True).encode()))
+    batch = knobs["batch_size"]
+    accuracy = {"byol": 0.80, "simclr": 0.76, "simsiam": 0.74}[knobs["method"]] + 0.01 * math.log2(batch / 64) \
+        + offset + rng.normal(0, 0.01)
+    speed = 900 * (batch / 64) ** 0.5 * rng.uniform(0.95, 1.05)
+    history = [{"epoch": epoch, "loss": 2.0 / epoch + rng.normal(0, 0.01), "lr": 0.06, "images_per_s": speed,
+                "epoch_time_s": 5000 / speed, "knn_top1": accuracy - 0.1 / epoch,
+                "momentum": 0.99 if knobs["method"] == "byol" else None} for epoch in (1, 2, 3)]
+    metrics = {"knn_top1": accuracy, "knn_top5": accuracy + 0.15, "linear_top1": accuracy + 0.02,
+               "linear_top5": accuracy + 0.16, "images_per_s": speed, "step_time_median_s": batch / speed,
+               "data_wait_fraction": 0.1, "peak_memory_bytes": 2e8 * batch / 64, "pretrain_time_s": 3 * 5000 / speed,
+               "final_loss": history[-1]["loss"]}
+    if status == "diverged":
+        history[-1]["loss"] = float("inf")
+        metrics = {**{key: None for key in metrics}, "pretrain_time_s": 40.0, "final_loss": float("inf")}
+    return {
+        "status": status, "config": make_config(knobs).to_dict(), "history": history, "metrics": metrics,
+        "run": {"device": "cpu", "pretrain_images": 5000, "train_images": 5000, "test_images": 2000,
+                "total_steps": 3 * 5000 // batch, "peak_lr": 0.06 * batch / 128},
+        "baselines": {"random_init_knn_top1": 0.31 + rng.normal(0, 0.01), "random_init_knn_top5": 0.7,
+                      "random_init_linear_top1": 0.45, "random_init_linear_top5": 0.9,
+                      "raw_pixels_knn_top1": 0.78, "raw_pixels_knn_top5": 0.95},
+        "provenance": {"device_name": "Test CPU", "threads": 1, "git_revision": "abc1234", "torch": "2.5.0",
+                       "lightly": "1.5.20", "hostname": "ci", "time": "2025-01-01T00:00:00"},
+    }
+
+
+def planned_trials(methods=("byol", "simclr"), batch_sizes=(64, 128), seeds=(0, 1)) -> list[tuple[str, dict]]:
+    """The grid a sweep would plan: momentum schedules crossed with BYOL only."""
+    planned = []
+    for method in methods:
+        for batch_size in batch_sizes:
+            for schedule in (("constant:0.99", "cosine:0.99-1.0") if method == "byol" else (None,)):
+                for seed in seeds:
+                    knobs = {**FIXED, "method": method, "batch_size": batch_size, "seed": seed}
+                    if schedule:
+                        knobs["momentum_schedule"] = schedule
+                    axes = [key for key in ("method", "batch_size", "momentum_schedule", "seed") if key in knobs]
+                    trial_id = ",".join(f"{key}={knobs[key]}" for key in axes)
+                    planned.append((trial_id, knobs))
+    return planned
+
+
+def write_sweep(folder: Path, planned, outcomes: dict | None = None, offset: float = 0.0) -> Path:
+    """A results folder as run_sweep leaves it; ``outcomes`` maps trial ids to failed/diverged/incomplete/missing."""
+    outcomes = outcomes or {}
+    trials, epochs = [], []
+    for trial_id, knobs in planned:
+        outcome = outcomes.get(trial_id, "ok")
+        if outcome == "missing":
+            continue
+        resolved = applicable(make_config(knobs).to_dict())  # as the sweep records a trial's config
+        if outcome in ("ok", "diverged"):
+            result = fake_result(knobs, outcome, offset)
+            trials.append(trial_row(trial_id, resolved, outcome, result))
+            epochs += epoch_rows(trial_id, result)
+        else:
+            error = "RuntimeError: out of memory | while allocating 2 GiB" if outcome == "failed" else None
+            trials.append(trial_row(trial_id, resolved, outcome, error=error))
+    write_tables(folder, trials, epochs)
+    write_json(folder / "manifest.json", {
+        "sweep": folder.name, "description": "A hand-built sweep for the report tests.", "axes": ["method", "batch_size"],
+        "fixed": FIXED, "resources": {"cpu": 1, "gpu": 0}, "anchors": [ANCHOR],
+        "grid": [{"trial_id": trial_id, "knobs": knobs} for trial_id, knobs in planned],
+        "started": "2025-01-01T00:00:00", "finished": "2025-01-01T01:00:00",
+        "complete": "incomplete" not in outcomes.values(),
+    })
+    return folder
+
+
+OUTCOMES = {"method=byol,batch_size=64,momentum_schedule=constant:0.99,seed=1": "failed",
+            "method=byol,batch_size=128,momentum_schedule=cosine:0.99-1.0,seed=1": "diverged",
+            "method=simclr,batch_size=64,seed=1": "incomplete",
+            "method=simclr,batch_size=128,seed=1": "missing"}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """A partial sweep (one trial of each kind that did not finish) and its report, made once."""
+    folder = write_sweep(tmp_path_factory.mktemp("results") / "partial", planned_trials(), OUTCOMES)
+    assert write_report(folder) == folder / "report.html"
+    return folder
+
+
+def read(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def markdown_table(markdown: str, title: str) -> pd.DataFrame:
+    """The pipe table under '### title' in report.md, as strings."""
+    lines = markdown.split(f"### {title}\n", 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    assert not any(line.startswith("#") for line in lines[:start]), f"no table under '{title}'"
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start:]))
+    cells = [[cell.strip() for cell in row.strip("|").split(" | ")] for row in rows]
+    return pd.DataFrame(cells[2:], columns=cells[0])
+
+
+def mean_and_std(text: str) -> tuple[float, float]:
+    mean, _, std = text.partition(" ± ")
+    return float(mean), float(std or "nan")
+
+
+def test_the_report_has_every_table_and_figure(sweep):
+    markdown = read(sweep / "report.md")
+    page = read(sweep / "report.html")
+    for title in TABLES:
+        assert f"### {title}\n\nProtocol: data set" in markdown, title
+        assert f"<h3>{title}</h3>" in page
+    assert markdown.count("Protocol: data set fashion-mnist (train subset 5000, test subset 2000), backbone small-cnn, "
+                          "3 pretraining epochs; kNN k = 200, T = 0.1; linear probe 100 epochs at lr 0.01") == len(TABLES)
+    assert "device cpu (Test CPU)" in markdown
+    for name in FIGURES:
+        assert (sweep / "figures" / f"{name}.png").stat().st_size > 1000
+        assert read(sweep / "figures" / f"{name}.svg").lstrip().startswith("<?xml")
+        assert f"](figures/{name}.png)" in markdown
+    assert "Not drawn" not in markdown
+    assert page.count('<img src="data:image/png;base64,') == len(FIGURES)
+    assert "CPU-hours" in markdown and "pretraining time × the 1 CPU reserved for each trial" in markdown
+
+
+def test_numbers_in_the_report_are_the_means_over_seeds_of_the_table(sweep):
+    trials = pd.read_parquet(sweep / "trials.parquet")
+    finished = trials[trials["status"] == "ok"].assign(momentum_schedule=lambda t: t["momentum_schedule"].fillna("-"))
+    groups = finished.groupby(["method", "batch_size", "momentum_schedule"])
+    markdown = read(sweep / "report.md")
+    shown = {}
+    for title in ("Accuracy", "Speed and cost", "Floors: random-init backbone and raw pixels"):
+        for _, row in markdown_table(markdown, title).iterrows():
+            shown.setdefault((row["method"], int(row["batch size"]), row["momentum schedule"]), {}).update(row)
+    assert len(shown) == 6  # byol × 2 batch sizes × 2 schedules, simclr × 2 batch sizes
+    for key, group in groups:
+        row = shown[key]
+        for label, column, scale, tolerance in (("kNN top-1 (%)", "knn_top1", 100, 0.05),
+                                                ("linear top-5 (%)", "linear_top5", 100, 0.05),
+                                                ("images/s", "images_per_s", 1, 0.5),
+                                                ("random-init kNN top-1 (%)", "random_init_knn_top1", 100, 0.05)):
+            mean, std = mean_and_std(row[label])
+            assert abs(mean - group[column].mean() * scale) <= tolerance, (key, label)
+            if len(group) > 1:
+                assert abs(std - group[column].std() * scale) <= tolerance, (key, label)
+            else:
+                assert math.isnan(std), (key, label)
+    assert shown[("byol", 128, "constant:0.99")]["n"] == "2"
+    assert shown[("byol", 64, "constant:0.99")]["n"] == "1 of 2"  # seed 1 failed
+    assert shown[("simclr", 128, "-")]["n"] == "1 of 2"  # seed 1 missing from the table
+
+
+def test_published_anchors_stand_next_to_our_numbers(sweep):
+    trials = pd.read_parquet(sweep / "trials.parquet")
+    ours = trials[(trials["status"] == "ok") & (trials["method"] == "byol") & (trials["batch_size"] == 128)]
+    anchors = markdown_table(read(sweep / "report.md"), "Published numbers next to ours")
+    assert len(anchors) == 1
+    row = anchors.iloc[0]
+    assert row["published"] == "86.9" and row["source"] == ANCHOR["source"] and row["n"] == str(len(ours))
+    assert abs(mean_and_std(row["ours"])[0] - ours["knn_top1"].mean() * 100) <= 0.05
+
+
+def test_trials_that_did_not_finish_are_listed_with_their_error(sweep):
+    unfinished = markdown_table(read(sweep / "report.md"), "Failed, diverged, incomplete and missing trials")
+    assert dict(zip(unfinished["trial"], unfinished["status"])) == OUTCOMES
+    errors = dict(zip(unfinished["status"], unfinished["error"]))
+    assert errors["failed"] == "RuntimeError: out of memory \\| while allocating 2 GiB"  # '|' escaped in Markdown
+    assert "non-finite" in errors["diverged"] and "--resume" in errors["incomplete"] and "manifest" in errors["missing"]
+    assert "RuntimeError: out of memory | while allocating 2 GiB" in read(sweep / "report.html")
+
+
+def test_a_single_trial_json_gets_a_report_next_to_it(tmp_path, capsys):
+    knobs = {**FIXED, "method": "simclr", "batch_size": 64, "seed": 3}
+    result = fake_result(knobs)
+    out = tmp_path / "x.json"
+    write_json(out, result)
+    assert main(["report", str(out)]) == 0
+    report = tmp_path / "x-report" / "report.html"
+    assert capsys.readouterr().out.strip().endswith(str(report))
+    markdown = read(report.with_suffix(".md"))
+    row = markdown_table(markdown, "Accuracy").iloc[0]
+    assert (row["method"], row["batch size"], row["momentum schedule"], row["n"]) == ("simclr", "64", "-", "1")
+    assert row["kNN top-1 (%)"] == f"{result['metrics']['knn_top1'] * 100:.1f}"
+    assert "Not drawn: no finished BYOL trials." in markdown
+    assert "Not drawn: needs finished trials at two or more batch sizes (found 64)." in markdown
+    assert "CPU-hours" in markdown and "the 1 CPU it used" in markdown
+    drawn = {path.stem for path in (report.parent / "figures").glob("*.png")}
+    assert drawn == {"training_curves"}
+    assert "Every trial finished." in markdown
+
+
+def test_two_sweeps_side_by_side(tmp_path, capsys):
+    first = write_sweep(tmp_path / "first", planned_trials(batch_sizes=(64,)))
+    second = write_sweep(tmp_path / "second", planned_trials(methods=("byol",), batch_sizes=(64,)), offset=0.03,
+                         outcomes={"method=byol,batch_size=64,momentum_schedule=cosine:0.99-1.0,seed=0": "failed"})
+    assert main(["report", str(first), str(second)]) == 0
+    assert capsys.readouterr().out.strip().endswith(str(first / "compare-second.html"))
+    markdown = read(first / "compare-second.md")
+    table = markdown_table(markdown, "A and B per method × batch size × momentum schedule")
+    rows = table.set_index(["method", "momentum schedule"])
+    means = {name: pd.read_parquet(folder / "trials.parquet").query("status == 'ok'")
+             .groupby(["method", "momentum_schedule"])["knn_top1"].mean() * 100 for name, folder in
+             (("A", first), ("B", second))}
+    row = rows.loc[("byol", "constant:0.99")]
+    a, b = means["A"][("byol", "constant:0.99")], means["B"][("byol", "constant:0.99")]
+    assert abs(float(row["kNN top-1 (%) A"]) - a) <= 0.05 and abs(float(row["kNN top-1 (%) B"]) - b) <= 0.05
+    assert abs(float(row["kNN top-1 (%) B − A"]) - (b - a)) <= 0.05 and row["kNN top-1 (%) B − A"].startswith("+")
+    assert rows.loc[("byol", "cosine:0.99-1.0"), "n B"] == "1"
+    assert rows.loc[("simclr", "-"), "kNN top-1 (%) B"] == "—"  # only A ran SimCLR
+    assert "### B: second" in markdown and "out of memory" in markdown  # B's failed trial is shown
+    assert read(first / "compare-second.html").count("<table") == 2
+
+
+def test_a_sweep_where_nothing_finished_still_gets_a_report(tmp_path):
+    planned = planned_trials(seeds=(0,))
+    outcomes = {trial_id: ("failed", "incomplete")[index % 2] for index, (trial_id, _) in enumerate(planned)}
+    markdown = read(write_report(write_sweep(tmp_path / "dead", planned, outcomes)).with_suffix(".md"))
+    unfinished = markdown_table(markdown, "Failed, diverged, incomplete and missing trials")
+    assert dict(zip(unfinished["trial"], unfinished["status"])) == outcomes
+    accuracy = markdown_table(markdown, "Accuracy")
+    assert len(accuracy) == 6 and set(accuracy["n"]) == {"0 of 1"} and set(accuracy["kNN top-1 (%)"]) == {"—"}
+    assert markdown.count("Not drawn:") == len(FIGURES)
+    assert not list((tmp_path / "dead" / "figures").iterdir())
+
+
+def test_bad_inputs_are_one_line_user_errors(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    error = capsys.readouterr().err
+    assert "nowhere does not exist" in error and "results/<sweep>" in error and len(error.splitlines()) == 1
+    with pytest.raises(UserError, match="holds no trials.parquet"):
+        write_report(tmp_path)
+    (tmp_path / "trials.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(UserError, match="trials.parquet cannot be read as Parquet"):
+        write_report(tmp_path)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(UserError, match="bad.json is not a readable JSON file"):
+        write_report(tmp_path / "bad.json")
+
+
+def test_the_heatmap_axes_can_be_chosen(sweep):
+    with pytest.raises(UserError, match="heatmap axis 'colour' is not a column"):
+        write_report(sweep, heatmap_axes=("method", "colour"))
+    figure = heatmap(load_results(sweep), "momentum_schedule", "seed")
+    assert [text.get_text() for text in figure.axes[0].get_xticklabels()] == ["0", "1"]
+    assert [text.get_text() for text in figure.axes[0].get_yticklabels()] == ["-", "constant:0.99", "cosine:0.99-1.0"]
+    plt.close(figure)
+    assert heatmap(load_results(sweep), "dataset", "backbone") == \
+        "needs finished trials at two or more values of dataset or backbone"
+
+
+def test_pareto_front_keeps_the_points_nothing_beats():
+    cost = pd.Series([1.0, 2.0, 3.0, 4.0, 4.0])
+    accuracy = pd.Series([50.0, 60.0, 55.0, 70.0, 65.0])
+    assert pareto_front(cost, accuracy).tolist() == [True, True, False, True, False]
+
+
+# --- the page in a real browser ------------------------------------------------------------------
+
+
+class DevTools:
+    """Chromium driven over the DevTools protocol on a pipe (--remote-debugging-pipe): no extra package.
+
+    Chromium reads commands from its fd 3 and writes replies and events to its fd 4, each message
+    JSON ended by a NUL byte.
+    """
+
+    def __init__(self, profile: Path, log: Path):
+        self.log = log.open("w")
+        commands_read, self.commands = os.pipe()
+        self.replies, replies_write = os.pipe()
+
+        def onto_fds_3_and_4():  # in the child, before exec; first out of the way, in case either is 3 or 4
+            read, write = fcntl.fcntl(commands_read, fcntl.F_DUPFD, 10), fcntl.fcntl(replies_write, fcntl.F_DUPFD, 10)
+            os.dup2(read, 3)  # dup2's copies are inheritable, so they survive exec (close_fds=False)
+            os.dup2(write, 4)
+
+        self.process = subprocess.Popen(
+            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1000",
+             f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, close_fds=False,
+            preexec_fn=onto_fds_3_and_4)
+        os.close(commands_read)
+        os.close(replies_write)
+        self.buffer, self.events, self.last_id = b"", [], 0
+
+    def _receive(self, deadline: float) -> dict:
+        while b"\0" not in self.buffer:
+            ready, _, _ = select.select([self.replies], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(self.replies, 1 << 20) if ready else b""
+            if not chunk:
+                raise TimeoutError("Chromium sent nothing in time (or exited)")
+            self.buffer += chunk
+        message, self.buffer = self.buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def call(self, method: str, session: str | None = None, timeout: float = 30, **params) -> dict:
+        self.last_id += 1
+        message = {"id": self.last_id, "method": method, "params": params, **({"sessionId": session} if session else {})}
+        os.write(self.commands, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._receive(deadline)
+            if reply.get("id") == self.last_id:
+                assert "error" not in reply, reply
+                return reply["result"]
+            self.events.append(reply)
+
+    def wait_for(self, event: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(message.get("method") == event for message in self.events):
+            self.events.append(self._receive(deadline))
+
+    def close(self):
+        self.process.kill()
+        self.process.wait(timeout=30)
+        os.close(self.commands)
+        os.close(self.replies)
+        self.log.close()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
+def test_the_html_report_renders_in_headless_chromium(sweep, tmp_path):
+    from PIL import Image
+
+    browser = DevTools(tmp_path / "profile", tmp_path / "chromium.log")
+    try:
+        target = browser.call("Target.createTarget", url="about:blank")["targetId"]
+        session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            browser.call(f"{domain}.enable", session)
+        browser.call("Page.navigate", session, url=(sweep / "report.html").as_uri())
+        browser.wait_for("Page.loadEventFired")
+        images = json.loads(browser.call(
+            "Runtime.evaluate", session, returnByValue=True,
+            expression="JSON.stringify([...document.images].map(i => [i.alt, i.complete, i.naturalWidth]))")["result"]["value"])
+        screenshot = browser.call("Page.captureScreenshot", session, format="png")["data"]
+    finally:
+        browser.close()
+    assert len(images) == len(FIGURES)
+    assert all(complete and width > 0 for _, complete, width in images), images
+    errors = [message for message in browser.events
+              if (message.get("method") == "Runtime.consoleAPICalled" and message["params"]["type"] == "error")
+              or message.get("method") == "Runtime.exceptionThrown"
+              or (message.get("method") == "Log.entryAdded" and message["params"]["entry"]["level"] == "error")]
+    assert errors == []
+    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(screenshot))).convert("L"))
+    assert pixels.shape[1] >= 1000 and (pixels < 200).mean() > 0.005  # text and tables, not a blank page
