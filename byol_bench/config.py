@@ -126,6 +126,14 @@ def validate(cfg: TrialConfig) -> None:
         raise UserError("dataset imagefolder needs --data-dir (the root of a <class>/<image> tree)")
     if cfg.subset is not None and cfg.batch_size > cfg.subset:
         raise UserError(f"batch_size {cfg.batch_size} is larger than subset {cfg.subset}; lower the batch size or raise the subset")
+    sizes = DATASETS[cfg.dataset].sizes
+    if sizes is not None:  # known before loading: fail now, not minutes into a sweep
+        pretrain, train, test = sizes
+        pretrain = min(pretrain, cfg.subset or pretrain)
+        for key, requested, available in (("subset", cfg.subset, train), ("test_subset", cfg.test_subset, test),
+                                          ("batch_size", cfg.batch_size, pretrain)):
+            if requested is not None and requested > available:
+                raise UserError(f"{key} {requested} is larger than {cfg.dataset}'s {available} images; give at most {available}")
     parse_momentum_schedule(cfg.momentum_schedule)
 
 

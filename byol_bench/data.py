@@ -56,6 +56,7 @@ class DatasetSpec:
     # load(root, image_size, download) -> (train images, train labels, test images, test labels, unlabeled or None)
     load: Callable[[Path, int, bool], tuple]
     description: str
+    sizes: tuple[int, int, int] | None = None  # (pretrain, train, test) images; None: known only once loaded
 
 
 def data_root(data_dir: str | None) -> Path:
@@ -103,7 +104,12 @@ def _load_fashion_mnist(root: Path, image_size: int, download: bool):
     if folder is None:
         _torchvision("FashionMNIST", root, download, "install the Debian package dataset-fashion-mnist or set BYOL_BENCH_DATA")
         folder = root / "FashionMNIST" / "raw"
-    arrays = {key: _read_idx(_idx_file(folder, stem)) for key, stem in FASHION_MNIST_FILES.items()}
+    try:
+        arrays = {key: _read_idx(_idx_file(folder, stem)) for key, stem in FASHION_MNIST_FILES.items()}
+    except (OSError, EOFError, ValueError, IndexError) as error:  # truncated, not gzip, wrong shape
+        raise UserError(f"Fashion-MNIST files in {folder} are unreadable or corrupt ({type(error).__name__}); "
+                        "reinstall them (apt-get install --reinstall dataset-fashion-mnist) or point BYOL_BENCH_DATA "
+                        "at good copies") from None
     to_images = lambda a: torch.from_numpy(a.copy()).unsqueeze(1)  # noqa: E731 - (N, 28, 28) -> (N, 1, 28, 28)
     to_labels = lambda a: torch.from_numpy(a.astype(np.int64))  # noqa: E731
     return (
@@ -231,12 +237,12 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 DATASETS: dict[str, DatasetSpec] = {
-    "fashion-mnist": DatasetSpec(28, 1, (0.2860,), (0.3530,), _load_fashion_mnist, "Fashion-MNIST, 70k 28 px grayscale"),
-    "cifar10": DatasetSpec(32, 3, CIFAR10_MEAN, CIFAR10_STD, _cifar("CIFAR10"), "CIFAR-10, 60k 32 px"),
-    "cifar100": DatasetSpec(32, 3, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), _cifar("CIFAR100"), "CIFAR-100, 60k 32 px"),
-    "stl10": DatasetSpec(96, 3, (0.4408, 0.4279, 0.3867), (0.2682, 0.2610, 0.2686), _load_stl10, "STL-10, 96 px; pretrains on unlabeled+train"),
+    "fashion-mnist": DatasetSpec(28, 1, (0.2860,), (0.3530,), _load_fashion_mnist, "Fashion-MNIST, 70k 28 px grayscale", (60000, 60000, 10000)),
+    "cifar10": DatasetSpec(32, 3, CIFAR10_MEAN, CIFAR10_STD, _cifar("CIFAR10"), "CIFAR-10, 60k 32 px", (50000, 50000, 10000)),
+    "cifar100": DatasetSpec(32, 3, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), _cifar("CIFAR100"), "CIFAR-100, 60k 32 px", (50000, 50000, 10000)),
+    "stl10": DatasetSpec(96, 3, (0.4408, 0.4279, 0.3867), (0.2682, 0.2610, 0.2686), _load_stl10, "STL-10, 96 px; pretrains on unlabeled+train", (105000, 5000, 8000)),
     "imagefolder": DatasetSpec(64, 3, IMAGENET_MEAN, IMAGENET_STD, _load_imagefolder, "any root/<class>/<image> tree (--data-dir)"),
-    "synthetic": DatasetSpec(32, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), _load_synthetic, "generated gratings for tests; not a benchmark"),
+    "synthetic": DatasetSpec(32, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), _load_synthetic, "generated gratings for tests; not a benchmark", (2000, 2000, 500)),
 }
 
 
@@ -267,6 +273,8 @@ def load_data(name: str, data_dir: str | None = None, subset: int | None = None,
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         raise UserError(f"--data-dir {data_dir} does not exist; give an existing folder or leave it out")
     train_x, train_y, test_x, test_y, unlabeled = spec.load(data_root(data_dir), size, download)
+    if len(train_y) == 0 or len(test_y) == 0:
+        raise UserError(f"data set {name} has no images in its train or test split; check --data-dir")
     for label, requested, available in (("--subset", subset, len(train_y)), ("--test-subset", test_subset, len(test_y))):
         if requested is not None and requested > available:
             raise UserError(f"{label} {requested} is larger than {name}'s {available} images; give at most {available}")

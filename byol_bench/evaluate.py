@@ -107,6 +107,23 @@ def evaluate_features(train_features: Tensor, train_labels: Tensor, test_feature
     return result
 
 
+def representation_stats(features: Tensor) -> dict:
+    """Collapse indicators of a feature matrix (N, D).
+
+    ``embedding_std``: the per-dimension std of the L2-normalised features, times sqrt(D): about 1 when
+    they spread over the sphere, 0 when every image maps to one point (SimSiam's collapse measure).
+    ``effective_rank``: RankMe's exp(entropy) of the normalised singular values of the centred features:
+    from 1 (everything on one line) to D.
+    """
+    normalised = F.normalize(features.float(), dim=1)
+    embedding_std = normalised.std(dim=0).mean().item() * features.shape[1] ** 0.5
+    singular = torch.linalg.svdvals(features.float() - features.float().mean(dim=0))
+    if singular.sum() <= 1e-12:  # every feature identical
+        return {"embedding_std": embedding_std, "effective_rank": 0.0}
+    p = singular / singular.sum() + 1e-12
+    return {"embedding_std": embedding_std, "effective_rank": float(torch.exp(-(p * p.log()).sum()))}
+
+
 def raw_pixel_features(train_images: Tensor, test_images: Tensor, mean, std) -> tuple[Tensor, Tensor]:
     """Flattened, normalised pixels centred on the train mean: the floor that features must beat."""
     train, test = (normalize(x.float().div(255), mean, std).flatten(1) for x in (train_images, test_images))

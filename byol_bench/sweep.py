@@ -11,10 +11,11 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import signal
+import socket
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,12 +182,55 @@ def trainable(config: dict) -> None:
     tune.report({**summary, "status": result["status"], "result_json": json.dumps(result, default=str)})
 
 
+def _check_writable(folder: Path) -> None:
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"results folder {folder} cannot be written ({existing} is not writable); pass --results-dir")
+
+
+def _check_checkpoints(experiment: Path) -> None:
+    """Every trial's newest checkpoint must be whole before a resume continues from it.
+
+    torch.save writes a zip archive, so a CRC test finds a truncated or damaged file without loading it.
+    """
+    for trial in sorted(p for p in experiment.iterdir() if p.is_dir()):
+        checkpoints = sorted(trial.glob("checkpoint_*"))
+        if not checkpoints:
+            continue
+        state = checkpoints[-1] / "state.pt"
+        try:
+            with zipfile.ZipFile(state) as archive:
+                damaged = archive.testzip()
+        except (OSError, zipfile.BadZipFile):
+            damaged = state.name
+        if damaged is not None:
+            raise UserError(f"checkpoint {state} is corrupt; restore it from a backup, or rerun the sweep "
+                            "into a new --results-dir (the finished trials' rows are in trials.parquet)")
+
+
+def _check_reachable(address: str) -> None:
+    """A TCP look at host:port first: ray.init retries an unreachable address for minutes."""
+    if address == "auto":
+        return  # Ray finds the local cluster itself, or says at once that there is none
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error) or type(error).__name__
+        raise UserError(f"cannot reach the Ray cluster at --address {address} ({reason}); check host and port "
+                        "(ray://HOST:10001 or HOST:6379), or leave --address out for a local cluster") from None
+
+
 def _start_ray(address: str | None):
     for variable, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"),
                             ("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")):
         os.environ.setdefault(variable, value)
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster needs no token
+    else:
+        _check_reachable(address)
     import ray
 
     if ray.is_initialized():  # e.g. a test session's cluster
@@ -240,9 +284,11 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
     folder = (results_dir / sweep.name).resolve()
     manifest_path = folder / "manifest.json"
     grid_ids = [p.trial_id for p in planned]
+    _check_writable(folder)
     if resume:
         if not (folder / TUNE_FOLDER).is_dir():
             raise UserError(f"--resume: {folder} holds no sweep to resume; run without --resume first")
+        _check_checkpoints(folder / TUNE_FOLDER)
         previous = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
         if previous.get("grid") and [t["trial_id"] for t in previous["grid"]] != grid_ids:
             raise UserError(f"--resume: {folder} belongs to a sweep with another grid; "

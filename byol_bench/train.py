@@ -20,7 +20,8 @@ from byol_bench.backbones import build_backbone
 from byol_bench.config import TrialConfig
 from byol_bench.data import ImageData, load_data
 from byol_bench.errors import UserError
-from byol_bench.evaluate import ProbeRecipe, evaluate_features, extract_features, raw_pixel_features
+from byol_bench.evaluate import (ProbeRecipe, evaluate_features, extract_features, raw_pixel_features,
+                                 representation_stats)
 from byol_bench.methods import METHODS, uses_momentum
 from byol_bench.provenance import provenance
 from byol_bench.schedules import learning_rate, parse_momentum_schedule
@@ -70,7 +71,7 @@ class Evaluator:
 
     def __call__(self, backbone, with_probe: bool = True) -> dict:
         train, test = self.features(backbone)
-        return self._scores(train, test, with_probe)
+        return {**self._scores(train, test, with_probe), **representation_stats(test)}
 
     def _scores(self, train: Tensor, test: Tensor, with_probe: bool) -> dict:
         return evaluate_features(train, self.train_labels, test, self.test_labels, self.data.num_classes,
@@ -79,8 +80,7 @@ class Evaluator:
     def floors(self, random_init_backbone) -> dict:
         """The same protocol on a random-init backbone and (for images <= 32 px) on raw pixels."""
         scores = self(random_init_backbone)
-        floors = {"random_init_knn_top1": scores["knn_top1"], "random_init_knn_top5": scores["knn_top5"],
-                  "random_init_linear_top1": scores["linear_top1"], "random_init_linear_top5": scores["linear_top5"]}
+        floors = {f"random_init_{key}": value for key, value in scores.items()}
         if self.data.image_size <= 32:
             d = self.data
             train, test = raw_pixel_features(d.train_images.to(self.device), d.test_images.to(self.device), d.mean, d.std)
@@ -221,7 +221,8 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
     scores = evaluator(method.backbone) if state["status"] == "ok" else {}
     step_times, data_times = state["step_times"], state["data_times"]
     metrics = {
-        **{k: scores.get(k) for k in ("knn_top1", "knn_top5", "linear_top1", "linear_top5")},
+        **{k: scores.get(k) for k in ("knn_top1", "knn_top5", "linear_top1", "linear_top5", "embedding_std",
+                                      "effective_rank")},
         "images_per_s": cfg.batch_size * len(step_times) / sum(step_times) if step_times else None,
         "step_time_median_s": float(torch.tensor(step_times).median()) if step_times else None,
         "data_wait_fraction": sum(data_times) / sum(step_times) if step_times else None,

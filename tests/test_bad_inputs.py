@@ -1,0 +1,124 @@
+"""Bad input, table-driven: each case is one clear line naming the input and the fix, exit code 2,
+no traceback, and nothing written, lost or overwritten."""
+
+import gzip
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from byol_bench.cli import main
+from conftest import TINY
+
+TINY_FLAGS = [arg for key, value in TINY.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
+SWEEP = {"name": "s", "trial": {k: v for k, v in TINY.items() if k != "threads"}, "axes": {"method": ["byol"]}}
+
+
+def train(tmp: Path, *flags):
+    return ["train", *TINY_FLAGS, *flags, "--out", str(tmp / "out" / "trial.json")]
+
+
+def config_file(tmp: Path, text: str):
+    (tmp / "trial.yaml").write_text(text)
+    return ["train", "--config", str(tmp / "trial.yaml"), "--out", str(tmp / "trial.json")]
+
+
+def sweep_file(tmp: Path, *flags, **changes):
+    spec = {**SWEEP, **changes}
+    (tmp / "s.yaml").write_text(yaml.safe_dump(spec) if isinstance(spec, dict) else spec)
+    return ["sweep", str(tmp / "s.yaml"), "--results-dir", str(tmp / "results"), *flags]
+
+
+def corrupt_fashion_mnist(tmp: Path, monkeypatch):
+    folder = tmp / "fmnist"
+    folder.mkdir()
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (folder / f"{stem}.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03\x00\x00"))  # a header cut short
+    monkeypatch.setenv("BYOL_BENCH_DATA", str(folder))
+    return ["train", "--dataset", "fashion-mnist", "--subset", "100", "--batch-size", "50", "--out", str(tmp / "t.json")]
+
+
+def earlier_results(tmp: Path, *flags):
+    (tmp / "results" / "s").mkdir(parents=True)
+    (tmp / "results" / "s" / "trials.parquet").write_text("an earlier sweep's table")
+    return sweep_file(tmp, *flags)
+
+
+def corrupt_checkpoint(tmp: Path):
+    checkpoint = tmp / "results" / "s" / "tune" / "trainable_00000" / "checkpoint_000001"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "state.pt").write_bytes(b"PK\x03\x04 truncated")
+    return sweep_file(tmp, "--resume")
+
+
+def a_file_as_folder(tmp: Path):
+    (tmp / "plain-file").write_text("not a folder")
+    return tmp / "plain-file" / "below"
+
+
+CASES = {
+    "unknown method": (lambda t, m: train(t, "--method", "byl"), "unknown method 'byl' (did you mean 'byol'?)"),
+    "unknown data set": (lambda t, m: train(t, "--dataset", "fashion"), "unknown data set 'fashion'"),
+    "unknown backbone": (lambda t, m: train(t, "--backbone", "resnet19"), "unknown backbone 'resnet19'"),
+    "zero batch size": (lambda t, m: train(t, "--batch-size", "0"), "batch_size must be positive"),
+    "negative batch size": (lambda t, m: train(t, "--batch-size", "-4"), "batch_size must be positive"),
+    "zero epochs": (lambda t, m: train(t, "--epochs", "0"), "epochs must be positive"),
+    "wrong type": (lambda t, m: train(t, "--epochs", "two"), "--epochs: 'two' is not a valid int"),
+    "batch larger than subset": (lambda t, m: train(t, "--batch-size", "512"), "batch_size 512 is larger than subset 256"),
+    "subset larger than data": (lambda t, m: train(t, "--subset", "100000"), "subset 100000 is larger than synthetic's 2000 images"),
+    "missing data dir": (lambda t, m: train(t, "--data-dir", "/nonexistent/data"), "--data-dir /nonexistent/data does not exist"),
+    "bad momentum schedule": (lambda t, m: train(t, "--momentum-schedule", "cosine:0.99"), "momentum_schedule 'cosine:0.99' is not valid"),
+    "unknown device": (lambda t, m: train(t, "--device", "tpu"), "device 'tpu' is not valid"),
+    "unknown flag": (lambda t, m: train(t, "--no-such-flag", "1"), "unrecognized arguments"),
+    "output is a folder": (lambda t, m: ["train", *TINY_FLAGS, "--out", str(t)], "is a folder"),
+    "unwritable output": (lambda t, m: ["train", *TINY_FLAGS, "--out", str(a_file_as_folder(t) / "x.json")], "is not writable"),
+    "YAML syntax error": (lambda t, m: config_file(t, "method: byol\n  epochs: [1\n"), "is not valid YAML at line 2"),
+    "unknown config key": (lambda t, m: config_file(t, "metod: byol\n"), "unknown key 'metod' (did you mean 'method'?)"),
+    "config wrong type": (lambda t, m: config_file(t, "epochs: four\n"), "epochs: 'four' is not a valid value; give int"),
+    "config not a mapping": (lambda t, m: config_file(t, "- byol\n"), "must hold a mapping"),
+    "corrupt data": (corrupt_fashion_mnist, "unreadable or corrupt"),
+    "unknown sweep key": (lambda t, m: sweep_file(t, axis={"seed": [0]}), "unknown key 'axis' (did you mean 'axes'?)"),
+    "empty axes": (lambda t, m: sweep_file(t, axes={}), "'axes' is empty"),
+    "empty axis list": (lambda t, m: sweep_file(t, axes={"method": []}), "axes.method must be a non-empty list"),
+    "unknown axis": (lambda t, m: sweep_file(t, axes={"metod": ["byol"]}), "axes: unknown key 'metod' (did you mean 'method'?)"),
+    "negative cpu": (lambda t, m: sweep_file(t, resources={"cpu": -1}), "resources.cpu: -1 is not valid"),
+    "bad trial in grid": (lambda t, m: sweep_file(t, trial={k: v for k, v in SWEEP["trial"].items() if k != "batch_size"},
+                                                  axes={"batch_size": [64, 4096]}), "trial batch_size=4096: batch_size 4096 is larger"),
+    "unreachable address": (lambda t, m: sweep_file(t, "--address", "127.0.0.1:1"), "cannot reach the Ray cluster at --address 127.0.0.1:1"),
+    "results of another run": (lambda t, m: earlier_results(t), "already holds results; pass --resume"),
+    "nothing to resume": (lambda t, m: sweep_file(t, "--resume"), "holds no sweep to resume"),
+    "unwritable results dir": (lambda t, m: sweep_file(t) + ["--results-dir", str(a_file_as_folder(t))], "cannot be written"),
+    "corrupt checkpoint": (lambda t, m: corrupt_checkpoint(t), "is corrupt; restore it from a backup"),
+    "report of nothing": (lambda t, m: ["report", str(t / "no-such-sweep")], "does not exist"),
+    "unknown baseline": (lambda t, m: ["compare", "no-such-baseline", str(t), "--baselines-dir", str(t)], "neither a results folder"),
+}
+
+
+def snapshot(folder: Path) -> dict:
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, tmp_path, capsys, monkeypatch):
+    build, message = CASES[case]
+    argv = build(tmp_path, monkeypatch)
+    before = snapshot(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err, err
+    assert len(err.splitlines()) == 1 and err.startswith("byol-bench: error: ") and "Traceback" not in err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_asked_for_without_one(tmp_path, capsys):
+    assert main(train(tmp_path, "--device", "cuda")) == 2
+    assert "PyTorch sees no CUDA device here; use --device cpu" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpus_the_cluster_lacks_are_refused_before_scheduling(tmp_path, capsys, ray_cluster):
+    assert main(sweep_file(tmp_path, resources={"cpu": 1, "gpu": 1})) == 2
+    assert "asks for 1 GPU per trial but the Ray cluster has 0" in capsys.readouterr().err
+    assert not (tmp_path / "results" / "s").exists()
