@@ -50,8 +50,11 @@ class TrialConfig:
     knn_monitor_every: int = 0  # kNN on the test set every N epochs; 0 = off
     probe_epochs: int = 100
     probe_lr: float = 0.01
-    # execution
+    # execution (each speed switch is recorded with the result)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (autocast for the training step; evaluation stays fp32)
+    channels_last: bool = False  # NHWC memory format for the model and the views
+    compile: bool = False  # torch.compile the training loss
     threads: int | None = None  # torch intra-op threads; None: torch's default
     seed: int = 0
     timing_warmup_steps: int = 5  # steps left out of the throughput figures
@@ -69,7 +72,8 @@ HINTS = typing.get_type_hints(TrialConfig)
 _POSITIVE = ("hidden_dim", "projection_dim", "predictor_hidden_dim", "batch_size", "epochs", "subset", "test_subset",
              "image_size", "knn_k", "probe_epochs", "threads", "temperature", "knn_t", "lr", "probe_lr")
 _NON_NEGATIVE = ("loader_workers", "lr_warmup_epochs", "weight_decay", "sgd_momentum", "knn_monitor_every", "seed", "timing_warmup_steps")
-_CHOICES = {"optimizer": ("sgd", "lars"), "lr_schedule": ("cosine", "constant"), "augment": ("tensor", "pil")}
+_CHOICES = {"optimizer": ("sgd", "lars"), "lr_schedule": ("cosine", "constant"), "augment": ("tensor", "pil"),
+            "precision": ("fp32", "bf16")}
 
 
 def _check_type(key: str, value, hint):

@@ -16,15 +16,16 @@ KNN_MAX_SIMILARITIES = 1 << 25  # elements of one test-chunk x bank similarity b
 
 @dataclass(frozen=True)
 class ProbeRecipe:
-    """The linear probe's recipe, recorded with every result."""
+    """The linear probe's knobs; with PROBE_METHOD, the recipe recorded with every result."""
 
     epochs: int = 100
     lr: float = 0.01
     batch_size: int = 1024
     weight_decay: float = 0.0
-    optimizer: str = "adamw"
-    schedule: str = "cosine"
-    features: str = "standardised with the train set's mean and std"
+
+
+PROBE_METHOD = {"classifier": "linear", "optimizer": "AdamW", "schedule": "cosine decay per step",
+                "features": "frozen, extracted once, standardised with the train set's mean and std"}
 
 
 @torch.no_grad()

@@ -49,6 +49,7 @@ COMPARED = {"kNN top-1 (%)": ("knn_top1", 100, 1), "linear top-1 (%)": ("linear_
             "images/s": ("images_per_s", 1, 0)}
 PROVENANCE_COLUMNS = ["device_name", "threads", "git_revision", "torch", "lightly", "hostname"]
 STATUS_MEANING = {"diverged": "the loss became non-finite; training stopped",
+                  "collapsed": "the projections collapsed (effective rank below the threshold; see effective_rank)",
                   "incomplete": "started but did not finish (the sweep was interrupted; resume it with --resume)",
                   "missing": "in the manifest's grid but absent from trials.parquet",
                   "failed": "failed without an error message"}
@@ -330,7 +331,8 @@ def byol_vs_momentum(results: Results, palette: dict):
     for ax, (column, label) in zip(axes, (("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)"))):
         sns.pointplot(byol.assign(value=byol[column] * 100, batch=byol["batch_size"].astype(str)),
                       x="momentum_schedule", y="value", order=schedules, hue="batch", hue_order=batch_sizes,
-                      palette=shades, errorbar="sd", dodge=0.2, capsize=0.1, ax=ax)
+                      palette=shades, errorbar="sd", dodge=0.2 if len(batch_sizes) > 1 else False,  # seaborn divides by levels - 1
+                      capsize=0.1, ax=ax)
         ax.set(xlabel="momentum schedule", ylabel=label)
     axes[0].get_legend().remove()  # the same legend twice: keep the right-hand one
     axes[1].get_legend().set_title("batch size")

@@ -12,12 +12,12 @@ import pandas as pd
 from byol_bench.config import KEYS
 
 METRICS = ("knn_top1", "knn_top5", "linear_top1", "linear_top5", "embedding_std", "effective_rank", "images_per_s",
-           "step_time_median_s", "data_wait_fraction", "peak_memory_bytes", "pretrain_time_s", "final_loss")
+           "step_time_median_s", "data_wait_fraction", "peak_memory_bytes", "pretrain_time_s", "flops_per_image",
+           "peak_flops_per_s", "mfu", "final_loss")
 FLOORS = ("random_init_knn_top1", "random_init_knn_top5", "random_init_linear_top1", "random_init_linear_top5",
           "random_init_embedding_std", "random_init_effective_rank", "raw_pixels_knn_top1", "raw_pixels_knn_top5")
 RUN_FIELDS = ("device", "pretrain_images", "train_images", "test_images", "total_steps", "peak_lr")
 PROVENANCE_FIELDS = ("device_name", "threads", "git_revision", "torch", "lightly", "hostname", "time")
-STATUSES = ("ok", "failed", "diverged", "incomplete")
 
 
 def trial_row(trial_id: str, config: dict, status: str, result: dict | None = None, error: str | None = None) -> dict:

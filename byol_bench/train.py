@@ -6,21 +6,24 @@ epoch's row and checkpoint, and ``resume`` to continue from a checkpoint.
 
 from __future__ import annotations
 
+import functools
 import math
 import resource
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from typing import Callable
 
 import torch
 from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
 
 from byol_bench.backbones import build_backbone
 from byol_bench.config import TrialConfig
 from byol_bench.data import ImageData, load_data
 from byol_bench.errors import UserError
-from byol_bench.evaluate import (ProbeRecipe, evaluate_features, extract_features, raw_pixel_features,
+from byol_bench.evaluate import (PROBE_METHOD, ProbeRecipe, evaluate_features, extract_features, raw_pixel_features,
                                  representation_stats)
 from byol_bench.methods import METHODS, uses_momentum
 from byol_bench.provenance import provenance
@@ -41,6 +44,22 @@ def resolve_device(name: str) -> torch.device:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@functools.lru_cache(maxsize=None)
+def measured_peak_flops(device: torch.device, dtype: torch.dtype, threads: int) -> float:
+    """The device's matrix-product FLOP/s at this thread count, measured once per process: MFU's denominator."""
+    size = 8192 if device.type == "cuda" else 2048
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    a @ b  # warm-up: kernels chosen, caches filled
+    synchronize(device)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -71,15 +90,20 @@ class Evaluator:
 
     def __call__(self, backbone, with_probe: bool = True) -> dict:
         train, test = self.features(backbone)
-        return {**self._scores(train, test, with_probe), **representation_stats(test)}
+        return self._scores(train, test, with_probe)
+
+    def collapse_indicators(self, method) -> dict:
+        """RankMe and the normalised std of the projection head's output on the test images."""
+        embed = torch.nn.Sequential(method.backbone, method.projection_head)
+        return representation_stats(extract_features(embed, self.data.test_images, self.data.mean, self.data.std, self.device))
 
     def _scores(self, train: Tensor, test: Tensor, with_probe: bool) -> dict:
         return evaluate_features(train, self.train_labels, test, self.test_labels, self.data.num_classes,
                                  self.cfg.knn_k, self.cfg.knn_t, self.probe if with_probe else None, self.cfg.seed)
 
-    def floors(self, random_init_backbone) -> dict:
+    def floors(self, random_init_method) -> dict:
         """The same protocol on a random-init backbone and (for images <= 32 px) on raw pixels."""
-        scores = self(random_init_backbone)
+        scores = {**self(random_init_method.backbone), **self.collapse_indicators(random_init_method)}
         floors = {f"random_init_{key}": value for key, value in scores.items()}
         if self.data.image_size <= 32:
             d = self.data
@@ -87,6 +111,12 @@ class Evaluator:
             raw = self._scores(train, test, with_probe=False)
             floors.update(raw_pixels_knn_top1=raw["knn_top1"], raw_pixels_knn_top5=raw["knn_top5"])
         return floors
+
+
+def collapse_rank(projection_dim: int) -> float:
+    """Below this effective rank of its projections a trial counts as collapsed: near 1 is a full collapse
+    (RankMe); SimSiam without stop-gradient fell to ~3 of 128 here in 4 epochs, its healthy twin stayed ~30."""
+    return max(2.0, projection_dim / 20)
 
 
 def make_batches(cfg: TrialConfig, data: ImageData, method_views, device: torch.device):
@@ -125,6 +155,33 @@ def build_optimizer(cfg: TrialConfig, method: torch.nn.Module) -> torch.optim.Op
     return torch.optim.SGD(params, lr=cfg.peak_lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
 
 
+def make_train_step(cfg: TrialConfig, method: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device):
+    """The trial's optimisation step, with the speed switches applied: step(view0, view1, lr, tau) -> loss.
+
+    Pass ``flop_counter`` (a FlopCounterMode) to count one step's FLOPs; that step runs eagerly, since
+    compiled kernels bypass the counter.
+    """
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    method.to(memory_format=memory_format)
+    compiled_loss = torch.compile(method.training_loss) if cfg.compile else method.training_loss
+
+    def train_step(view0: Tensor, view1: Tensor, lr: float, tau: float | None, flop_counter=None) -> Tensor:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        view0, view1 = (v.contiguous(memory_format=memory_format) for v in (view0, view1))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            with flop_counter or nullcontext():
+                loss = (method.training_loss if flop_counter else compiled_loss)(view0, view1)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+        optimizer.step()
+        if tau is not None:
+            method.update_target(tau)
+        return loss.detach()
+
+    return train_step
+
+
 def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = None, resume: dict | None = None,
               log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> dict:
     """Pretrain ``cfg.method``, then evaluate it; returns the trial's result (see README, "Trial result").
@@ -149,12 +206,13 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
     warmup_steps = round(cfg.lr_warmup_epochs * steps_per_epoch)
     momentum_schedule = parse_momentum_schedule(cfg.momentum_schedule)
     optimizer = build_optimizer(cfg, method)
+    train_step = make_train_step(cfg, method, optimizer, device)
     batches = make_batches(cfg, data, method_class.views if cfg.views == "method" else RECIPES[cfg.views], device)
 
     if resume is None:
         log(f"[{cfg.method}] {data.name}: {len(data.pretrain_images)} pretraining images, "
             f"{len(data.train_images)} train / {len(data.test_images)} test for evaluation, device {device}")
-        baselines = evaluator.floors(method.backbone)
+        baselines = evaluator.floors(method)
         state = {"epoch": 0, "history": [], "baselines": baselines, "pretrain_time_s": 0.0,
                  "step_times": [], "data_times": [], "status": "ok"}
     else:
@@ -177,16 +235,12 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
             got_batch = time.perf_counter()
             step = epoch * steps_per_epoch + i
             lr = learning_rate(step, total_steps, cfg.peak_lr, warmup_steps, cfg.lr_schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = method.training_loss(view0, view1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
             tau = momentum_schedule(step, total_steps) if uses_momentum(method_class) else None
-            if tau is not None:
-                method.update_target(tau)
-            loss_sum += loss.detach()
+            # FLOPs are counted once, on the first step: both views forward and backward, BYOL's target forwards.
+            counter = FlopCounterMode(display=False) if "flops_per_image" not in state else None
+            loss_sum += train_step(view0, view1, lr, tau, flop_counter=counter)
+            if counter is not None:
+                state["flops_per_image"] = counter.get_total_flops() / cfg.batch_size
             synchronize(device)
             done = time.perf_counter()
             steps_this_process += 1
@@ -197,7 +251,7 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
                 timed_seconds += done - tick
             if done - last_log > PROGRESS_EVERY_S:
                 log(f"[{cfg.method}] epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch} "
-                    f"loss {loss.item():.4f} {timed_images / max(timed_seconds, 1e-9):.0f} img/s")
+                    f"loss {loss_sum.item() / (i + 1):.4f} {timed_images / max(timed_seconds, 1e-9):.0f} img/s")
                 last_log = done
             tick = time.perf_counter()
         state["pretrain_time_s"] += time.perf_counter() - epoch_start
@@ -218,16 +272,24 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
         if on_epoch is not None:
             on_epoch(row, {**state, "method": method.state_dict(), "optimizer": optimizer.state_dict()})
 
-    scores = evaluator(method.backbone) if state["status"] == "ok" else {}
+    scores = {**evaluator(method.backbone), **evaluator.collapse_indicators(method)} if state["status"] == "ok" else {}
+    if scores and scores["effective_rank"] < collapse_rank(cfg.projection_dim):
+        state["status"] = "collapsed"
     step_times, data_times = state["step_times"], state["data_times"]
+    images_per_s = cfg.batch_size * len(step_times) / sum(step_times) if step_times else None
+    peak_flops = measured_peak_flops(device, torch.bfloat16 if cfg.precision == "bf16" else torch.float32,
+                                     torch.get_num_threads())
     metrics = {
         **{k: scores.get(k) for k in ("knn_top1", "knn_top5", "linear_top1", "linear_top5", "embedding_std",
                                       "effective_rank")},
-        "images_per_s": cfg.batch_size * len(step_times) / sum(step_times) if step_times else None,
+        "images_per_s": images_per_s,
         "step_time_median_s": float(torch.tensor(step_times).median()) if step_times else None,
         "data_wait_fraction": sum(data_times) / sum(step_times) if step_times else None,
         "peak_memory_bytes": peak_memory_bytes(device),
         "pretrain_time_s": state["pretrain_time_s"],
+        "flops_per_image": state.get("flops_per_image"),
+        "peak_flops_per_s": peak_flops,
+        "mfu": state["flops_per_image"] * images_per_s / peak_flops if images_per_s and "flops_per_image" in state else None,
         "final_loss": state["history"][-1]["loss"] if state["history"] else None,
     }
     if scores:
@@ -241,7 +303,7 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
                 "train_images": len(data.train_images), "test_images": len(data.test_images),
                 "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "peak_lr": cfg.peak_lr,
                 "lr_warmup_steps": warmup_steps, "timed_steps": len(step_times),
-                "probe_recipe": asdict(evaluator.probe)},
+                "probe_recipe": {**asdict(evaluator.probe), **PROBE_METHOD}},
         "history": state["history"],
         "metrics": metrics,
         "baselines": state["baselines"],

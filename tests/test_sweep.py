@@ -93,29 +93,42 @@ def _bench(*args, **kwargs):
     return subprocess.Popen([script, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
-def test_an_interrupted_sweep_resumes_only_its_missing_trials(tmp_path):
+def _finished_results(experiment: Path) -> dict:
+    """trial_id -> its final result JSON, for the trials Tune has recorded as finished."""
+    return {json.loads(line)["config"]["trial"]["trial_id"]: json.loads(line)["result_json"]
+            for path in experiment.glob("*/result.json") for line in path.read_text().splitlines() if '"result_json"' in line}
+
+
+def _mid_run(experiment: Path) -> list:
+    """Trial folders with a checkpoint but no final result: trials stopped part-way."""
+    return [path for path in experiment.glob("*/checkpoint_*") if '"result_json"' not in
+            (path.parent / "result.json").read_text(errors="replace")]
+
+
+@pytest.mark.parametrize("interrupt", ["ctrl-c", "kill-9"])
+def test_an_interrupted_sweep_resumes_only_its_missing_trials(interrupt, tmp_path):
     path = write_sweep(tmp_path, "resumable", {"method": ["simclr"], "seed": [0, 1, 2]}, max_concurrent=1,
-                       trial={"epochs": 3, "batch_size": 32})
-    results = tmp_path / "results"
-    first = _bench("sweep", str(path), "--results-dir", str(results))
-    experiment = results / "resumable" / "tune"
-    deadline = time.time() + 240
-    finished = []
-    while time.time() < deadline and not finished:  # interrupt once the first trial has finished
-        time.sleep(0.5)
-        finished = [p for p in experiment.glob("*/result.json") if '"result_json"' in p.read_text()]
-    assert finished, "no trial finished in time"
-    first.send_signal(signal.SIGINT)
-    output, _ = first.communicate(timeout=120)
-    assert first.returncode != 0 and "--resume" in output
-    done_before = {json.loads(l)["config"]["trial"]["trial_id"]: json.loads(l)["result_json"]
-                   for p in experiment.glob("*/result.json") for l in p.read_text().splitlines() if '"result_json"' in l}
+                       trial={"epochs": 4, "subset": 512, "batch_size": 32})
+    results, experiment = tmp_path / "results", tmp_path / "results" / "resumable" / "tune"
+    first = _bench("sweep", str(path), "--results-dir", str(results), start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (_finished_results(experiment) and _mid_run(experiment)):
+        time.sleep(0.2)  # stop once one trial has finished and the next has checkpointed part-way
+    assert _finished_results(experiment) and _mid_run(experiment), "the sweep never reached the point to stop it"
+    if interrupt == "ctrl-c":
+        first.send_signal(signal.SIGINT)
+        output, _ = first.communicate(timeout=120)
+        assert first.returncode == 130 and "--resume" in output
+    else:  # the driver and everything it started die at once, as on a crashed or rebooted machine
+        os.killpg(first.pid, signal.SIGKILL)
+        first.communicate(timeout=60)
+    done_before = _finished_results(experiment)
     assert 1 <= len(done_before) < 3
     second = _bench("sweep", str(path), "--results-dir", str(results), "--resume")
     output, _ = second.communicate(timeout=300)
     assert second.returncode == 0, output
+    assert "resuming at epoch" in output  # the part-way trial continued from its checkpoint
     trials = pd.read_parquet(results / "resumable" / "trials.parquet")
     assert len(trials) == 3 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
     for trial_id, result_json in done_before.items():  # a finished trial kept its result: it was not rerun
-        kept = trials.set_index("trial_id").loc[trial_id, "time"]
-        assert kept == json.loads(result_json)["provenance"]["time"]
+        assert trials.set_index("trial_id").loc[trial_id, "time"] == json.loads(result_json)["provenance"]["time"]
