@@ -7,7 +7,7 @@ with the same batch size, data, thread count and SGD step:
   suite   batches from ``byol_bench.train.make_batches`` with ``augment="tensor"``: the views are made
           batched on the training device, in the training process (what ``run_trial`` does);
   plain   what lightly's examples do: lightly's PIL transforms (``PILViewDataset``, the method's recipe)
-          in a DataLoader with one worker, shuffle and drop_last.
+          in a DataLoader with --plain-workers workers (default 1), shuffle and drop_last.
 
 They run alternately, suite, plain, suite, plain, ... for --rounds rounds, so that whatever else the
 machine is doing slows both alike. Each round trains --warmup-steps untimed steps, then times --steps
@@ -61,14 +61,14 @@ def log(line: str) -> None:
 # --- part 1: training throughput -----------------------------------------------------------------
 
 
-def lightly_example_batches(cfg, data, device):
+def lightly_example_batches(cfg, data, device, workers: int):
     """A function epoch -> (view0, view1) batches, made as lightly's examples make them."""
     dataset = PILViewDataset(data.pretrain_images, METHODS[cfg.method].views, data.image_size, data.channels,
                              data.mean, data.std)
-    # persistent_workers keeps the one worker alive across epochs and rounds, so its start-up falls in
+    # persistent_workers keeps the workers alive across epochs and rounds, so their start-up falls in
     # the first round's warm-up steps and is never timed.
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=1, persistent_workers=True, pin_memory=device.type == "cuda",
+                                         num_workers=workers, persistent_workers=True, pin_memory=device.type == "cuda",
                                          generator=torch.Generator().manual_seed(cfg.seed))
 
     def batches(epoch: int):
@@ -126,7 +126,7 @@ def bench_training(cfg, args, data, device) -> dict:
     total_steps = args.rounds * (args.warmup_steps + args.steps)
     loops = {
         "suite": TrainingLoop(cfg, data, device, make_batches(cfg, data, METHODS[cfg.method].views, device), total_steps),
-        "plain": TrainingLoop(cfg, data, device, lightly_example_batches(cfg, data, device), total_steps),
+        "plain": TrainingLoop(cfg, data, device, lightly_example_batches(cfg, data, device, args.plain_workers), total_steps),
     }
     speeds = {name: [] for name in loops}
     for round_index in range(args.rounds):
@@ -225,7 +225,7 @@ def print_table(cfg, args, device, training: dict, probe: dict | None) -> None:
           f"{args.rounds} rounds x {args.steps} timed steps, alternating")
     print(f"  {'':34} {'median img/s':>12} {'min':>8} {'max':>8}")
     for key, label in (("suite_images_per_s", "suite (tensor views, make_batches)"),
-                       ("plain_images_per_s", "plain (lightly PIL, 1 worker)")):
+                       ("plain_images_per_s", f"plain (lightly PIL, {args.plain_workers} workers)")):
         row = training[key]
         print(f"  {label:34} {row['median']:12.0f} {row['min']:8.0f} {row['max']:8.0f}")
     per_round = training["ratio_per_round"]
@@ -254,6 +254,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--plain-workers", type=int, default=1,
+                        help="DataLoader workers of the plain loop (1 on a 2-core CPU; more on a GPU machine)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="the suite's and the plain loop's step")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training loss")

@@ -33,6 +33,7 @@ class TrialConfig:
     test_subset: int | None = None
     image_size: int | None = None  # None: the data set's native size
     views: str = "method"  # the method's own view recipe, or one recipe for all: byol | simclr | simsiam
+    crop_min_scale: float | None = None  # RandomResizedCrop's smallest area; None: the recipe's (0.08, SimSiam 0.2)
     augment: str = "tensor"  # tensor (batched, on the device) | pil (lightly's transforms in workers)
     loader_workers: int = 1  # DataLoader workers for augment=pil (0: in the main process)
     # optimisation
@@ -69,7 +70,7 @@ class TrialConfig:
 
 KEYS = tuple(f.name for f in fields(TrialConfig))
 HINTS = typing.get_type_hints(TrialConfig)
-_POSITIVE = ("hidden_dim", "projection_dim", "predictor_hidden_dim", "batch_size", "epochs", "subset", "test_subset",
+_POSITIVE = ("crop_min_scale", "hidden_dim", "projection_dim", "predictor_hidden_dim", "batch_size", "epochs", "subset", "test_subset",
              "image_size", "knn_k", "probe_epochs", "threads", "temperature", "knn_t", "lr", "probe_lr")
 _NON_NEGATIVE = ("loader_workers", "lr_warmup_epochs", "weight_decay", "sgd_momentum", "knn_monitor_every", "seed", "timing_warmup_steps")
 _CHOICES = {"optimizer": ("sgd", "lars"), "lr_schedule": ("cosine", "constant"), "augment": ("tensor", "pil"),
@@ -126,6 +127,8 @@ def validate(cfg: TrialConfig) -> None:
             raise unknown(key, getattr(cfg, key), choices)
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise UserError(f"device '{cfg.device}' is not valid; give auto, cpu, cuda or cuda:N")
+    if cfg.crop_min_scale is not None and cfg.crop_min_scale > 1:
+        raise UserError(f"crop_min_scale {cfg.crop_min_scale} is above 1; give an area fraction in (0, 1]")
     if cfg.dataset == "imagefolder" and not cfg.data_dir:
         raise UserError("dataset imagefolder needs --data-dir (the root of a <class>/<image> tree)")
     if cfg.subset is not None and cfg.batch_size > cfg.subset:

@@ -76,6 +76,6 @@ def summary(trial_table: pd.DataFrame) -> str:
     """The final table a sweep prints: axes, status, accuracy against the floor, speed."""
     columns = ["method", "batch_size", "momentum_schedule", "seed", "status", "knn_top1", "linear_top1",
                "random_init_knn_top1", "images_per_s", "pretrain_time_s"]
-    view = trial_table[columns].copy()
+    view = trial_table[columns].sort_values(["method", "batch_size", "momentum_schedule", "seed"], na_position="first")
     view["momentum_schedule"] = view["momentum_schedule"].fillna("-")
     return view.to_string(index=False, float_format=lambda v: f"{v:.3f}" if abs(v) < 10 else f"{v:.0f}")

@@ -157,8 +157,12 @@ def describe(sweep: Sweep, planned: list[PlannedTrial]) -> str:
 # --- the Ray side --------------------------------------------------------------------------------
 
 
-def trainable(config: dict) -> None:
-    """A Tune function trainable: one trial, reporting each epoch with a checkpoint, then its result."""
+def trainable(config: dict, knobs_by_id: dict) -> None:
+    """A Tune function trainable: one trial, reporting each epoch with a checkpoint, then its result.
+
+    Tune's config holds only the trial id, so that its live table names each trial readably; the
+    knobs come with ``tune.with_parameters``.
+    """
     import torch
     from ray import tune
 
@@ -175,9 +179,9 @@ def trainable(config: dict) -> None:
             torch.save(state, Path(folder) / "state.pt")
             tune.report({k: v for k, v in row.items() if v is not None}, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    trial = config["trial"]
-    result = run_trial(make_config(trial["knobs"]), on_epoch=report_epoch, resume=resume,
-                       log=lambda line: print(f"{trial['trial_id']}: {line}", file=sys.stderr, flush=True))
+    trial_id = config["trial_id"]
+    result = run_trial(make_config(knobs_by_id[trial_id]), on_epoch=report_epoch, resume=resume,
+                       log=lambda line: print(f"{trial_id}: {line}", file=sys.stderr, flush=True))
     summary = {k: v for k, v in result["metrics"].items() if v is not None}
     tune.report({**summary, "status": result["status"], "result_json": json.dumps(result, default=str)})
 
@@ -260,7 +264,7 @@ def _check_resources(ray, sweep: Sweep) -> dict:
 
 def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict]]:
     """Rows for every planned trial from Tune's results: ok/diverged, failed with its error, or incomplete."""
-    by_id = {result.config["trial"]["trial_id"]: result for result in grid if result.config}
+    by_id = {result.config["trial_id"]: result for result in grid if result.config}
     trials, epochs = [], []
     for plan in planned:
         result = by_id.get(plan.trial_id)
@@ -315,13 +319,14 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
                             resumed=[*previous.get("resumed", []), manifest["started"]])
         write_json(manifest_path, manifest)
         experiment = folder / TUNE_FOLDER
-        runnable = tune.with_resources(trainable, sweep.resources)
+        knobs_by_id = {p.trial_id: p.knobs for p in planned}
+        runnable = tune.with_resources(tune.with_parameters(trainable, knobs_by_id=knobs_by_id), sweep.resources)
         if resume and tune.Tuner.can_restore(str(experiment)):
             tuner = tune.Tuner.restore(str(experiment), trainable=runnable, resume_errored=True)
         else:
             tuner = tune.Tuner(
                 runnable,
-                param_space={"trial": tune.grid_search([{"trial_id": p.trial_id, "knobs": p.knobs} for p in planned])},
+                param_space={"trial_id": tune.grid_search(list(knobs_by_id))},
                 tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or sweep.max_concurrent, reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=TUNE_FOLDER, storage_path=str(folder), verbose=1,

@@ -12,7 +12,7 @@ import resource
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Callable
 
 import torch
@@ -51,14 +51,20 @@ def measured_peak_flops(device: torch.device, dtype: torch.dtype, threads: int) 
     """The device's matrix-product FLOP/s at this thread count, measured once per process: MFU's denominator."""
     size = 8192 if device.type == "cuda" else 2048
     a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
-    a @ b  # warm-up: kernels chosen, caches filled
-    synchronize(device)
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        a @ b
+    # fp32 convolutions on CUDA run in TF32 by default (cudnn.allow_tf32): the peak must be TF32's too.
+    tf32 = device.type == "cuda" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, tf32 or torch.backends.cuda.matmul.allow_tf32
+    try:
+        a @ b  # warm-up: kernels chosen, caches filled
         synchronize(device)
-        best = min(best, time.perf_counter() - start)
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            a @ b
+            synchronize(device)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
     return 2 * size**3 / best
 
 
@@ -207,7 +213,10 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
     momentum_schedule = parse_momentum_schedule(cfg.momentum_schedule)
     optimizer = build_optimizer(cfg, method)
     train_step = make_train_step(cfg, method, optimizer, device)
-    batches = make_batches(cfg, data, method_class.views if cfg.views == "method" else RECIPES[cfg.views], device)
+    recipes = method_class.views if cfg.views == "method" else RECIPES[cfg.views]
+    if cfg.crop_min_scale is not None:
+        recipes = [replace(recipe, min_scale=cfg.crop_min_scale) for recipe in recipes]
+    batches = make_batches(cfg, data, recipes, device)
 
     if resume is None:
         log(f"[{cfg.method}] {data.name}: {len(data.pretrain_images)} pretraining images, "

@@ -95,7 +95,7 @@ def _bench(*args, **kwargs):
 
 def _finished_results(experiment: Path) -> dict:
     """trial_id -> its final result JSON, for the trials Tune has recorded as finished."""
-    return {json.loads(line)["config"]["trial"]["trial_id"]: json.loads(line)["result_json"]
+    return {json.loads(line)["config"]["trial_id"]: json.loads(line)["result_json"]
             for path in experiment.glob("*/result.json") for line in path.read_text().splitlines() if '"result_json"' in line}
 
 
