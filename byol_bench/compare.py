@@ -26,6 +26,8 @@ from byol_bench.results import write_json
 
 BASELINES_DIR = Path("results") / "baselines"
 ACCURACY_METRICS = ("knn_top1", "linear_top1")
+VERDICT_METRICS = ("status", *ACCURACY_METRICS, "images_per_s", "peak_memory_bytes")
+BROKEN = ("failed", "diverged", "collapsed")  # outcomes a change can cause; "incomplete" is an interruption
 
 
 @dataclass(frozen=True)
@@ -117,11 +119,22 @@ def _ratio_verdict(base: np.ndarray, cand: np.ndarray, tolerance_percent: float,
             "verdict": "regressed" if worse else "improved" if better else "unchanged"}
 
 
+def _status_verdict(base: pd.Series, cand: pd.Series) -> dict:
+    """A group that ran cleanly in the baseline and now fails, diverges or collapses has regressed."""
+    broken = lambda statuses: int(statuses.isin(BROKEN).sum())  # noqa: E731
+    verdict = "unchanged"
+    if broken(cand) and not broken(base):
+        verdict = "regressed"
+    elif broken(base) and not broken(cand):
+        verdict = "improved"
+    return {"baseline": base.value_counts().to_dict(), "candidate": cand.value_counts().to_dict(), "verdict": verdict}
+
+
 def _groups(trials: pd.DataFrame, axes: list[str]) -> dict[tuple, pd.DataFrame]:
-    """Group key -> the finished trials of that group; an axis a method does not read shows as '-'."""
-    ok = trials[trials.status == "ok"].copy()
-    ok[axes] = ok[axes].astype(object).where(ok[axes].notna(), "-")
-    return {tuple(key): rows for key, rows in ok.groupby(axes)}
+    """Group key -> the trials of that group that ran to an end; an axis a method does not read shows as '-'."""
+    ended = trials[trials.status != "incomplete"].copy()
+    ended[axes] = ended[axes].astype(object).where(ended[axes].notna(), "-")
+    return {tuple(key): rows for key, rows in ended.groupby(axes)}
 
 
 def compare_runs(baseline: Run, candidate: Run, tol: Tolerances = Tolerances()) -> dict:
@@ -134,7 +147,12 @@ def compare_runs(baseline: Run, candidate: Run, tol: Tolerances = Tolerances()) 
     for key in sorted(set(base_groups) & set(cand_groups), key=str):
         base, cand = base_groups[key], cand_groups[key]
         entry = {"group": dict(zip(axes, (k.item() if hasattr(k, "item") else k for k in key))),
-                 "seeds": {"baseline": len(base), "candidate": len(cand)}}
+                 "status": _status_verdict(base["status"], cand["status"])}
+        base, cand = base[base.status == "ok"], cand[cand.status == "ok"]
+        entry["seeds"] = {"baseline": len(base), "candidate": len(cand)}
+        groups.append(entry)
+        if base.empty or cand.empty:  # nothing finished on one side: the status verdict speaks for the group
+            continue
         for metric in ACCURACY_METRICS:
             entry[metric] = _accuracy_verdict(base[metric].to_numpy(float), cand[metric].to_numpy(float), tol)
         entry["images_per_s"] = _ratio_verdict(base["images_per_s"].to_numpy(float), cand["images_per_s"].to_numpy(float),
@@ -142,7 +160,6 @@ def compare_runs(baseline: Run, candidate: Run, tol: Tolerances = Tolerances()) 
         entry["peak_memory_bytes"] = _ratio_verdict(base["peak_memory_bytes"].to_numpy(float),
                                                     cand["peak_memory_bytes"].to_numpy(float), tol.memory_percent,
                                                     higher_is_better=False)
-        groups.append(entry)
     describe = lambda keys: [dict(zip(axes, k)) for k in sorted(keys, key=str)]  # noqa: E731
     fixed_a, fixed_b = baseline.manifest.get("fixed", {}), candidate.manifest.get("fixed", {})
     return {
@@ -153,8 +170,7 @@ def compare_runs(baseline: Run, candidate: Run, tol: Tolerances = Tolerances()) 
         "not_ok": not_ok,
         "protocol_changes": {k: [fixed_a.get(k), fixed_b.get(k)] for k in sorted(set(fixed_a) | set(fixed_b))
                              if fixed_a.get(k) != fixed_b.get(k)},
-        "regressed": any(g[m]["verdict"] == "regressed" for g in groups
-                         for m in (*ACCURACY_METRICS, "images_per_s", "peak_memory_bytes")),
+        "regressed": any(g[m]["verdict"] == "regressed" for g in groups for m in VERDICT_METRICS if m in g),
     }
 
 
@@ -163,17 +179,19 @@ def _nan_safe(value, spec: str) -> str:
 
 
 def verdict_table(comparison: dict) -> pd.DataFrame:
-    """One row per matched group: the accuracy deltas (points, with p), the ratios, and each verdict."""
+    """One row per matched group: status, the accuracy deltas (points, with p), the ratios, and each verdict."""
     rows = []
     for g in comparison["groups"]:
         row = {"group": ", ".join(f"{k}={v}" for k, v in g["group"].items()),
-               "seeds": f"{g['seeds']['baseline']} → {g['seeds']['candidate']}"}
+               "seeds ok": f"{g['seeds']['baseline']} → {g['seeds']['candidate']}", "status verdict": g["status"]["verdict"]}
         for metric, label in (("knn_top1", "kNN top-1"), ("linear_top1", "linear top-1")):
-            row[f"{label} Δ points (p)"] = f"{g[metric]['delta_points']:+.2f} ({_nan_safe(g[metric]['p_value'], '.3f')})"
-            row[f"{label} verdict"] = g[metric]["verdict"]
+            found = g.get(metric)
+            row[f"{label} Δ points (p)"] = f"{found['delta_points']:+.2f} ({_nan_safe(found['p_value'], '.3f')})" if found else "-"
+            row[f"{label} verdict"] = found["verdict"] if found else "-"
         for metric, label in (("images_per_s", "images/s"), ("peak_memory_bytes", "memory")):
-            row[f"{label} ratio"] = f"{g[metric]['ratio']:.3f}"
-            row[f"{label} verdict"] = g[metric]["verdict"]
+            found = g.get(metric)
+            row[f"{label} ratio"] = f"{found['ratio']:.3f}" if found else "-"
+            row[f"{label} verdict"] = found["verdict"] if found else "-"
         rows.append(row)
     return pd.DataFrame(rows)
 

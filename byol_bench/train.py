@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import resource
 import sys
 import time
@@ -68,11 +69,30 @@ def measured_peak_flops(device: torch.device, dtype: torch.dtype, threads: int) 
     return 2 * size**3 / best
 
 
-def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA: max allocated by PyTorch. CPU: the process's peak resident set size."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+class PeakMemory:
+    """This trial's peak memory: on CUDA the most PyTorch allocated since the trial began; on the CPU the
+    largest resident set seen after a step (the process's own high-water mark would carry an earlier
+    trial's peak into a reused Ray worker)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak = device, 0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def sample(self) -> None:
+        if self.device.type != "cuda":
+            self.peak = max(self.peak, resident_bytes())
+
+    def bytes(self) -> int:
+        return int(torch.cuda.max_memory_allocated(self.device)) if self.device.type == "cuda" else self.peak
+
+
+def resident_bytes() -> int:
+    try:  # Linux: the current resident set, in pages
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # elsewhere: the process's high-water mark (KiB on Linux and BSD)
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -213,6 +233,7 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
     momentum_schedule = parse_momentum_schedule(cfg.momentum_schedule)
     optimizer = build_optimizer(cfg, method)
     train_step = make_train_step(cfg, method, optimizer, device)
+    peak_memory = PeakMemory(device)
     recipes = method_class.views if cfg.views == "method" else RECIPES[cfg.views]
     if cfg.crop_min_scale is not None:
         recipes = [replace(recipe, min_scale=cfg.crop_min_scale) for recipe in recipes]
@@ -252,6 +273,7 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
                 state["flops_per_image"] = counter.get_total_flops() / cfg.batch_size
             synchronize(device)
             done = time.perf_counter()
+            peak_memory.sample()
             steps_this_process += 1
             if steps_this_process > cfg.timing_warmup_steps:  # first steps pay for allocation and caches
                 state["data_times"].append(got_batch - tick)
@@ -294,7 +316,7 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
         "images_per_s": images_per_s,
         "step_time_median_s": float(torch.tensor(step_times).median()) if step_times else None,
         "data_wait_fraction": sum(data_times) / sum(step_times) if step_times else None,
-        "peak_memory_bytes": peak_memory_bytes(device),
+        "peak_memory_bytes": peak_memory.bytes(),
         "pretrain_time_s": state["pretrain_time_s"],
         "flops_per_image": state.get("flops_per_image"),
         "peak_flops_per_s": peak_flops,

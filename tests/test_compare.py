@@ -5,7 +5,11 @@ import pytest
 from byol_bench.cli import main
 from byol_bench.compare import Tolerances, compare_runs, load_run, save_baseline, to_markdown
 from byol_bench.errors import UserError
+from byol_bench.config import make_config
+from byol_bench.data import data_root, find_fashion_mnist
+from byol_bench.methods import applicable
 from byol_bench.results import trial_row, write_json, write_tables
+from byol_bench.train import run_trial
 
 AXES = ["method", "batch_size", "momentum_schedule", "seed"]
 
@@ -126,3 +130,28 @@ def test_a_corrupt_baseline_is_one_clear_error(tmp_path, capsys, damage):
 def test_an_unknown_baseline_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="neither a results folder nor a saved baseline"):
         load_run("no-such-baseline", tmp_path)
+
+
+@pytest.mark.skipif(find_fashion_mnist(data_root(None)) is None, reason="Fashion-MNIST is not installed (make data)")
+def test_a_planted_regression_is_caught_and_a_rerun_with_other_seeds_is_not(tmp_path):
+    """Real trials: SimSiam, then SimSiam with its stop-gradient removed by config (it collapses)."""
+    knobs = dict(method="simsiam", dataset="fashion-mnist", subset=2000, test_subset=500, batch_size=64, epochs=4,
+                 lr=0.2, probe_epochs=10, threads=2)
+
+    def sweep(name, seeds, **changes):
+        rows = []
+        for seed in seeds:
+            cfg = make_config({**knobs, **changes, "seed": seed})
+            result = run_trial(cfg, log=lambda line: None)
+            rows.append(trial_row(f"method=simsiam,seed={seed}", applicable(cfg.to_dict()), result["status"], result))
+        write_tables(tmp_path / name, rows, [])
+        write_json(tmp_path / name / "manifest.json", {"sweep": name, "axes": ["method", "seed"], "fixed": changes})
+        return load_run(tmp_path / name)
+
+    baseline = sweep("baseline", [0, 1])
+    rerun = compare_runs(baseline, sweep("rerun", [2, 3]))["groups"][0]
+    assert [rerun[m]["verdict"] for m in ("status", "knn_top1", "linear_top1")] == ["unchanged"] * 3
+    broken = compare_runs(baseline, sweep("no-stop-gradient", [0, 1], stop_gradient=False))
+    assert broken["regressed"] and broken["groups"][0]["status"]["verdict"] == "regressed"
+    assert broken["groups"][0]["status"]["candidate"] == {"collapsed": 2}
+    assert broken["protocol_changes"] == {"stop_gradient": [None, False]}
