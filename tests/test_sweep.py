@@ -37,7 +37,13 @@ def test_method_specific_axes_cross_only_the_methods_that_read_them(tmp_path):
     assert "momentum_schedule" not in simclr.knobs and "momentum_schedule" not in simclr.trial_id
 
 
-@pytest.mark.parametrize("preset, trials", [("quick", 8)])
+@pytest.mark.parametrize("preset, trials", [
+    ("quick", 4 + 2 + 2),  # BYOL x 2 schedules x 2 batch sizes, SimCLR and SimSiam x 2 batch sizes
+    ("cifar10-resnet18", 3 * 2 * 3),  # 3 methods x 2 batch sizes x 3 seeds (one momentum schedule)
+    ("imagenette-resnet18", 3),
+    ("imagenet100-resnet18", 3),
+    ("byol-ablation", 4 * 7 * 2),  # 4 target decay rates x 7 batch sizes x 2 seeds
+])
 def test_presets_dry_run_to_the_expected_trial_count(preset, trials, capsys):
     assert main(["sweep", str(PRESETS / f"{preset}.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out

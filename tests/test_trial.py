@@ -82,3 +82,10 @@ def test_simsiam_without_stop_gradient_is_flagged_as_collapsed():
     assert collapsed["status"] == "collapsed" and healthy["status"] == "ok"
     assert collapsed["metrics"]["effective_rank"] < collapse_rank(128) < healthy["metrics"]["effective_rank"]
     assert collapsed["metrics"]["knn_top1"] is not None  # a collapsed trial keeps its numbers for the tables
+
+
+def test_a_non_finite_loss_stops_the_trial_as_diverged(tiny_config):
+    result = run_trial(tiny_config(method="simclr", epochs=3, lr=1e30), log=lambda line: None)
+    assert result["status"] == "diverged"
+    assert len(result["history"]) == 1  # stopped after the first epoch, not trained on
+    assert result["metrics"]["knn_top1"] is None  # nothing evaluated on a broken model
