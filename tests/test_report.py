@@ -22,7 +22,6 @@ from byol_bench.cli import main
 from byol_bench.config import make_config
 from byol_bench.errors import UserError
 from byol_bench.report import heatmap, load_results, pareto_front, write_report
-from byol_bench.config import make_config
 from byol_bench.methods import applicable
 from byol_bench.results import epoch_rows, trial_row, write_json, write_tables
 
