@@ -68,7 +68,7 @@ def lightly_example_batches(cfg, data, device, workers: int):
     # persistent_workers keeps the workers alive across epochs and rounds, so their start-up falls in
     # the first round's warm-up steps and is never timed.
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=workers, persistent_workers=True, pin_memory=device.type == "cuda",
+                                         num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda",
                                          generator=torch.Generator().manual_seed(cfg.seed))
 
     def batches(epoch: int):

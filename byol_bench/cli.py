@@ -68,6 +68,9 @@ def cmd_sweep(args) -> int:
     from byol_bench.sweep import describe, expand, load_sweep, run_sweep
 
     sweep = load_sweep(args.file)
+    if args.max_concurrent is not None and (args.max_concurrent < 1 or args.resume):
+        raise UserError("--max-concurrent takes a number >= 1 and applies to a new sweep (Ray keeps a resumed "
+                        "sweep's own); leave it out with --resume")
     if args.dry_run:
         print(describe(sweep, expand(sweep)))
         return 0
@@ -104,10 +107,10 @@ def cmd_compare(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from byol_bench.data import load_data
+    from byol_bench.data import DATASETS, load_data
 
     data = load_data(args.name, args.data_dir, download=not args.offline)
-    print(f"{data.name}: {len(data.pretrain_images)} pretraining, {len(data.train_images)} train, "
+    print(f"{data.name} ({DATASETS[data.name].description}): {len(data.pretrain_images)} pretraining, {len(data.train_images)} train, "
           f"{len(data.test_images)} test images of {data.channels}x{data.image_size}x{data.image_size}, "
           f"{data.num_classes} classes")
     return 0

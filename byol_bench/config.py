@@ -31,7 +31,7 @@ class TrialConfig:
     data_dir: str | None = None
     subset: int | None = None  # seeded stratified subset of the train split
     test_subset: int | None = None
-    image_size: int | None = None  # None: the data set's native size
+    image_size: int | None = None  # imagefolder's decode size (default 64); other data sets keep their native size
     views: str = "method"  # the method's own view recipe, or one recipe for all: byol | simclr | simsiam
     crop_min_scale: float | None = None  # RandomResizedCrop's smallest area; None: the recipe's (0.08, SimSiam 0.2)
     augment: str = "tensor"  # tensor (batched, on the device) | pil (lightly's transforms in workers)
@@ -129,6 +129,10 @@ def validate(cfg: TrialConfig) -> None:
         raise UserError(f"device '{cfg.device}' is not valid; give auto, cpu, cuda or cuda:N")
     if cfg.crop_min_scale is not None and cfg.crop_min_scale > 1:
         raise UserError(f"crop_min_scale {cfg.crop_min_scale} is above 1; give an area fraction in (0, 1]")
+    native_size = DATASETS[cfg.dataset].image_size
+    if cfg.dataset != "imagefolder" and cfg.image_size not in (None, native_size):
+        raise UserError(f"image_size {cfg.image_size}: {cfg.dataset} is used at its native {native_size} px; "
+                        "leave image_size out (it resizes imagefolder data only)")
     if cfg.dataset == "imagefolder" and not cfg.data_dir:
         raise UserError("dataset imagefolder needs --data-dir (the root of a <class>/<image> tree)")
     if cfg.subset is not None and cfg.batch_size > cfg.subset:

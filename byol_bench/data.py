@@ -185,7 +185,10 @@ def _load_imagefolder(root: Path, image_size: int, download: bool):
         raise UserError(f"--data-dir {root} is not a folder; give the root of a <class>/<image> tree")
     try:
         if (root / "train").is_dir() and (root / "val").is_dir():
-            train, test = ImageFolder(str(root / "train")).samples, ImageFolder(str(root / "val")).samples
+            train_folder, val_folder = ImageFolder(str(root / "train")), ImageFolder(str(root / "val"))
+            if train_folder.class_to_idx != val_folder.class_to_idx:  # else val's labels would shift silently
+                raise UserError(f"{root}/train and {root}/val hold different classes; give both the same class folders")
+            train, test = train_folder.samples, val_folder.samples
         else:
             samples = ImageFolder(str(root)).samples
             labels = torch.tensor([label for _, label in samples])

@@ -107,7 +107,7 @@ def load_sweep(path: str | Path) -> Sweep:
         name=name, path=Path(path), source=Path(path).read_text(), trial=trial, axes=axes, method_overrides=overrides,
         cpus_per_trial=_number("resources.cpu", resources.get("cpu", 1), 0),
         gpus_per_trial=_number("resources.gpu", resources.get("gpu", 0), 0),
-        max_concurrent=raw.get("max_concurrent") and _number("max_concurrent", raw["max_concurrent"], 1, integer=True),
+        max_concurrent=None if raw.get("max_concurrent") is None else _number("max_concurrent", raw["max_concurrent"], 1, integer=True),
         max_failures=_number("max_failures", raw.get("max_failures", 1), 0, integer=True),
         anchors=raw.get("anchors") or [], description=raw.get("description") or "",
     )

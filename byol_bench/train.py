@@ -233,7 +233,6 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
     momentum_schedule = parse_momentum_schedule(cfg.momentum_schedule)
     optimizer = build_optimizer(cfg, method)
     train_step = make_train_step(cfg, method, optimizer, device)
-    peak_memory = PeakMemory(device)
     recipes = method_class.views if cfg.views == "method" else RECIPES[cfg.views]
     if cfg.crop_min_scale is not None:
         recipes = [replace(recipe, min_scale=cfg.crop_min_scale) for recipe in recipes]
@@ -252,6 +251,7 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
         log(f"[{cfg.method}] resuming at epoch {state['epoch'] + 1}/{cfg.epochs}")
 
     steps_this_process = 0
+    peak_memory = PeakMemory(device)  # training only: evaluation and the FLOP/s probe come after the reading
     for epoch in range(state["epoch"], cfg.epochs):
         if state["status"] != "ok":
             break
@@ -303,6 +303,7 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
         if on_epoch is not None:
             on_epoch(row, {**state, "method": method.state_dict(), "optimizer": optimizer.state_dict()})
 
+    peak_memory_bytes = peak_memory.bytes()
     scores = {**evaluator(method.backbone), **evaluator.collapse_indicators(method)} if state["status"] == "ok" else {}
     if scores and scores["effective_rank"] < collapse_rank(cfg.projection_dim):
         state["status"] = "collapsed"
@@ -316,7 +317,7 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
         "images_per_s": images_per_s,
         "step_time_median_s": float(torch.tensor(step_times).median()) if step_times else None,
         "data_wait_fraction": sum(data_times) / sum(step_times) if step_times else None,
-        "peak_memory_bytes": peak_memory.bytes(),
+        "peak_memory_bytes": peak_memory_bytes,
         "pretrain_time_s": state["pretrain_time_s"],
         "flops_per_image": state.get("flops_per_image"),
         "peak_flops_per_s": peak_flops,

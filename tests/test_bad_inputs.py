@@ -39,6 +39,17 @@ def corrupt_fashion_mnist(tmp: Path, monkeypatch):
     return ["train", "--dataset", "fashion-mnist", "--subset", "100", "--batch-size", "50", "--out", str(tmp / "t.json")]
 
 
+def mismatched_class_folders(tmp: Path):
+    from torchvision.transforms.functional import to_pil_image
+
+    for split, classes in (("train", ("cat", "dog")), ("val", ("cat", "emu"))):
+        for label in classes:
+            (tmp / "tree" / split / label).mkdir(parents=True)
+            to_pil_image(torch.zeros(3, 8, 8, dtype=torch.uint8)).save(tmp / "tree" / split / label / "0.png")
+    return ["train", "--dataset", "imagefolder", "--data-dir", str(tmp / "tree"), "--batch-size", "1",
+            "--out", str(tmp / "t.json")]
+
+
 def earlier_results(tmp: Path, *flags):
     (tmp / "results" / "s").mkdir(parents=True)
     (tmp / "results" / "s" / "trials.parquet").write_text("an earlier sweep's table")
@@ -78,11 +89,15 @@ CASES = {
     "config wrong type": (lambda t, m: config_file(t, "epochs: four\n"), "epochs: 'four' is not a valid value; give int"),
     "config not a mapping": (lambda t, m: config_file(t, "- byol\n"), "must hold a mapping"),
     "corrupt data": (corrupt_fashion_mnist, "unreadable or corrupt"),
+    "image size of a fixed-size data set": (lambda t, m: train(t, "--image-size", "64"), "synthetic is used at its native 32 px"),
+    "train and val classes differ": (lambda t, m: mismatched_class_folders(t), "hold different classes"),
     "unknown sweep key": (lambda t, m: sweep_file(t, axis={"seed": [0]}), "unknown key 'axis' (did you mean 'axes'?)"),
     "empty axes": (lambda t, m: sweep_file(t, axes={}), "'axes' is empty"),
     "empty axis list": (lambda t, m: sweep_file(t, axes={"method": []}), "axes.method must be a non-empty list"),
     "unknown axis": (lambda t, m: sweep_file(t, axes={"metod": ["byol"]}), "axes: unknown key 'metod' (did you mean 'method'?)"),
     "negative cpu": (lambda t, m: sweep_file(t, resources={"cpu": -1}), "resources.cpu: -1 is not valid"),
+    "zero concurrency": (lambda t, m: sweep_file(t, max_concurrent=0), "max_concurrent: 0 is not valid"),
+    "concurrency on resume": (lambda t, m: sweep_file(t, "--resume", "--max-concurrent", "2"), "applies to a new sweep"),
     "bad trial in grid": (lambda t, m: sweep_file(t, trial={k: v for k, v in SWEEP["trial"].items() if k != "batch_size"},
                                                   axes={"batch_size": [64, 4096]}), "trial batch_size=4096: batch_size 4096 is larger"),
     "unreachable address": (lambda t, m: sweep_file(t, "--address", "127.0.0.1:1"), "cannot reach the Ray cluster at --address 127.0.0.1:1"),
