@@ -82,14 +82,19 @@ def test_tensor_views_match_lightlys_pil_views_in_distribution(recipes):
     (dropping the colour jitter moves the std by ~0.3, always-grayscale the colourfulness by ~0.17)."""
     from byol_bench.data import make_synthetic
 
-    images, _ = make_synthetic(400, seed=0)
+    import random
+
+    import numpy as np
+
+    images, _ = make_synthetic(800, seed=0)
     mean, std = (0.5,) * 3, (0.25,) * 3
     tensor_views = TensorViews(recipes, 32, 3, mean, std, seed=0, device="cpu")(images)
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)  # lightly's transforms draw from all three
     pil = PILViewDataset(images, recipes, 32, 3, mean, std)
     pil_pairs = [pil[i] for i in range(len(images))]
     for index, tensor_view in enumerate(tensor_views):
         pil_view = torch.stack([pair[index] for pair in pil_pairs])
-        assert abs(tensor_view.mean() - pil_view.mean()) < 0.08
+        assert abs(tensor_view.mean() - pil_view.mean()) < 0.06
         assert abs(tensor_view.std() - pil_view.std()) < 0.08
         contrast = lambda v: v.flatten(1).std(1).mean()  # noqa: E731 - the average within-image spread
         colourfulness = lambda v: v.std(dim=1).mean()  # noqa: E731 - spread across channels: 0 for gray
