@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import types
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from byol_bench.config import KEYS, HINTS, make_config, read_yaml
 from byol_bench.errors import UserError
-from byol_bench.results import write_json
+from byol_bench.results import check_writable, write_json
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,15 +38,11 @@ def _from_text(key: str, text: str):
     raise UserError(f"--{key.replace('_', '-')}: '{text}' is not a valid {names}")
 
 
-def check_writable(path: Path) -> None:
+def check_output(path: Path) -> None:
     """Fail before any work when ``path`` could not be written (nothing is created here)."""
     if path.is_dir():
         raise UserError(f"output path {path} is a folder; give a file path such as {path}/trial.json")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"output path {path} is not writable ({parent} cannot be written); choose another --out")
+    check_writable(path.parent, "output path", "choose another --out")
 
 
 def cmd_train(args) -> int:
@@ -57,7 +52,7 @@ def cmd_train(args) -> int:
     values.update({key: _from_text(key, getattr(args, key)) for key in KEYS if getattr(args, key) is not None})
     cfg = make_config(values)
     out = Path(args.out or f"results/trials/{cfg.method}-{cfg.dataset}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    check_writable(out)
+    check_output(out)
     result = run_trial(cfg)
     write_json(out, result)
     print(f"wrote {out}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from byol_bench.config import KEYS
+from byol_bench.errors import UserError
 
 METRICS = ("knn_top1", "knn_top5", "linear_top1", "linear_top5", "embedding_std", "effective_rank", "images_per_s",
            "step_time_median_s", "data_wait_fraction", "peak_memory_bytes", "pretrain_time_s", "flops_per_image",
@@ -39,6 +40,15 @@ def trial_row(trial_id: str, config: dict, status: str, result: dict | None = No
 
 def epoch_rows(trial_id: str, result: dict) -> list[dict]:
     return [{"trial_id": trial_id, **row} for row in result.get("history", [])]
+
+
+def check_writable(path: Path, what: str, fix: str) -> None:
+    """Fail before any work when ``path`` (a file or folder, maybe not yet there) could not be created."""
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path} cannot be written ({existing} is not writable); {fix}")
 
 
 def _write_atomic(path: Path, write) -> None:

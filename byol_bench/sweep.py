@@ -23,7 +23,7 @@ from byol_bench.config import KEYS, TrialConfig, make_config, read_yaml
 from byol_bench.errors import UserError, did_you_mean
 from byol_bench.methods import METHODS, applicable, reads
 from byol_bench.provenance import git_revision, versions
-from byol_bench.results import epoch_rows, summary, trial_row, write_json, write_tables
+from byol_bench.results import check_writable, epoch_rows, summary, trial_row, write_json, write_tables
 
 SWEEP_KEYS = ("name", "description", "trial", "method_overrides", "axes", "resources", "max_concurrent", "max_failures",
               "anchors")
@@ -186,14 +186,6 @@ def trainable(config: dict, knobs_by_id: dict) -> None:
     tune.report({**summary, "status": result["status"], "result_json": json.dumps(result, default=str)})
 
 
-def _check_writable(folder: Path) -> None:
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"results folder {folder} cannot be written ({existing} is not writable); pass --results-dir")
-
-
 def _check_checkpoints(experiment: Path) -> None:
     """Every trial's newest checkpoint must be whole before a resume continues from it.
 
@@ -288,7 +280,7 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
     folder = (results_dir / sweep.name).resolve()
     manifest_path = folder / "manifest.json"
     grid_ids = [p.trial_id for p in planned]
-    _check_writable(folder)
+    check_writable(folder, "results folder", "pass --results-dir")
     if resume:
         if not (folder / TUNE_FOLDER).is_dir():
             raise UserError(f"--resume: {folder} holds no sweep to resume; run without --resume first")

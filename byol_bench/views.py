@@ -180,11 +180,14 @@ class TensorViews:
 
     def __init__(self, recipes, image_size: int, channels: int, mean, std, seed: int, device):
         self.recipes = [adapt(r, image_size, channels) for r in recipes]
-        self.size, self.mean, self.std = image_size, mean, std
+        self.size = image_size
+        # Built once: the training step would otherwise copy them to the device twice per batch.
+        self.mean = torch.tensor(mean, device=device)[None, :, None, None]
+        self.std = torch.tensor(std, device=device)[None, :, None, None]
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        return tuple(normalize(augment(images, r, self.size, self.generator), self.mean, self.std) for r in self.recipes)
+        return tuple((augment(images, r, self.size, self.generator) - self.mean) / self.std for r in self.recipes)
 
 
 # --- PIL reference path: lightly's own transforms ------------------------------------------------
