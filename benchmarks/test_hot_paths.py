@@ -35,7 +35,7 @@ def test_training_step(benchmark, method, setup):
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
 
     def step():
-        loss = model.training_loss(view0, view1)
+        loss = model(view0, view1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

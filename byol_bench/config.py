@@ -37,7 +37,7 @@ class TrialConfig:
     augment: str = "tensor"  # tensor (batched, on the device) | pil (lightly's transforms in workers)
     loader_workers: int = 1  # DataLoader workers for augment=pil (0: in the main process)
     # optimisation
-    batch_size: int = 256
+    batch_size: int = 256  # per worker: the global batch is batch_size x workers
     epochs: int = 4
     optimizer: str = "sgd"  # sgd | lars
     lr: float = 0.06  # at batch 128, scaled linearly with the batch size
@@ -57,12 +57,18 @@ class TrialConfig:
     channels_last: bool = False  # NHWC memory format for the model and the views
     compile: bool = False  # torch.compile the training loss
     threads: int | None = None  # torch intra-op threads; None: torch's default
+    workers: int = 1  # DDP processes of one trial (Ray Train, in a sweep), one device each
+    sync_batchnorm: bool = True  # with workers > 1: BatchNorm statistics over the global batch, as on one device
     seed: int = 0
     timing_warmup_steps: int = 5  # steps left out of the throughput figures
 
     @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.workers
+
+    @property
     def peak_lr(self) -> float:
-        return self.lr * self.batch_size / LR_REFERENCE_BATCH
+        return self.lr * self.global_batch_size / LR_REFERENCE_BATCH
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -71,7 +77,7 @@ class TrialConfig:
 KEYS = tuple(f.name for f in fields(TrialConfig))
 HINTS = typing.get_type_hints(TrialConfig)
 _POSITIVE = ("crop_min_scale", "hidden_dim", "projection_dim", "predictor_hidden_dim", "batch_size", "epochs", "subset", "test_subset",
-             "image_size", "knn_k", "probe_epochs", "threads", "temperature", "knn_t", "lr", "probe_lr")
+             "image_size", "knn_k", "probe_epochs", "threads", "workers", "temperature", "knn_t", "lr", "probe_lr")
 _NON_NEGATIVE = ("loader_workers", "lr_warmup_epochs", "weight_decay", "sgd_momentum", "knn_monitor_every", "seed", "timing_warmup_steps")
 _CHOICES = {"optimizer": ("sgd", "lars"), "lr_schedule": ("cosine", "constant"), "augment": ("tensor", "pil"),
             "precision": ("fp32", "bf16")}
@@ -135,14 +141,15 @@ def validate(cfg: TrialConfig) -> None:
                         "leave image_size out (it resizes imagefolder data only)")
     if cfg.dataset == "imagefolder" and not cfg.data_dir:
         raise UserError("dataset imagefolder needs --data-dir (the root of a <class>/<image> tree)")
-    if cfg.subset is not None and cfg.batch_size > cfg.subset:
-        raise UserError(f"batch_size {cfg.batch_size} is larger than subset {cfg.subset}; lower the batch size or raise the subset")
+    if cfg.subset is not None and cfg.global_batch_size > cfg.subset:
+        raise UserError(f"global batch {cfg.global_batch_size} (batch_size x workers) is larger than subset {cfg.subset}; "
+                        "lower the batch size or raise the subset")
     sizes = DATASETS[cfg.dataset].sizes
     if sizes is not None:  # known before loading: fail now, not minutes into a sweep
         pretrain, train, test = sizes
         pretrain = min(pretrain, cfg.subset or pretrain)
         for key, requested, available in (("subset", cfg.subset, train), ("test_subset", cfg.test_subset, test),
-                                          ("batch_size", cfg.batch_size, pretrain)):
+                                          ("global batch", cfg.global_batch_size, pretrain)):
             if requested is not None and requested > available:
                 raise UserError(f"{key} {requested} is larger than {cfg.dataset}'s {available} images; give at most {available}")
     parse_momentum_schedule(cfg.momentum_schedule)

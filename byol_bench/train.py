@@ -1,7 +1,9 @@
 """One benchmark trial, top to bottom: load data, pretrain an SSL method, measure it, evaluate it.
 
 ``run_trial`` is plain PyTorch and knows nothing of Ray: the sweep passes ``on_epoch`` to report each
-epoch's row and checkpoint, and ``resume`` to continue from a checkpoint.
+epoch's row and checkpoint, and ``resume`` to continue from a checkpoint. Run in every process of a
+torch.distributed group (a DDP trial, ``workers`` > 1), each rank trains on its share of every global
+batch and extracts features for its share of the evaluation images; every rank returns the same result.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from dataclasses import asdict, replace
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 
 from byol_bench.backbones import build_backbone
 from byol_bench.config import TrialConfig
 from byol_bench.data import ImageData, load_data
+from byol_bench.distributed import gather_rows, rank, shard, sync_batchnorm, world_size
 from byol_bench.errors import UserError
 from byol_bench.evaluate import (PROBE_METHOD, ProbeRecipe, evaluate_features, extract_features, raw_pixel_features,
                                  representation_stats)
@@ -109,10 +114,13 @@ class Evaluator:
         self.test_labels = data.test_labels.to(device)
         self.probe = ProbeRecipe(epochs=cfg.probe_epochs, lr=cfg.probe_lr)
 
+    def _extract(self, module, images: Tensor) -> Tensor:
+        """Features of all ``images``: in a DDP trial each rank extracts its share, then all ranks get every row."""
+        local = extract_features(module, images[shard(len(images))], self.data.mean, self.data.std, self.device)
+        return gather_rows(local, len(images))
+
     def features(self, backbone) -> tuple[Tensor, Tensor]:
-        d = self.data
-        return (extract_features(backbone, d.train_images, d.mean, d.std, self.device),
-                extract_features(backbone, d.test_images, d.mean, d.std, self.device))
+        return self._extract(backbone, self.data.train_images), self._extract(backbone, self.data.test_images)
 
     def __call__(self, backbone, with_probe: bool = True) -> dict:
         train, test = self.features(backbone)
@@ -121,7 +129,7 @@ class Evaluator:
     def collapse_indicators(self, method) -> dict:
         """RankMe and the normalised std of the projection head's output on the test images."""
         embed = torch.nn.Sequential(method.backbone, method.projection_head)
-        return representation_stats(extract_features(embed, self.data.test_images, self.data.mean, self.data.std, self.device))
+        return representation_stats(self._extract(embed, self.data.test_images))
 
     def _scores(self, train: Tensor, test: Tensor, with_probe: bool) -> dict:
         return evaluate_features(train, self.train_labels, test, self.test_labels, self.data.num_classes,
@@ -145,27 +153,34 @@ def collapse_rank(projection_dim: int) -> float:
     return max(2.0, projection_dim / 20)
 
 
+def epoch_order(cfg: TrialConfig, num_images: int, epoch: int) -> Tensor:
+    """This rank's images for ``epoch``, batch after batch: one seeded shuffle cut into global batches
+    (the remainder dropped), each global batch split into the ranks' consecutive shares."""
+    order = torch.randperm(num_images, generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
+    steps = num_images // cfg.global_batch_size
+    return order[: steps * cfg.global_batch_size].view(steps, world_size(), cfg.batch_size)[:, rank()].reshape(-1)
+
+
 def make_batches(cfg: TrialConfig, data: ImageData, method_views, device: torch.device):
-    """A function epoch -> iterator of (view0, view1) batches on ``device``; drop_last, seeded per epoch."""
+    """A function epoch -> iterator of this rank's (view0, view1) batches on ``device``, seeded per epoch."""
     images = data.pretrain_images
-    steps = len(images) // cfg.batch_size
     if cfg.augment == "tensor":
         on_device = images.to(device)
-        views = TensorViews(method_views, data.image_size, data.channels, data.mean, data.std, cfg.seed, device)
+        views = TensorViews(method_views, data.image_size, data.channels, data.mean, data.std, cfg.seed, device,
+                            rank(), world_size())
 
         def tensor_batches(epoch: int):
             views.generator.manual_seed(epoch_seed(cfg.seed, epoch))
-            order = torch.randperm(len(images), generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
-            for i in range(steps):
-                yield views(on_device[order[i * cfg.batch_size : (i + 1) * cfg.batch_size].to(device)])
+            for batch in epoch_order(cfg, len(images), epoch).to(device).split(cfg.batch_size):
+                yield views(on_device[batch])
 
         return tensor_batches
     dataset = PILViewDataset(images, method_views, data.image_size, data.channels, data.mean, data.std)
 
     def pil_batches(epoch: int):
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.loader_workers,
-            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
+            dataset, batch_size=cfg.batch_size, sampler=epoch_order(cfg, len(images), epoch).tolist(),
+            num_workers=cfg.loader_workers, pin_memory=device.type == "cuda")
         for view0, view1 in loader:
             yield view0.to(device, non_blocking=True), view1.to(device, non_blocking=True)
 
@@ -184,12 +199,17 @@ def build_optimizer(cfg: TrialConfig, method: torch.nn.Module) -> torch.optim.Op
 def make_train_step(cfg: TrialConfig, method: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device):
     """The trial's optimisation step, with the speed switches applied: step(view0, view1, lr, tau) -> loss.
 
+    In a DDP trial the loss runs through DistributedDataParallel, which averages the gradients over the
+    ranks (and copies rank 0's weights to every rank when it wraps the method).
     Pass ``flop_counter`` (a FlopCounterMode) to count one step's FLOPs; that step runs eagerly, since
     compiled kernels bypass the counter.
     """
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     method.to(memory_format=memory_format)
-    compiled_loss = torch.compile(method.training_loss) if cfg.compile else method.training_loss
+    model = method
+    if world_size() > 1:
+        model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
+    compiled_model = torch.compile(model) if cfg.compile else model
 
     def train_step(view0: Tensor, view1: Tensor, lr: float, tau: float | None, flop_counter=None) -> Tensor:
         for group in optimizer.param_groups:
@@ -197,7 +217,7 @@ def make_train_step(cfg: TrialConfig, method: torch.nn.Module, optimizer: torch.
         view0, view1 = (v.contiguous(memory_format=memory_format) for v in (view0, view1))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             with flop_counter or nullcontext():
-                loss = (method.training_loss if flop_counter else compiled_loss)(view0, view1)
+                loss = (model if flop_counter else compiled_model)(view0, view1)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
         optimizer.step()
@@ -213,21 +233,29 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
     """Pretrain ``cfg.method``, then evaluate it; returns the trial's result (see README, "Trial result").
 
     ``on_epoch(row, state)`` is called after every epoch with that epoch's history row and a
-    checkpoint ``state`` that ``resume`` accepts to continue the trial from the next epoch.
+    checkpoint ``state`` that ``resume`` accepts to continue the trial from the next epoch. In a DDP
+    trial it is called on every rank (the states are the same); only rank 0 logs.
     """
+    if cfg.workers != world_size():
+        raise UserError(f"workers {cfg.workers}: this process group has {world_size()}; a trial with workers > 1 "
+                        "runs through Ray Train: put it in a sweep file and run 'byol-bench sweep'")
+    if rank() != 0:
+        log = lambda line: None  # noqa: E731 -- the ranks train in lockstep; one progress log is enough
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.dataset, cfg.data_dir, cfg.subset, cfg.test_subset, cfg.image_size, cfg.seed)
-    if cfg.batch_size > len(data.pretrain_images):
-        raise UserError(f"batch_size {cfg.batch_size} is larger than the {len(data.pretrain_images)} pretraining images; "
-                        "lower the batch size or raise --subset")
+    if cfg.global_batch_size > len(data.pretrain_images):
+        raise UserError(f"global batch {cfg.global_batch_size} (batch_size x workers) is larger than the "
+                        f"{len(data.pretrain_images)} pretraining images; lower the batch size or raise --subset")
     backbone, feature_dim = build_backbone(cfg.backbone, data.channels, data.image_size)
     method_class = METHODS[cfg.method]
     method = method_class(backbone, feature_dim, cfg).to(device)
+    if cfg.workers > 1 and cfg.sync_batchnorm:
+        method = sync_batchnorm(method, device)
     evaluator = Evaluator(data, cfg, device)
-    steps_per_epoch = len(data.pretrain_images) // cfg.batch_size
+    steps_per_epoch = len(data.pretrain_images) // cfg.global_batch_size
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.lr_warmup_epochs * steps_per_epoch)
     momentum_schedule = parse_momentum_schedule(cfg.momentum_schedule)
@@ -278,7 +306,7 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
             if steps_this_process > cfg.timing_warmup_steps:  # first steps pay for allocation and caches
                 state["data_times"].append(got_batch - tick)
                 state["step_times"].append(done - tick)
-                timed_images += cfg.batch_size
+                timed_images += cfg.global_batch_size  # the ranks step in lockstep
                 timed_seconds += done - tick
             if done - last_log > PROGRESS_EVERY_S:
                 log(f"[{cfg.method}] epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch} "
@@ -286,6 +314,9 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
                 last_log = done
             tick = time.perf_counter()
         state["pretrain_time_s"] += time.perf_counter() - epoch_start
+        if world_size() > 1:  # the global batch's loss is the ranks' mean (and every rank sees a divergence)
+            dist.all_reduce(loss_sum)
+            loss_sum /= world_size()
         epoch_loss = (loss_sum / steps_per_epoch).item()
         row = {"epoch": epoch + 1, "loss": epoch_loss, "lr": lr, "momentum": tau,
                "images_per_s": timed_images / timed_seconds if timed_seconds else None,
@@ -308,7 +339,7 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
     if scores and scores["effective_rank"] < collapse_rank(cfg.projection_dim):
         state["status"] = "collapsed"
     step_times, data_times = state["step_times"], state["data_times"]
-    images_per_s = cfg.batch_size * len(step_times) / sum(step_times) if step_times else None
+    images_per_s = cfg.global_batch_size * len(step_times) / sum(step_times) if step_times else None
     peak_flops = measured_peak_flops(device, torch.bfloat16 if cfg.precision == "bf16" else torch.float32,
                                      torch.get_num_threads())
     metrics = {
@@ -317,11 +348,12 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
         "images_per_s": images_per_s,
         "step_time_median_s": float(torch.tensor(step_times).median()) if step_times else None,
         "data_wait_fraction": sum(data_times) / sum(step_times) if step_times else None,
-        "peak_memory_bytes": peak_memory_bytes,
+        "peak_memory_bytes": peak_memory_bytes,  # of one worker (rank 0)
         "pretrain_time_s": state["pretrain_time_s"],
         "flops_per_image": state.get("flops_per_image"),
         "peak_flops_per_s": peak_flops,
-        "mfu": state["flops_per_image"] * images_per_s / peak_flops if images_per_s and "flops_per_image" in state else None,
+        "mfu": (state["flops_per_image"] * images_per_s / (peak_flops * cfg.workers)
+                if images_per_s and "flops_per_image" in state else None),
         "final_loss": state["history"][-1]["loss"] if state["history"] else None,
     }
     if scores:
@@ -333,7 +365,8 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
         "run": {"device": str(device), "image_size": data.image_size, "channels": data.channels,
                 "num_classes": data.num_classes, "pretrain_images": len(data.pretrain_images),
                 "train_images": len(data.train_images), "test_images": len(data.test_images),
-                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "peak_lr": cfg.peak_lr,
+                "global_batch_size": cfg.global_batch_size, "steps_per_epoch": steps_per_epoch,
+                "total_steps": total_steps, "peak_lr": cfg.peak_lr,
                 "lr_warmup_steps": warmup_steps, "timed_steps": len(step_times),
                 "probe_recipe": {**asdict(evaluator.probe), **PROBE_METHOD}},
         "history": state["history"],

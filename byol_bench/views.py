@@ -55,28 +55,42 @@ def adapt(recipe: ViewRecipe, image_size: int, channels: int) -> ViewRecipe:
 # --- batched tensor augmentation -----------------------------------------------------------------
 
 
-def _uniform(low: float, high: float, n: int, g: torch.Generator, device) -> Tensor:
-    return low + (high - low) * torch.rand(n, generator=g, device=device)
+class Draws:
+    """Per-sample random numbers for rows ``rows`` of a batch of ``total`` samples.
+
+    Every rank of a DDP trial draws the whole global batch's numbers from the same seeded generator and
+    keeps its own rows, so a trial's views do not depend on how its batch is split across workers.
+    """
+
+    def __init__(self, generator: torch.Generator, total: int, rows: slice):
+        self.generator, self.total, self.rows = generator, total, rows
+
+    def uniform(self, low: float, high: float, *shape: int) -> Tensor:
+        values = torch.rand(self.total, *shape, generator=self.generator, device=self.generator.device)[self.rows]
+        return low + (high - low) * values
+
+    def coin(self, p: float) -> Tensor:
+        return self.uniform(0.0, 1.0) < p
+
+    def permutation(self, n: int) -> list[int]:
+        """One order shared by the whole batch (and by every rank)."""
+        return torch.randperm(n, generator=self.generator, device=self.generator.device).tolist()
 
 
-def _coin(p: float, n: int, g: torch.Generator, device) -> Tensor:
-    return torch.rand(n, generator=g, device=device) < p
-
-
-def _crop_boxes(n: int, size: int, min_scale: float, g: torch.Generator, device) -> Tensor:
+def _crop_boxes(draws: Draws, size: int, min_scale: float) -> Tensor:
     """RandomResizedCrop's boxes (scale, ratio 3/4..4/3, 10 tries, else the whole image), one per sample."""
     tries = 10
-    area = size * size * _uniform(min_scale, 1.0, n * tries, g, device)
-    log_ratio = _uniform(math.log(3 / 4), math.log(4 / 3), n * tries, g, device)
-    w = torch.sqrt(area * torch.exp(log_ratio)).view(n, tries)
-    h = torch.sqrt(area / torch.exp(log_ratio)).view(n, tries)
+    area = size * size * draws.uniform(min_scale, 1.0, tries)
+    log_ratio = draws.uniform(math.log(3 / 4), math.log(4 / 3), tries)
+    w = torch.sqrt(area * torch.exp(log_ratio))
+    h = torch.sqrt(area / torch.exp(log_ratio))
     fits = (w <= size) & (h <= size)
     first = fits.float().argmax(dim=1)  # first try that fits
     w = torch.where(fits.any(1), w.gather(1, first[:, None]).squeeze(1), torch.full_like(w[:, 0], size))
     h = torch.where(fits.any(1), h.gather(1, first[:, None]).squeeze(1), torch.full_like(h[:, 0], size))
-    x0 = (size - w) * torch.rand(n, generator=g, device=device)
-    y0 = (size - h) * torch.rand(n, generator=g, device=device)
-    return torch.stack([torch.arange(n, device=device, dtype=w.dtype), x0, y0, x0 + w, y0 + h], dim=1)
+    x0 = (size - w) * draws.uniform(0.0, 1.0)
+    y0 = (size - h) * draws.uniform(0.0, 1.0)
+    return torch.stack([torch.arange(len(w), device=w.device, dtype=w.dtype), x0, y0, x0 + w, y0 + h], dim=1)
 
 
 def _gray(x: Tensor) -> Tensor:
@@ -108,17 +122,16 @@ def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
     return torch.stack(channels, dim=1)
 
 
-def _jitter(x: Tensor, recipe: ViewRecipe, g: torch.Generator) -> Tensor:
+def _jitter(x: Tensor, recipe: ViewRecipe, draws: Draws) -> Tensor:
     """ColorJitter applied with probability ``jitter_prob``; unselected samples get identity factors."""
-    n, device = x.shape[0], x.device
-    on = _coin(recipe.jitter_prob, n, g, device)
-    ident = torch.ones(n, device=device)
-    brightness = torch.where(on, _uniform(1 - recipe.brightness, 1 + recipe.brightness, n, g, device), ident)
-    contrast = torch.where(on, _uniform(1 - recipe.contrast, 1 + recipe.contrast, n, g, device), ident)
-    saturation = torch.where(on, _uniform(1 - recipe.saturation, 1 + recipe.saturation, n, g, device), ident)
-    hue = torch.where(on, _uniform(-recipe.hue, recipe.hue, n, g, device), 0 * ident)
+    on = draws.coin(recipe.jitter_prob)
+    ident = torch.ones(x.shape[0], device=x.device)
+    brightness = torch.where(on, draws.uniform(1 - recipe.brightness, 1 + recipe.brightness), ident)
+    contrast = torch.where(on, draws.uniform(1 - recipe.contrast, 1 + recipe.contrast), ident)
+    saturation = torch.where(on, draws.uniform(1 - recipe.saturation, 1 + recipe.saturation), ident)
+    hue = torch.where(on, draws.uniform(-recipe.hue, recipe.hue), 0 * ident)
     # torchvision applies the four in a random order; here one random order per batch.
-    for op in torch.randperm(4, generator=g, device=device).tolist():
+    for op in draws.permutation(4):
         if op == 0:
             x = (x * brightness[:, None, None, None]).clamp(0, 1)
         elif op == 1:
@@ -130,11 +143,11 @@ def _jitter(x: Tensor, recipe: ViewRecipe, g: torch.Generator) -> Tensor:
     return x
 
 
-def _blur(x: Tensor, recipe: ViewRecipe, g: torch.Generator) -> Tensor:
+def _blur(x: Tensor, recipe: ViewRecipe, draws: Draws) -> Tensor:
     """Gaussian blur with a per-sample sigma, as separable depthwise convolutions."""
     n, c, h, w = x.shape
-    on = _coin(recipe.blur_prob, n, g, x.device)
-    sigma = _uniform(*recipe.blur_sigma, n, g, x.device)
+    on = draws.coin(recipe.blur_prob)
+    sigma = draws.uniform(*recipe.blur_sigma)
     radius = min(int(math.ceil(3 * recipe.blur_sigma[1])), (min(h, w) - 1) // 2)
     taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kernel = torch.exp(-(taps[None] ** 2) / (2 * sigma[:, None] ** 2))
@@ -147,24 +160,23 @@ def _blur(x: Tensor, recipe: ViewRecipe, g: torch.Generator) -> Tensor:
     return flat.reshape(n, c, h, w)
 
 
-def augment(images: Tensor, recipe: ViewRecipe, size: int, g: torch.Generator) -> Tensor:
+def augment(images: Tensor, recipe: ViewRecipe, size: int, draws: Draws) -> Tensor:
     """One view of a batch: uint8 (N, C, H, W) in, float in [0, 1] (N, C, size, size) out."""
-    n, device = images.shape[0], images.device
     x = images.float().div_(255)
-    boxes = _crop_boxes(n, images.shape[-1], recipe.min_scale, g, device)
+    boxes = _crop_boxes(draws, images.shape[-1], recipe.min_scale)
     # One bilinear sample per output pixel: exact for crops no larger than the output (always the case here).
     x = roi_align(x, boxes, output_size=size, spatial_scale=1.0, sampling_ratio=1, aligned=True)
-    flip = _coin(recipe.hflip_prob, n, g, device)
+    flip = draws.coin(recipe.hflip_prob)
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     if recipe.jitter_prob > 0:
-        x = _jitter(x, recipe, g)
+        x = _jitter(x, recipe, draws)
     if recipe.grayscale_prob > 0 and x.shape[1] == 3:
-        gray = _coin(recipe.grayscale_prob, n, g, device)
+        gray = draws.coin(recipe.grayscale_prob)
         x = torch.where(gray[:, None, None, None], _gray(x).expand_as(x), x)
     if recipe.blur_prob > 0:
-        x = _blur(x, recipe, g)
+        x = _blur(x, recipe, draws)
     if recipe.solarize_prob > 0:
-        solarize = _coin(recipe.solarize_prob, n, g, device)[:, None, None, None]
+        solarize = draws.coin(recipe.solarize_prob)[:, None, None, None]
         x = torch.where(solarize & (x >= 128 / 255), 1 - x, x)
     return x
 
@@ -176,18 +188,26 @@ def normalize(x: Tensor, mean, std) -> Tensor:
 
 
 class TensorViews:
-    """Makes both views of a uint8 batch on its device, seeded."""
+    """Makes both views of a uint8 batch on its device, seeded.
 
-    def __init__(self, recipes, image_size: int, channels: int, mean, std, seed: int, device):
+    In a DDP trial each of ``world_size`` ranks passes its share of the global batch and gets the views
+    that one worker would have made of those images (see ``Draws``).
+    """
+
+    def __init__(self, recipes, image_size: int, channels: int, mean, std, seed: int, device, rank: int = 0,
+                 world_size: int = 1):
         self.recipes = [adapt(r, image_size, channels) for r in recipes]
         self.size = image_size
         # Built once: the training step would otherwise copy them to the device twice per batch.
         self.mean = torch.tensor(mean, device=device)[None, :, None, None]
         self.std = torch.tensor(std, device=device)[None, :, None, None]
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.rank, self.world_size = rank, world_size
 
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        return tuple((augment(images, r, self.size, self.generator) - self.mean) / self.std for r in self.recipes)
+        n = len(images)
+        draws = Draws(self.generator, n * self.world_size, slice(self.rank * n, (self.rank + 1) * n))
+        return tuple((augment(images, r, self.size, draws) - self.mean) / self.std for r in self.recipes)
 
 
 # --- PIL reference path: lightly's own transforms ------------------------------------------------

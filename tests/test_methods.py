@@ -26,7 +26,7 @@ def test_loss_falls_on_a_fixed_batch(name, tiny_config):
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
     losses = []
     for _ in range(15):
-        loss = method.training_loss(view0, view1)
+        loss = method(view0, view1)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -44,7 +44,7 @@ def test_byol_target_gets_no_gradient_and_follows_the_ema(tiny_config):
     method = _method("byol", tiny_config(method="byol"))
     view0, view1 = _fixed_views()
     target_before = _params(method.target_backbone)
-    method.training_loss(view0, view1).backward()
+    method(view0, view1).backward()
     assert all(p.grad is None for p in method.target_backbone.parameters())
     assert all(p.grad is None for p in method.target_projection_head.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.backbone.parameters())
@@ -75,7 +75,7 @@ def test_simsiam_stop_gradient_switch_controls_the_target_branch(tiny_config):
     grads = {}
     for stop in (True, False):
         method = _method("simsiam", tiny_config(method="simsiam", stop_gradient=stop))
-        method.training_loss(view0, view1).backward()
+        method(view0, view1).backward()
         grads[stop] = method.projection_head.layers[0].weight.grad.clone()  # reached by both branches
     assert not torch.allclose(grads[True], grads[False])
 

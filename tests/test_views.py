@@ -1,12 +1,16 @@
 import pytest
 import torch
 
-from byol_bench.views import (BYOL_VIEWS, SIMCLR_VIEWS, SIMSIAM_VIEWS, PILViewDataset, TensorViews, ViewRecipe,
+from byol_bench.views import (BYOL_VIEWS, SIMCLR_VIEWS, SIMSIAM_VIEWS, Draws, PILViewDataset, TensorViews, ViewRecipe,
                               adapt, augment)
 
 
 def _images(n, channels, size, seed=0):
     return torch.randint(0, 256, (n, channels, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def _draws(n, seed=0):
+    return Draws(torch.Generator().manual_seed(seed), n, slice(0, n))
 
 
 @pytest.mark.parametrize("channels, size", [(1, 28), (3, 32), (3, 64)])
@@ -32,15 +36,25 @@ def test_grayscale_recipes_drop_colour_ops_and_small_images_drop_blur():
 
 def test_random_parameters_differ_per_sample():
     same = _images(1, 3, 32).expand(32, -1, -1, -1).contiguous()  # one image, 32 times
-    out = augment(same, SIMCLR_VIEWS[0], 32, torch.Generator().manual_seed(0))
+    out = augment(same, SIMCLR_VIEWS[0], 32, _draws(len(same)))
     distinct = {tuple(v.flatten()[:50].tolist()) for v in out}
     assert len(distinct) == 32
+
+
+@pytest.mark.parametrize("recipes", [BYOL_VIEWS, SIMCLR_VIEWS], ids=["byol", "simclr"])
+def test_a_batch_split_across_ranks_gets_the_views_of_one_worker(recipes):
+    images = _images(16, 3, 40)
+    whole = TensorViews(recipes, 40, 3, (0.5,) * 3, (0.25,) * 3, seed=3, device="cpu")(images)
+    shares = [TensorViews(recipes, 40, 3, (0.5,) * 3, (0.25,) * 3, seed=3, device="cpu", rank=rank, world_size=4)(
+        images[rank * 4 : (rank + 1) * 4]) for rank in range(4)]
+    for view in range(2):
+        torch.testing.assert_close(torch.cat([share[view] for share in shares]), whole[view], atol=1e-5, rtol=0)
 
 
 def test_identity_recipe_returns_the_image():
     identity = ViewRecipe(min_scale=1.0, hflip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0)
     images = _images(8, 3, 32)
-    out = augment(images, identity, 32, torch.Generator().manual_seed(0))
+    out = augment(images, identity, 32, _draws(len(images)))
     # The whole-image box with ratio 1 is still drawn: crops near 1.0 scale resample a little.
     assert (out * 255 - images.float()).abs().mean() < 20
 
@@ -48,7 +62,7 @@ def test_identity_recipe_returns_the_image():
 def test_solarize_inverts_bright_pixels_only():
     solarize = ViewRecipe(min_scale=1.0, hflip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=1.0)
     images = torch.full((4, 3, 32, 32), 230, dtype=torch.uint8)
-    out = augment(images, solarize, 32, torch.Generator().manual_seed(0))
+    out = augment(images, solarize, 32, _draws(len(images)))
     torch.testing.assert_close(out, torch.full_like(out, 1 - 230 / 255), atol=1e-3, rtol=0)
 
 

@@ -1,10 +1,11 @@
 """The method registry: a new method is one file in this folder and one line here.
 
-A method is an ``nn.Module`` with a ``backbone`` (the part evaluated), a ``projection_head`` (whose
-output the collapse indicators watch), ``views`` (two
-``ViewRecipe``), ``knobs`` (the method-specific config keys it reads, so that a sweep crosses them
-only with this method) and ``training_loss(view0, view1)``. A method with a target network lists
-``momentum_schedule`` in its knobs and has ``update_target(momentum)``.
+A method is an ``nn.Module`` whose ``forward(view0, view1)`` returns the training loss (so that DDP
+can wrap it), with a ``backbone`` (the part evaluated), a ``projection_head`` (whose output the
+collapse indicators watch), ``views`` (two ``ViewRecipe``) and ``knobs`` (the method-specific config
+keys it reads, so that a sweep crosses them only with this method). A method with a target network
+lists ``momentum_schedule`` in its knobs and has ``update_target(momentum)``; a loss that compares
+samples across the batch gathers them from every rank itself (lightly's ``gather_distributed``).
 """
 
 from byol_bench.methods.byol import BYOL

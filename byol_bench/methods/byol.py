@@ -32,7 +32,7 @@ class BYOL(nn.Module):
     def target(self, x):
         return self.target_projection_head(self.target_backbone(x)).detach()
 
-    def training_loss(self, view0, view1):
+    def forward(self, view0, view1):  # the training loss of one batch of view pairs
         return 0.5 * (self.criterion(self.online(view0), self.target(view1)) + self.criterion(self.online(view1), self.target(view0)))
 
     def update_target(self, momentum: float) -> None:

@@ -15,7 +15,8 @@ class SimCLR(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.projection_head = SimCLRProjectionHead(feature_dim, cfg.hidden_dim, cfg.projection_dim)
-        self.criterion = NTXentLoss(temperature=cfg.temperature)
+        # In a DDP trial each rank contrasts its views with the whole global batch (a no-op on one worker).
+        self.criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=True)
 
-    def training_loss(self, view0, view1):
+    def forward(self, view0, view1):  # the training loss of one batch of view pairs
         return self.criterion(self.projection_head(self.backbone(view0)), self.projection_head(self.backbone(view1)))

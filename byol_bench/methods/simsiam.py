@@ -21,7 +21,7 @@ class SimSiam(nn.Module):
         self.criterion = NegativeCosineSimilarity()
         self.stop_gradient = cfg.stop_gradient
 
-    def training_loss(self, view0, view1):
+    def forward(self, view0, view1):  # the training loss of one batch of view pairs
         z0 = self.projection_head(self.backbone(view0))
         z1 = self.projection_head(self.backbone(view1))
         p0, p1 = self.prediction_head(z0), self.prediction_head(z1)
