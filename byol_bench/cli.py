@@ -70,7 +70,7 @@ def cmd_sweep(args) -> int:
         print(describe(sweep, expand(sweep)))
         return 0
     return run_sweep(sweep, Path(args.results_dir), address=args.address, resume=args.resume,
-                     max_concurrent=args.max_concurrent)
+                     max_concurrent=args.max_concurrent, storage=args.storage)
 
 
 def cmd_baseline_save(args) -> int:
@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded trial table and resources, then exit")
     sweep.add_argument("--max-concurrent", type=int, help="run at most N trials at once")
     sweep.add_argument("--results-dir", default="results", help="where results/<sweep-name>/ goes (default: results)")
+    sweep.add_argument("--storage", help="a URI every Ray node can reach (s3://…, gs://…, file:///shared/…) for the "
+                                         "trials' checkpoints and Ray state (default: inside the results folder)")
     sweep.set_defaults(run=cmd_sweep)
 
     baseline = commands.add_parser("baseline", help="keep a sweep as a baseline for regression checks")

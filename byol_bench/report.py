@@ -168,14 +168,17 @@ def _with_missing_trials(trials: pd.DataFrame, manifest: dict) -> pd.DataFrame:
 def _compute_hours(trials: pd.DataFrame, manifest: dict) -> tuple[pd.Series, str, str]:
     """Pretraining time × what a trial held: GPU-hours when trials had GPUs, else CPU-hours."""
     resources = manifest.get("resources")
-    if resources:  # a sweep: what Ray reserved for each trial
-        gpus, cpus, held = resources.get("gpu", 0), resources.get("cpu", 1), "reserved for each trial"
+    workers = trials["workers"].fillna(1) if "workers" in trials else 1
+    if resources:  # a sweep: what Ray reserved for each worker of a trial
+        gpus, cpus, held = resources.get("gpu", 0), resources.get("cpu", 1), "reserved for each worker"
     else:  # one trial: the device it ran on and its torch threads
         gpus = int(trials["device"].astype(str).str.startswith("cuda").any())
         cpus, held = trials["threads"].max() if trials["threads"].notna().any() else 1, "it used"
     if gpus:
-        return trials["pretrain_time_s"] * gpus / 3600, "GPU-hours", f"pretraining time × the {gpus:g} GPU {held}"
-    return trials["pretrain_time_s"] * cpus / 3600, "CPU-hours", f"pretraining time × the {cpus:g} CPU {held}"
+        return (trials["pretrain_time_s"] * gpus * workers / 3600, "GPU-hours",
+                f"pretraining time × the {gpus:g} GPU {held} × workers")
+    return (trials["pretrain_time_s"] * cpus * workers / 3600, "CPU-hours",
+            f"pretraining time × the {cpus:g} CPU {held} × workers")
 
 
 # --- tables --------------------------------------------------------------------------------------
@@ -526,7 +529,7 @@ def _overview(results: Results) -> list[str]:
         resources = ", ".join(f"{count:g} {kind.upper()}" for kind, count in (manifest.get("resources") or {}).items())
         lines.insert(0, manifest.get("description") or f"Sweep {manifest.get('sweep', results.name)}.")
         lines.append(f"Started {manifest.get('started')}, finished {manifest.get('finished') or 'not recorded'}; "
-                     f"complete: {manifest.get('complete')}. Resources per trial: {resources or 'not recorded'}.")
+                     f"complete: {manifest.get('complete')}. Resources per worker: {resources or 'not recorded'}.")
     lines.append("Accuracies are in %, as mean ± std over the finished seeds; n counts those seeds "
                  "('k of m' when only k of a setting's m trials finished).")
     return lines

@@ -1,9 +1,11 @@
 """Sweeps: a YAML grid of trials run by Ray Tune. The only module that imports ray.
 
 The sweep file names fixed trial knobs (``trial``), the crossed ``axes``, the ``resources`` of a
-trial, concurrency and retries, and optional published ``anchors``. Everything is validated and the
-grid expanded before Ray starts; each trial is ``train.run_trial`` inside a Tune function trainable
-that reports every epoch with a checkpoint, so a retried or resumed trial continues.
+trial's worker, concurrency and retries, and optional published ``anchors``. Everything is validated
+and the grid expanded before Ray starts; each trial is ``train.run_trial`` inside a Tune function
+trainable that reports every epoch with a checkpoint, so a retried or resumed trial continues. A trial
+with ``workers`` > 1 is a DDP run: its Tune trial drives a Ray Train TorchTrainer whose workers each run
+``run_trial`` as one rank, report through Tune, and checkpoint (rank 0) into the sweep's storage.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -28,6 +31,8 @@ from byol_bench.results import check_writable, epoch_rows, summary, trial_row, w
 SWEEP_KEYS = ("name", "description", "trial", "method_overrides", "axes", "resources", "max_concurrent", "max_failures",
               "anchors")
 TUNE_FOLDER = "tune"  # Ray Tune's experiment folder inside results/<sweep>/
+TRAIN_FOLDER = "train"  # Ray Train's runs (DDP trials' checkpoints) inside results/<sweep>/
+DRIVER_MEMORY = 512 * 2**20  # what a DDP trial's driver reserves: it only waits on its workers, which hold the CPUs/GPUs
 
 
 @dataclass
@@ -38,22 +43,32 @@ class Sweep:
     trial: dict  # knobs shared by every trial
     axes: dict[str, list]
     method_overrides: dict[str, dict] = field(default_factory=dict)  # e.g. each method's own head sizes
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    cpus_per_worker: float = 1.0
+    gpus_per_trial: float = 0.0  # resources.gpu: a fraction or 1 for one worker, G > 1 for G DDP workers
     max_concurrent: int | None = None
     max_failures: int = 1
     anchors: list[dict] = field(default_factory=list)
     description: str = ""
 
     @property
+    def gpus_per_worker(self) -> float:
+        """At most 1: a trial asking for G > 1 GPUs runs as G DDP workers of one GPU each."""
+        return min(self.gpus_per_trial, 1.0)
+
+    @property
     def resources(self) -> dict:
-        return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+        """What each worker of a trial holds (a one-worker trial holds it itself)."""
+        return {"cpu": self.cpus_per_worker, "gpu": self.gpus_per_worker}
 
 
 @dataclass(frozen=True)
 class PlannedTrial:
     trial_id: str
     knobs: dict  # exactly the keys this trial sets (method-specific keys only where the method reads them)
+
+    @property
+    def workers(self) -> int:
+        return self.knobs.get("workers", 1)
 
     @property
     def resolved(self) -> dict:
@@ -105,14 +120,18 @@ def load_sweep(path: str | Path) -> Sweep:
         raise UserError(f"{path}: resources must be a mapping with 'cpu' and/or 'gpu', e.g. {{cpu: 1, gpu: 0.5}}")
     sweep = Sweep(
         name=name, path=Path(path), source=Path(path).read_text(), trial=trial, axes=axes, method_overrides=overrides,
-        cpus_per_trial=_number("resources.cpu", resources.get("cpu", 1), 0),
+        cpus_per_worker=_number("resources.cpu", resources.get("cpu", 1), 0),
         gpus_per_trial=_number("resources.gpu", resources.get("gpu", 0), 0),
         max_concurrent=None if raw.get("max_concurrent") is None else _number("max_concurrent", raw["max_concurrent"], 1, integer=True),
         max_failures=_number("max_failures", raw.get("max_failures", 1), 0, integer=True),
         anchors=raw.get("anchors") or [], description=raw.get("description") or "",
     )
-    if sweep.gpus_per_trial > 1 and sweep.gpus_per_trial != int(sweep.gpus_per_trial):
-        raise UserError(f"{path}: resources.gpu {sweep.gpus_per_trial}: above 1 GPU a trial needs a whole number")
+    if sweep.gpus_per_trial > 1:
+        if sweep.gpus_per_trial != int(sweep.gpus_per_trial):
+            raise UserError(f"{path}: resources.gpu {sweep.gpus_per_trial}: above 1 GPU a trial needs a whole number")
+        if "workers" in trial or "workers" in axes:
+            raise UserError(f"{path}: resources.gpu {sweep.gpus_per_trial:g} already means {sweep.gpus_per_trial:g} "
+                            "DDP workers of one GPU each; set either it or 'workers' (with resources.gpu: 1)")
     return sweep
 
 
@@ -127,7 +146,9 @@ def expand(sweep: Sweep) -> list[PlannedTrial]:
         knobs = {key: value for key, value in knobs.items() if reads(method, key)}
         if sweep.gpus_per_trial:
             knobs.setdefault("device", "cuda")
-        knobs.setdefault("threads", max(1, int(sweep.cpus_per_trial)))
+        if sweep.gpus_per_trial > 1:
+            knobs["workers"] = int(sweep.gpus_per_trial)
+        knobs.setdefault("threads", max(1, int(sweep.cpus_per_worker)))
         trial_id = ",".join(f"{key}={knobs[key]}" for key in sweep.axes if key in knobs)
         if trial_id in seen:
             continue
@@ -136,6 +157,9 @@ def expand(sweep: Sweep) -> list[PlannedTrial]:
             make_config(knobs)
         except UserError as error:
             raise UserError(f"trial {trial_id}: {error}") from None
+        if knobs.get("workers", 1) > 1 and 0 < sweep.gpus_per_worker < 1:
+            raise UserError(f"trial {trial_id}: {knobs['workers']} DDP workers cannot share fractions of GPUs "
+                            f"(resources.gpu {sweep.gpus_per_worker:g}; NCCL refuses one GPU twice); give each worker gpu: 1")
         planned.append(PlannedTrial(trial_id, knobs))
     return planned
 
@@ -144,58 +168,115 @@ def describe(sweep: Sweep, planned: list[PlannedTrial]) -> str:
     """The expanded trial table and the resources it asks for (``--dry-run``)."""
     axes = list(sweep.axes)
     widths = {a: max(len(a), *(len(str(p.knobs.get(a, "-"))) for p in planned)) for a in axes}
-    lines = [f"sweep {sweep.name}: {len(planned)} trials, each {sweep.cpus_per_trial:g} CPU and "
-             f"{sweep.gpus_per_trial:g} GPU; fixed: " + ", ".join(f"{k}={v}" for k, v in sweep.trial.items())]
+    workers = sorted({p.workers for p in planned})
+    lines = [f"sweep {sweep.name}: {len(planned)} trials of {'/'.join(map(str, workers))} worker(s), each worker "
+             f"{sweep.cpus_per_worker:g} CPU and {sweep.gpus_per_worker:g} GPU; fixed: "
+             + ", ".join(f"{k}={v}" for k, v in sweep.trial.items())]
     lines.append("  ".join(a.ljust(widths[a]) for a in axes))
     lines += ["  ".join(str(p.knobs.get(a, "-")).ljust(widths[a]) for a in axes) for p in planned]
-    total_gpu = sweep.gpus_per_trial * len(planned)
-    lines.append(f"in all: {sweep.cpus_per_trial * len(planned):g} CPU-trials, {total_gpu:g} GPU-trials; "
-                 f"at most {sweep.max_concurrent or 'as many as fit'} at once, {sweep.max_failures} retries each")
+    total_workers = sum(p.workers for p in planned)
+    lines.append(f"in all: {sweep.cpus_per_worker * total_workers:g} CPU-trials, {sweep.gpus_per_worker * total_workers:g} "
+                 f"GPU-trials; at most {sweep.max_concurrent or 'as many as fit'} at once, {sweep.max_failures} retries each")
     return "\n".join(lines)
 
 
 # --- the Ray side --------------------------------------------------------------------------------
 
 
-def trainable(config: dict, knobs_by_id: dict) -> None:
+def trainable(config: dict, knobs_by_id: dict, worker_resources: dict, train_storage: str) -> None:
     """A Tune function trainable: one trial, reporting each epoch with a checkpoint, then its result.
 
     Tune's config holds only the trial id, so that its live table names each trial readably; the
-    knobs come with ``tune.with_parameters``.
+    knobs come with ``tune.with_parameters``. A DDP trial drives a Ray Train run instead of training here.
     """
-    import torch
     from ray import tune
+
+    trial_id = config["trial_id"]
+    knobs = knobs_by_id[trial_id]
+    if knobs.get("workers", 1) > 1:
+        _drive_ddp_trial(trial_id, knobs, worker_resources, train_storage)
+        return
+
+    def report(metrics: dict, checkpoint_folder: str | None = None) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_folder) if checkpoint_folder else None)
+
+    _run_and_report(trial_id, make_config(knobs), tune.get_checkpoint(), report, saves_checkpoints=True)
+
+
+def _run_and_report(trial_id: str, cfg: TrialConfig, checkpoint, report, saves_checkpoints: bool) -> None:
+    """``run_trial`` inside Ray: resume from ``checkpoint``, then ``report(metrics, checkpoint_folder)``
+    every epoch (with the state when ``saves_checkpoints``) and once more with the whole result."""
+    import torch
 
     from byol_bench.train import run_trial
 
     resume = None
-    checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume = torch.load(Path(folder) / "state.pt", weights_only=False)
 
     def report_epoch(row: dict, state: dict) -> None:
+        metrics = {k: v for k, v in row.items() if v is not None}
+        if not saves_checkpoints:
+            report(metrics)
+            return
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / "state.pt")
-            tune.report({k: v for k, v in row.items() if v is not None}, checkpoint=tune.Checkpoint.from_directory(folder))
+            report(metrics, folder)
 
-    trial_id = config["trial_id"]
-    result = run_trial(make_config(knobs_by_id[trial_id]), on_epoch=report_epoch, resume=resume,
+    result = run_trial(cfg, on_epoch=report_epoch, resume=resume,
                        log=lambda line: print(f"{trial_id}: {line}", file=sys.stderr, flush=True))
     summary = {k: v for k, v in result["metrics"].items() if v is not None}
-    tune.report({**summary, "status": result["status"], "result_json": json.dumps(result, default=str)})
+    report({**summary, "status": result["status"], "result_json": json.dumps(result, default=str)})
 
 
-def _check_checkpoints(experiment: Path) -> None:
-    """Every trial's newest checkpoint must be whole before a resume continues from it.
+def _drive_ddp_trial(trial_id: str, knobs: dict, worker_resources: dict, train_storage: str) -> None:
+    """Run a trial as a Ray Train DDP run of ``workers`` ranks; their reports reach Tune as this trial's.
+
+    Its checkpoints live in Ray Train's run folder (one per trial, named after it), so a retried or
+    resumed trial's new TorchTrainer continues from the last one.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    TorchTrainer(
+        ddp_worker, train_loop_config={"trial_id": trial_id, "knobs": knobs},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=knobs["workers"], use_gpu=worker_resources["gpu"] > 0,
+            resources_per_worker={"CPU": worker_resources["cpu"], "GPU": worker_resources["gpu"]}),
+        run_config=ray.train.RunConfig(
+            name=re.sub(r"[^\w.=-]+", "_", trial_id), storage_path=train_storage, callbacks=[TuneReportCallback()],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING")),  # not every report in full, per rank
+    ).fit()
+
+
+def ddp_worker(loop_config: dict) -> None:
+    """One rank of a DDP trial (Ray Train has set up the process group and the rank's device)."""
+    import logging
+
+    import ray.train
+    from ray.train.torch import get_device
+
+    logging.getLogger().setLevel(logging.WARNING)  # Ray Train would log every report in full, from every rank
+    cfg = make_config({**loop_config["knobs"], "device": str(get_device())})
+
+    def report(metrics: dict, checkpoint_folder: str | None = None) -> None:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_folder) if checkpoint_folder else None)
+
+    # Every rank reports (Ray Train waits for all of them, and passes rank 0's metrics on); rank 0 alone checkpoints.
+    _run_and_report(loop_config["trial_id"], cfg, ray.train.get_checkpoint(), report,
+                    saves_checkpoints=ray.train.get_context().get_world_rank() == 0)
+
+
+def _check_checkpoints(folder: Path) -> None:
+    """Every trial's newest checkpoint (Tune's, or Ray Train's for a DDP trial) must be whole before a
+    resume continues from it.
 
     torch.save writes a zip archive, so a CRC test finds a truncated or damaged file without loading it.
     """
-    for trial in sorted(p for p in experiment.iterdir() if p.is_dir()):
-        checkpoints = sorted(trial.glob("checkpoint_*"))
-        if not checkpoints:
-            continue
-        state = checkpoints[-1] / "state.pt"
+    for run in sorted({checkpoint.parent for checkpoint in folder.rglob("checkpoint_*") if checkpoint.is_dir()}):
+        state = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())[-1] / "state.pt"
         try:
             with zipfile.ZipFile(state) as archive:
                 damaged = archive.testzip()
@@ -220,8 +301,10 @@ def _check_reachable(address: str) -> None:
 
 
 def _start_ray(address: str | None):
+    # TUNE_GLOBAL_CHECKPOINT_S: the experiment state (which checkpoints exist) is saved every 2 s instead of
+    # every 10+, so that a driver killed outright loses at most that much of its trials' recorded progress.
     for variable, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"),
-                            ("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")):
+                            ("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0"), ("TUNE_GLOBAL_CHECKPOINT_S", "2")):
         os.environ.setdefault(variable, value)
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster needs no token
@@ -243,15 +326,29 @@ def _start_ray(address: str | None):
     return ray, True
 
 
-def _check_resources(ray, sweep: Sweep) -> dict:
+def _check_resources(ray, sweep: Sweep, workers: int) -> dict:
+    """The largest trial (``workers`` workers) must fit the cluster: Ray would leave it pending forever."""
     available = ray.cluster_resources()
-    if sweep.gpus_per_trial > available.get("GPU", 0):
-        raise UserError(f"the sweep asks for {sweep.gpus_per_trial:g} GPU per trial but the Ray cluster has "
+    gpus, cpus = sweep.gpus_per_worker * workers, sweep.cpus_per_worker * workers
+    if gpus > available.get("GPU", 0):
+        raise UserError(f"the sweep asks for {gpus:g} GPU per trial but the Ray cluster has "
                         f"{available.get('GPU', 0):g}; set resources.gpu to 0 (CPU) or connect to a GPU cluster with --address")
-    if sweep.cpus_per_trial > available.get("CPU", 0):
-        raise UserError(f"the sweep asks for {sweep.cpus_per_trial:g} CPUs per trial but the Ray cluster has "
-                        f"{available.get('CPU', 0):g}; lower resources.cpu")
+    if cpus > available.get("CPU", 0):
+        raise UserError(f"the sweep asks for {cpus:g} CPUs per trial ({workers} worker(s) x {sweep.cpus_per_worker:g}) "
+                        f"but the Ray cluster has {available.get('CPU', 0):g}; lower resources.cpu or workers")
     return available
+
+
+def _concurrency(sweep: Sweep, planned: list[PlannedTrial], available: dict, requested: int | None) -> int | None:
+    """How many trials may run at once. DDP trials' drivers hold no CPU or GPU, so Tune would start them all
+    and their Train runs would wait for workers: cap them by what the cluster holds (Ray's advice)."""
+    workers = max(p.workers for p in planned)
+    if workers == 1:
+        return requested
+    fits = [available.get("CPU", 0) / (sweep.cpus_per_worker * workers)] if sweep.cpus_per_worker else []
+    fits += [available.get("GPU", 0) / (sweep.gpus_per_worker * workers)] if sweep.gpus_per_worker else []
+    limit = max(1, int(min(fits))) if fits else None
+    return min(limit, requested) if limit and requested else limit or requested
 
 
 def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict]]:
@@ -273,36 +370,57 @@ def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict]]
     return trials, epochs
 
 
+def _storage_holds(uri: str) -> bool:
+    """Whether an object-store (or file://) URI names something that exists."""
+    import pyarrow.fs
+
+    try:
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
+        return filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+    except (pyarrow.ArrowException, OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"--storage {uri}: cannot open it ({reason}); give a URI such as s3://bucket/path, "
+                        "gs://bucket/path or file:///shared/path") from None
+
+
 def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resume: bool = False,
-              max_concurrent: int | None = None) -> int:
-    """Run (or resume) a sweep, write its tables and manifest; returns the command's exit code."""
+              max_concurrent: int | None = None, storage: str | None = None) -> int:
+    """Run (or resume) a sweep, write its tables and manifest; returns the command's exit code.
+
+    Ray's state (Tune's trial folders, checkpoints, DDP trials' Ray Train runs) goes to
+    ``<storage>/<sweep>/`` when ``storage`` (a URI every node can reach) is given, else into the results
+    folder; the tables, manifest and report always go to ``results_dir/<sweep>/``.
+    """
     planned = expand(sweep)
     folder = (results_dir / sweep.name).resolve()
     manifest_path = folder / "manifest.json"
+    ray_storage = f"{storage.rstrip('/')}/{sweep.name}" if storage else str(folder)
     grid_ids = [p.trial_id for p in planned]
     check_writable(folder, "results folder", "pass --results-dir")
+    holds_sweep = _storage_holds(f"{ray_storage}/{TUNE_FOLDER}") if storage else (folder / TUNE_FOLDER).is_dir()
     if resume:
-        if not (folder / TUNE_FOLDER).is_dir():
-            raise UserError(f"--resume: {folder} holds no sweep to resume; run without --resume first")
-        _check_checkpoints(folder / TUNE_FOLDER)
+        if not holds_sweep:
+            raise UserError(f"--resume: {ray_storage} holds no sweep to resume; run without --resume first")
+        if not storage:
+            _check_checkpoints(folder)
         previous = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
         if previous.get("grid") and [t["trial_id"] for t in previous["grid"]] != grid_ids:
             raise UserError(f"--resume: {folder} belongs to a sweep with another grid; "
                             "resume with the same sweep file, or pass --results-dir to start a new one")
-    elif folder.exists() and any(folder.iterdir()):
-        raise UserError(f"{folder} already holds results; pass --resume to continue that sweep, "
-                        "or --results-dir to write elsewhere")
+    elif (folder.exists() and any(folder.iterdir())) or holds_sweep:
+        raise UserError(f"{folder if folder.exists() and any(folder.iterdir()) else ray_storage} already holds results; "
+                        "pass --resume to continue that sweep, or --results-dir (and --storage) to write elsewhere")
 
     ray, started_here = _start_ray(address)
     from ray import tune
 
     try:
-        cluster = _check_resources(ray, sweep)
+        cluster = _check_resources(ray, sweep, max(p.workers for p in planned))
         manifest = {
             "sweep": sweep.name, "description": sweep.description, "sweep_file": sweep.source,
             "axes": list(sweep.axes), "fixed": sweep.trial, "method_overrides": sweep.method_overrides, "resources": sweep.resources, "anchors": sweep.anchors,
             "grid": [{"trial_id": p.trial_id, "knobs": p.knobs} for p in planned],
-            "cluster_resources": cluster, "address": address or "local",
+            "cluster_resources": cluster, "address": address or "local", "storage": ray_storage,
             "git_revision": git_revision(), "versions": versions(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": None, "complete": False,
         }
@@ -310,18 +428,24 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
             manifest.update(started=previous.get("started", manifest["started"]),
                             resumed=[*previous.get("resumed", []), manifest["started"]])
         write_json(manifest_path, manifest)
-        experiment = folder / TUNE_FOLDER
+        experiment = f"{ray_storage}/{TUNE_FOLDER}"
         knobs_by_id = {p.trial_id: p.knobs for p in planned}
-        runnable = tune.with_resources(tune.with_parameters(trainable, knobs_by_id=knobs_by_id), sweep.resources)
-        if resume and tune.Tuner.can_restore(str(experiment)):
-            tuner = tune.Tuner.restore(str(experiment), trainable=runnable, resume_errored=True)
+        one_worker = tune.PlacementGroupFactory([{"CPU": sweep.cpus_per_worker, "GPU": sweep.gpus_per_worker}])
+        ddp_driver = tune.PlacementGroupFactory([{"CPU": 0, "memory": DRIVER_MEMORY}])
+        runnable = tune.with_resources(
+            tune.with_parameters(trainable, knobs_by_id=knobs_by_id, worker_resources=sweep.resources,
+                                 train_storage=f"{ray_storage}/{TRAIN_FOLDER}"),
+            lambda config: ddp_driver if knobs_by_id[config["trial_id"]].get("workers", 1) > 1 else one_worker)
+        if resume and tune.Tuner.can_restore(experiment):
+            tuner = tune.Tuner.restore(experiment, trainable=runnable, resume_errored=True)
         else:
             tuner = tune.Tuner(
                 runnable,
                 param_space={"trial_id": tune.grid_search(list(knobs_by_id))},
-                tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or sweep.max_concurrent, reuse_actors=True),
+                tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=_concurrency(
+                    sweep, planned, cluster, max_concurrent or sweep.max_concurrent)),
                 run_config=tune.RunConfig(
-                    name=TUNE_FOLDER, storage_path=str(folder), verbose=1,
+                    name=TUNE_FOLDER, storage_path=ray_storage, verbose=1,
                     failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
             )
@@ -341,6 +465,7 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
     print(f"report: {write_report(folder)}")
     if counts.get("incomplete"):
         print(f"sweep interrupted: {counts['incomplete']} of {len(planned)} trials unfinished; continue with "
-              f"'byol-bench sweep {sweep.path} --resume'", file=sys.stderr)
+              f"'byol-bench sweep {sweep.path} --results-dir {results_dir}" + (f" --storage {storage}" if storage else "")
+              + " --resume'", file=sys.stderr)
         return 130
     return 0 if counts.get("ok", 0) == len(planned) else 1

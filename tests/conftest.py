@@ -1,3 +1,6 @@
+import functools
+import os
+
 import pytest
 
 from byol_bench.config import make_config
@@ -5,6 +8,17 @@ from byol_bench.config import make_config
 # A trial small enough for unit tests: synthetic data, a few steps, a short probe.
 TINY = dict(dataset="synthetic", subset=256, test_subset=100, batch_size=64, epochs=2, probe_epochs=5,
             hidden_dim=64, projection_dim=32, knn_k=20, threads=1)
+
+
+@functools.lru_cache(maxsize=None)
+def simsiam_trial(seed: int, stop_gradient: bool = True) -> dict:
+    """A real short SimSiam trial on Fashion-MNIST (without stop-gradient it collapses), run once per
+    session: the collapse test and the planted-regression test share them."""
+    from byol_bench.train import run_trial
+
+    return run_trial(make_config(dict(
+        method="simsiam", dataset="fashion-mnist", subset=2000, test_subset=500, batch_size=64, epochs=4, lr=0.2,
+        probe_epochs=10, threads=2, seed=seed, stop_gradient=stop_gradient)), log=lambda line: None)
 
 
 @pytest.fixture
@@ -15,15 +29,19 @@ def tiny_config():
     return build
 
 
+def quiet_fast_ray() -> None:
+    """Environment for test clusters: no telemetry or auth tokens, fewer warnings, quicker Ray Train
+    health checks (they pace a DDP trial's start and end)."""
+    for variable, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AUTH_MODE", "disabled"),
+                            ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"),
+                            ("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0"), ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")):
+        os.environ.setdefault(variable, value)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     """One local Ray cluster for the whole test session (starting one costs seconds)."""
-    import os
-
-    for variable, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AUTH_MODE", "disabled"),
-                            ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"),
-                            ("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")):
-        os.environ.setdefault(variable, value)
+    quiet_fast_ray()
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")

@@ -76,7 +76,12 @@ CASES = {
     "negative batch size": (lambda t, m: train(t, "--batch-size", "-4"), "batch_size must be positive"),
     "zero epochs": (lambda t, m: train(t, "--epochs", "0"), "epochs must be positive"),
     "wrong type": (lambda t, m: train(t, "--epochs", "two"), "--epochs: 'two' is not a valid int"),
-    "batch larger than subset": (lambda t, m: train(t, "--batch-size", "512"), "batch_size 512 is larger than subset 256"),
+    "batch larger than subset": (lambda t, m: train(t, "--batch-size", "512"), "global batch 512 (batch_size x workers) is larger than subset 256"),
+    "workers outside a sweep": (lambda t, m: train(t, "--workers", "2"), "workers 2: this process group has 1; a trial with workers > 1 runs through Ray Train"),
+    "gpus and workers both": (lambda t, m: sweep_file(t, resources={"gpu": 2}, trial={**SWEEP["trial"], "workers": 2}),
+                              "resources.gpu 2 already means 2 DDP workers of one GPU each"),
+    "ddp ranks on gpu fractions": (lambda t, m: sweep_file(t, resources={"gpu": 0.5}, trial={**SWEEP["trial"], "workers": 2}),
+                                   "2 DDP workers cannot share fractions of GPUs"),
     "subset larger than data": (lambda t, m: train(t, "--subset", "100000"), "subset 100000 is larger than synthetic's 2000 images"),
     "missing data dir": (lambda t, m: train(t, "--data-dir", "/nonexistent/data"), "--data-dir /nonexistent/data does not exist"),
     "bad momentum schedule": (lambda t, m: train(t, "--momentum-schedule", "cosine:0.99"), "momentum_schedule 'cosine:0.99' is not valid"),
@@ -99,7 +104,7 @@ CASES = {
     "zero concurrency": (lambda t, m: sweep_file(t, max_concurrent=0), "max_concurrent: 0 is not valid"),
     "concurrency on resume": (lambda t, m: sweep_file(t, "--resume", "--max-concurrent", "2"), "applies to a new sweep"),
     "bad trial in grid": (lambda t, m: sweep_file(t, trial={k: v for k, v in SWEEP["trial"].items() if k != "batch_size"},
-                                                  axes={"batch_size": [64, 4096]}), "trial batch_size=4096: batch_size 4096 is larger"),
+                                                  axes={"batch_size": [64, 4096]}), "trial batch_size=4096: global batch 4096 (batch_size x workers) is larger"),
     "unreachable address": (lambda t, m: sweep_file(t, "--address", "127.0.0.1:1"), "cannot reach the Ray cluster at --address 127.0.0.1:1"),
     "results of another run": (lambda t, m: earlier_results(t), "already holds results; pass --resume"),
     "nothing to resume": (lambda t, m: sweep_file(t, "--resume"), "holds no sweep to resume"),
@@ -136,4 +141,10 @@ def test_cuda_asked_for_without_one(tmp_path, capsys):
 def test_gpus_the_cluster_lacks_are_refused_before_scheduling(tmp_path, capsys, ray_cluster):
     assert main(sweep_file(tmp_path, resources={"cpu": 1, "gpu": 1})) == 2
     assert "asks for 1 GPU per trial but the Ray cluster has 0" in capsys.readouterr().err
+    assert not (tmp_path / "results" / "s").exists()
+
+
+def test_ddp_workers_the_cluster_cannot_hold_are_refused_before_scheduling(tmp_path, capsys, ray_cluster):
+    assert main(sweep_file(tmp_path, axes={"workers": [1, 4]}, trial={**SWEEP["trial"], "batch_size": 16})) == 2
+    assert "asks for 4 CPUs per trial (4 worker(s) x 1) but the Ray cluster has 2" in capsys.readouterr().err
     assert not (tmp_path / "results" / "s").exists()

@@ -9,7 +9,7 @@ from byol_bench.config import make_config
 from byol_bench.data import data_root, find_fashion_mnist
 from byol_bench.methods import applicable
 from byol_bench.results import trial_row, write_json, write_tables
-from byol_bench.train import run_trial
+from conftest import simsiam_trial
 
 AXES = ["method", "batch_size", "momentum_schedule", "seed"]
 
@@ -135,14 +135,11 @@ def test_an_unknown_baseline_is_a_user_error(tmp_path):
 @pytest.mark.skipif(find_fashion_mnist(data_root(None)) is None, reason="Fashion-MNIST is not installed (make data)")
 def test_a_planted_regression_is_caught_and_a_rerun_with_other_seeds_is_not(tmp_path):
     """Real trials: SimSiam, then SimSiam with its stop-gradient removed by config (it collapses)."""
-    knobs = dict(method="simsiam", dataset="fashion-mnist", subset=2000, test_subset=500, batch_size=64, epochs=4,
-                 lr=0.2, probe_epochs=10, threads=2)
-
     def sweep(name, seeds, **changes):
         rows = []
         for seed in seeds:
-            cfg = make_config({**knobs, **changes, "seed": seed})
-            result = run_trial(cfg, log=lambda line: None)
+            result = simsiam_trial(seed, **changes)
+            cfg = make_config(result["config"])
             rows.append(trial_row(f"method=simsiam,seed={seed}", applicable(cfg.to_dict()), result["status"], result))
         write_tables(tmp_path / name, rows, [])
         write_json(tmp_path / name / "manifest.json", {"sweep": name, "axes": ["method", "seed"], "fixed": changes})

@@ -1,17 +1,25 @@
 """DDP trials on the CPU (gloo): a trial split over two workers is the same experiment as on one worker."""
 
+import json
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import yaml
 
+from byol_bench.cli import main
 from byol_bench.config import make_config
 from byol_bench.distributed import gather_rows, shard, sync_batchnorm
+from byol_bench.sweep import load_sweep, run_sweep
 from byol_bench.train import run_trial
-from conftest import TINY
+from conftest import TINY, quiet_fast_ray
 
 # Two steps of a global batch of 64 images; the probe is short: the weights are what is compared.
 SPLIT = dict(TINY, subset=128, epochs=1, timing_warmup_steps=0, probe_epochs=1)
@@ -97,3 +105,74 @@ def test_gathered_rows_and_global_batchnorm_match_one_process(tmp_path):
         assert torch.equal(got["gathered"], rows)  # uneven shards (4 + 3 rows), in rank order
         torch.testing.assert_close(got["output_grad"], images.grad[shard(8, r, 2)], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(got["running"], norm.running_var)
+
+
+# --- DDP trials in sweeps (Ray Train inside Ray Tune) ---------------------------------------------
+
+
+def _ddp_sweep(folder: Path, name: str, axes: dict, **trial) -> Path:
+    path = folder / f"{name}.yaml"
+    knobs = {**TINY, "subset": 256, "batch_size": 32, "epochs": 2, **trial}
+    knobs.pop("threads")
+    path.write_text(yaml.safe_dump({"name": name, "trial": knobs, "axes": axes, "resources": {"cpu": 1},
+                                    "max_failures": 0}))
+    return path
+
+
+def test_a_ddp_trial_in_a_sweep_is_one_row_with_its_global_batch(tmp_path, ray_cluster):
+    path = _ddp_sweep(tmp_path, "ddp", {"workers": [1, 2]}, method="simclr")
+    assert run_sweep(load_sweep(path), tmp_path / "results") == 0
+    folder = tmp_path / "results" / "ddp"
+    trials = pd.read_parquet(folder / "trials.parquet").set_index("workers")
+    assert len(trials) == 2 and set(trials["status"]) == {"ok"}
+    assert trials.loc[1, "global_batch_size"] == 32 and trials.loc[2, "global_batch_size"] == 64
+    assert trials.loc[2, "total_steps"] == 2 * (256 // 64) and trials.loc[2, "peak_lr"] == pytest.approx(0.06 * 64 / 128)
+    assert trials["knn_top1"].between(0, 1).all() and (trials["images_per_s"] > 0).all()
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    assert epochs.groupby("trial_id").size().tolist() == [2, 2]
+    # The DDP trial's checkpoints are Ray Train's, in the same results folder: rank 0's state alone.
+    checkpoints = sorted(p for p in (folder / "train").glob("*/checkpoint_*") if p.is_dir())
+    assert len(checkpoints) >= 1 and all(sorted(p.name for p in c.iterdir()) == ["state.pt"] for c in checkpoints)
+    state = torch.load(checkpoints[-1] / "state.pt", weights_only=False)
+    assert state["epoch"] == 2 and "method" in state
+
+
+def test_a_sweep_runs_across_two_ray_nodes_into_one_results_folder(tmp_path):
+    """Two simulated nodes of one CPU each (ray.cluster_utils.Cluster): the 2-worker DDP trial must span
+    both, and every trial's results land in the one results folder the driver names."""
+    from ray.cluster_utils import Cluster
+
+    quiet_fast_ray()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    try:
+        cluster.wait_for_nodes()
+        address = cluster.address
+        path = _ddp_sweep(tmp_path, "nodes", {"workers": [2], "method": ["byol"]}, epochs=1)
+        script = os.path.join(os.path.dirname(sys.executable), "byol-bench")
+        run = subprocess.run([script, "sweep", str(path), "--results-dir", str(tmp_path / "results"),
+                              "--address", address], capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    finally:
+        cluster.shutdown()
+    folder = tmp_path / "results" / "nodes"
+    trials = pd.read_parquet(folder / "trials.parquet")
+    assert len(trials) == 1 and set(trials["status"]) == {"ok"} and set(trials["global_batch_size"]) == {64}
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["address"] == address and manifest["cluster_resources"]["CPU"] == 2
+    assert [p for p in (folder / "train").glob("*/checkpoint_2*") if p.is_dir()]  # rank 0, on either node
+    assert (folder / "report.html").exists()
+
+
+def test_ray_state_can_live_in_shared_storage_apart_from_the_tables(tmp_path, ray_cluster, capsys):
+    """--storage URI: checkpoints and Tune state go there (every node must reach it); tables stay local."""
+    path = _ddp_sweep(tmp_path, "stored", {"method": ["simsiam"]}, epochs=1)
+    storage = f"file://{tmp_path / 'shared'}"
+    assert main(["sweep", str(path), "--results-dir", str(tmp_path / "results"), "--storage", storage]) == 0
+    assert len(pd.read_parquet(tmp_path / "results" / "stored" / "trials.parquet")) == 1
+    assert list((tmp_path / "shared" / "stored" / "tune").glob("*/checkpoint_*"))
+    assert not (tmp_path / "results" / "stored" / "tune").exists()
+    capsys.readouterr()
+    # The same storage again without --resume would mix two sweeps' trial folders: refused.
+    assert main(["sweep", str(path), "--results-dir", str(tmp_path / "other"), "--storage", storage]) == 2
+    assert "stored already holds results" in capsys.readouterr().err

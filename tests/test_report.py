@@ -154,7 +154,7 @@ def test_the_report_has_every_table_and_figure(sweep):
         assert f"](figures/{name}.png)" in markdown
     assert "Not drawn" not in markdown
     assert page.count('<img src="data:image/png;base64,') == len(FIGURES)
-    assert "CPU-hours" in markdown and "pretraining time × the 1 CPU reserved for each trial" in markdown
+    assert "CPU-hours" in markdown and "pretraining time × the 1 CPU reserved for each worker × workers" in markdown
 
 
 def test_numbers_in_the_report_are_the_means_over_seeds_of_the_table(sweep):

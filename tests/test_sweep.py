@@ -113,14 +113,15 @@ def _mid_run(experiment: Path) -> list:
 
 @pytest.mark.parametrize("interrupt", ["ctrl-c", "kill-9"])
 def test_an_interrupted_sweep_resumes_only_its_missing_trials(interrupt, tmp_path):
-    path = write_sweep(tmp_path, "resumable", {"method": ["simclr"], "seed": [0, 1, 2]}, max_concurrent=1,
-                       trial={"epochs": 4, "subset": 512, "batch_size": 32})
+    path = write_sweep(tmp_path, "resumable", {"method": ["simclr"], "seed": [0, 1]}, max_concurrent=1,
+                       trial={"epochs": 5, "subset": 512, "batch_size": 32})
     results, experiment = tmp_path / "results", tmp_path / "results" / "resumable" / "tune"
     first = _bench("sweep", str(path), "--results-dir", str(results), start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and not (_finished_results(experiment) and _mid_run(experiment)):
         time.sleep(0.2)  # stop once one trial has finished and the next has checkpointed part-way
     assert _finished_results(experiment) and _mid_run(experiment), "the sweep never reached the point to stop it"
+    time.sleep(2.5)  # past the next save of Tune's experiment state (every 2 s), which records that checkpoint
     if interrupt == "ctrl-c":
         first.send_signal(signal.SIGINT)
         output, _ = first.communicate(timeout=120)
@@ -129,12 +130,12 @@ def test_an_interrupted_sweep_resumes_only_its_missing_trials(interrupt, tmp_pat
         os.killpg(first.pid, signal.SIGKILL)
         first.communicate(timeout=60)
     done_before = _finished_results(experiment)
-    assert 1 <= len(done_before) < 3
+    assert len(done_before) == 1
     second = _bench("sweep", str(path), "--results-dir", str(results), "--resume")
     output, _ = second.communicate(timeout=300)
     assert second.returncode == 0, output
     assert "resuming at epoch" in output  # the part-way trial continued from its checkpoint
     trials = pd.read_parquet(results / "resumable" / "trials.parquet")
-    assert len(trials) == 3 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
+    assert len(trials) == 2 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
     for trial_id, result_json in done_before.items():  # a finished trial kept its result: it was not rerun
         assert trials.set_index("trial_id").loc[trial_id, "time"] == json.loads(result_json)["provenance"]["time"]

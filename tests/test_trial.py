@@ -6,10 +6,9 @@ import sys
 import pytest
 
 from byol_bench.cli import main
-from byol_bench.config import make_config
 from byol_bench.data import data_root, find_fashion_mnist
 from byol_bench.train import collapse_rank, run_trial
-from conftest import TINY
+from conftest import TINY, simsiam_trial
 
 TINY_FLAGS = [arg for key, value in TINY.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
 
@@ -75,10 +74,7 @@ def test_the_console_script_exits_2_without_a_traceback(tmp_path):
 
 @pytest.mark.skipif(find_fashion_mnist(data_root(None)) is None, reason="Fashion-MNIST is not installed (make data)")
 def test_simsiam_without_stop_gradient_is_flagged_as_collapsed():
-    knobs = dict(method="simsiam", dataset="fashion-mnist", subset=2000, test_subset=500, batch_size=64, epochs=4,
-                 lr=0.2, probe_epochs=10)
-    collapsed = run_trial(make_config({**knobs, "stop_gradient": False}), log=lambda line: None)
-    healthy = run_trial(make_config(knobs), log=lambda line: None)
+    collapsed, healthy = simsiam_trial(0, stop_gradient=False), simsiam_trial(0)
     assert collapsed["status"] == "collapsed" and healthy["status"] == "ok"
     assert collapsed["metrics"]["effective_rank"] < collapse_rank(128) < healthy["metrics"]["effective_rank"]
     assert collapsed["metrics"]["knn_top1"] is not None  # a collapsed trial keeps its numbers for the tables
