@@ -141,6 +141,9 @@ def validate(cfg: TrialConfig) -> None:
                         "leave image_size out (it resizes imagefolder data only)")
     if cfg.dataset == "imagefolder" and not cfg.data_dir:
         raise UserError("dataset imagefolder needs --data-dir (the root of a <class>/<image> tree)")
+    if cfg.test_subset is not None and cfg.test_subset < cfg.workers:
+        raise UserError(f"test_subset {cfg.test_subset} is smaller than workers {cfg.workers}: every worker evaluates "
+                        "a share of the test images; raise test_subset")
     if cfg.subset is not None and cfg.global_batch_size > cfg.subset:
         raise UserError(f"global batch {cfg.global_batch_size} (batch_size x workers) is larger than subset {cfg.subset}; "
                         "lower the batch size or raise the subset")

@@ -114,8 +114,8 @@ def _load_tables(folder: Path, name: str, source: Path) -> Results:
     manifest = _read_manifest(folder / "manifest.json")
     trials = _with_missing_trials(trials, manifest)
     trials["momentum_schedule"] = trials["momentum_schedule"].fillna(NO_SCHEDULE)
-    if "global_batch_size" in trials:  # DDP trials: the batch that matters is the global one (per worker x workers)
-        trials["batch_size"] = trials["global_batch_size"].fillna(trials["batch_size"])
+    if "workers" in trials:  # DDP trials: the batch that matters is the global one (per worker x workers)
+        trials["batch_size"] = trials["batch_size"] * trials["workers"].fillna(1)
     trials["batch_size"] = trials["batch_size"].astype(int)
     trials["setting"] = [f"batch {batch}" + ("" if schedule == NO_SCHEDULE else f", {schedule}")
                          for batch, schedule in zip(trials["batch_size"], trials["momentum_schedule"])]

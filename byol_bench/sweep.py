@@ -10,6 +10,7 @@ with ``workers`` > 1 is a DDP run: its Tune trial drives a Ray Train TorchTraine
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -129,7 +130,7 @@ def load_sweep(path: str | Path) -> Sweep:
     if sweep.gpus_per_trial > 1:
         if sweep.gpus_per_trial != int(sweep.gpus_per_trial):
             raise UserError(f"{path}: resources.gpu {sweep.gpus_per_trial}: above 1 GPU a trial needs a whole number")
-        if "workers" in trial or "workers" in axes:
+        if "workers" in trial or "workers" in axes or any("workers" in knobs for knobs in overrides.values()):
             raise UserError(f"{path}: resources.gpu {sweep.gpus_per_trial:g} already means {sweep.gpus_per_trial:g} "
                             "DDP workers of one GPU each; set either it or 'workers' (with resources.gpu: 1)")
     return sweep
@@ -246,9 +247,16 @@ def _drive_ddp_trial(trial_id: str, knobs: dict, worker_resources: dict, train_s
             num_workers=knobs["workers"], use_gpu=worker_resources["gpu"] > 0,
             resources_per_worker={"CPU": worker_resources["cpu"], "GPU": worker_resources["gpu"]}),
         run_config=ray.train.RunConfig(
-            name=re.sub(r"[^\w.=-]+", "_", trial_id), storage_path=train_storage, callbacks=[TuneReportCallback()],
+            name=_run_name(trial_id), storage_path=train_storage, callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),  # not every report in full, per rank
     ).fit()
+
+
+def _run_name(trial_id: str) -> str:
+    """A folder name for a trial's Ray Train run: readable, and unique by a hash of the whole id."""
+    readable = re.sub(r"[^\w.=-]+", "_", trial_id)[:80]
+    return f"{readable}-{hashlib.sha1(trial_id.encode()).hexdigest()[:8]}"
 
 
 def ddp_worker(loop_config: dict) -> None:
@@ -301,10 +309,8 @@ def _check_reachable(address: str) -> None:
 
 
 def _start_ray(address: str | None):
-    # TUNE_GLOBAL_CHECKPOINT_S: the experiment state (which checkpoints exist) is saved every 2 s instead of
-    # every 10+, so that a driver killed outright loses at most that much of its trials' recorded progress.
     for variable, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"),
-                            ("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0"), ("TUNE_GLOBAL_CHECKPOINT_S", "2")):
+                            ("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")):
         os.environ.setdefault(variable, value)
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster needs no token
@@ -331,8 +337,9 @@ def _check_resources(ray, sweep: Sweep, workers: int) -> dict:
     available = ray.cluster_resources()
     gpus, cpus = sweep.gpus_per_worker * workers, sweep.cpus_per_worker * workers
     if gpus > available.get("GPU", 0):
-        raise UserError(f"the sweep asks for {gpus:g} GPU per trial but the Ray cluster has "
-                        f"{available.get('GPU', 0):g}; set resources.gpu to 0 (CPU) or connect to a GPU cluster with --address")
+        raise UserError(f"the sweep asks for {gpus:g} GPU per trial ({workers} worker(s) x {sweep.gpus_per_worker:g}) but "
+                        f"the Ray cluster has {available.get('GPU', 0):g}; lower resources.gpu or workers (0 GPUs: CPU), "
+                        "or connect to a larger GPU cluster with --address")
     if cpus > available.get("CPU", 0):
         raise UserError(f"the sweep asks for {cpus:g} CPUs per trial ({workers} worker(s) x {sweep.cpus_per_worker:g}) "
                         f"but the Ray cluster has {available.get('CPU', 0):g}; lower resources.cpu or workers")
@@ -411,6 +418,8 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
         raise UserError(f"{folder if folder.exists() and any(folder.iterdir()) else ray_storage} already holds results; "
                         "pass --resume to continue that sweep, or --results-dir (and --storage) to write elsewhere")
 
+    if not storage:  # local state is cheap to save: every 2 s instead of every 10+, so that a driver killed
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # outright loses at most that much recorded progress
     ray, started_here = _start_ray(address)
     from ray import tune
 

@@ -178,9 +178,11 @@ def make_batches(cfg: TrialConfig, data: ImageData, method_views, device: torch.
     dataset = PILViewDataset(images, method_views, data.image_size, data.channels, data.mean, data.std)
 
     def pil_batches(epoch: int):
+        # The generator seeds the loader workers' transforms: per epoch (a resumed trial repeats them) and per rank.
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=cfg.batch_size, sampler=epoch_order(cfg, len(images), epoch).tolist(),
-            num_workers=cfg.loader_workers, pin_memory=device.type == "cuda")
+            num_workers=cfg.loader_workers, pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch) * 1009 + rank()))
         for view0, view1 in loader:
             yield view0.to(device, non_blocking=True), view1.to(device, non_blocking=True)
 
@@ -207,8 +209,9 @@ def make_train_step(cfg: TrialConfig, method: torch.nn.Module, optimizer: torch.
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     method.to(memory_format=memory_format)
     model = method
-    if world_size() > 1:
-        model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
+    if world_size() > 1:  # with SyncBatchNorm the ranks' BatchNorm buffers agree already: nothing to broadcast
+        gpu = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+        model = DistributedDataParallel(method, device_ids=gpu, broadcast_buffers=not cfg.sync_batchnorm)
     compiled_model = torch.compile(model) if cfg.compile else model
 
     def train_step(view0: Tensor, view1: Tensor, lr: float, tau: float | None, flop_counter=None) -> Tensor:

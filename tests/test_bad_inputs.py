@@ -80,6 +80,8 @@ CASES = {
     "workers outside a sweep": (lambda t, m: train(t, "--workers", "2"), "workers 2: this process group has 1; a trial with workers > 1 runs through Ray Train"),
     "gpus and workers both": (lambda t, m: sweep_file(t, resources={"gpu": 2}, trial={**SWEEP["trial"], "workers": 2}),
                               "resources.gpu 2 already means 2 DDP workers of one GPU each"),
+    "fewer test images than workers": (lambda t, m: train(t, "--workers", "4", "--batch-size", "16", "--test-subset", "3"),
+                                       "test_subset 3 is smaller than workers 4"),
     "ddp ranks on gpu fractions": (lambda t, m: sweep_file(t, resources={"gpu": 0.5}, trial={**SWEEP["trial"], "workers": 2}),
                                    "2 DDP workers cannot share fractions of GPUs"),
     "subset larger than data": (lambda t, m: train(t, "--subset", "100000"), "subset 100000 is larger than synthetic's 2000 images"),
@@ -140,7 +142,7 @@ def test_cuda_asked_for_without_one(tmp_path, capsys):
 
 def test_gpus_the_cluster_lacks_are_refused_before_scheduling(tmp_path, capsys, ray_cluster):
     assert main(sweep_file(tmp_path, resources={"cpu": 1, "gpu": 1})) == 2
-    assert "asks for 1 GPU per trial but the Ray cluster has 0" in capsys.readouterr().err
+    assert "asks for 1 GPU per trial (1 worker(s) x 1) but the Ray cluster has 0" in capsys.readouterr().err
     assert not (tmp_path / "results" / "s").exists()
 
 
