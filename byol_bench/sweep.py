@@ -343,6 +343,11 @@ def _check_resources(ray, sweep: Sweep, workers: int) -> dict:
     if cpus > available.get("CPU", 0):
         raise UserError(f"the sweep asks for {cpus:g} CPUs per trial ({workers} worker(s) x {sweep.cpus_per_worker:g}) "
                         f"but the Ray cluster has {available.get('CPU', 0):g}; lower resources.cpu or workers")
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    if not any(node.get("CPU", 0) >= sweep.cpus_per_worker and node.get("GPU", 0) >= sweep.gpus_per_worker for node in nodes):
+        largest = max(nodes, key=lambda node: (node.get("GPU", 0), node.get("CPU", 0)), default={})
+        raise UserError(f"no Ray node holds one worker's {sweep.cpus_per_worker:g} CPU and {sweep.gpus_per_worker:g} GPU "
+                        f"(the largest has {largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU); lower resources.cpu/gpu")
     return available
 
 
@@ -406,6 +411,9 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
     check_writable(folder, "results folder", "pass --results-dir")
     holds_sweep = _storage_holds(f"{ray_storage}/{TUNE_FOLDER}") if storage else (folder / TUNE_FOLDER).is_dir()
     if resume:
+        recorded = json.loads(manifest_path.read_text()).get("storage") if manifest_path.exists() else None
+        if not holds_sweep and recorded and recorded != ray_storage:
+            raise UserError(f"--resume: this sweep's Ray state is at {recorded}; pass the --storage it ran with")
         if not holds_sweep:
             raise UserError(f"--resume: {ray_storage} holds no sweep to resume; run without --resume first")
         if not storage:

@@ -146,6 +146,14 @@ def test_gpus_the_cluster_lacks_are_refused_before_scheduling(tmp_path, capsys, 
     assert not (tmp_path / "results" / "s").exists()
 
 
+def test_a_worker_larger_than_every_node_is_refused_before_scheduling(tmp_path, capsys, ray_cluster, monkeypatch):
+    two_nodes = [{"Alive": True, "Resources": {"CPU": 1.0}}, {"Alive": True, "Resources": {"CPU": 1.0}}]
+    monkeypatch.setattr(ray_cluster, "nodes", lambda: two_nodes)  # 2 CPUs in all, but 1 per node
+    assert main(sweep_file(tmp_path, resources={"cpu": 2})) == 2
+    assert "no Ray node holds one worker's 2 CPU and 0 GPU (the largest has 1 CPU, 0 GPU)" in capsys.readouterr().err
+    assert not (tmp_path / "results" / "s").exists()
+
+
 def test_ddp_workers_the_cluster_cannot_hold_are_refused_before_scheduling(tmp_path, capsys, ray_cluster):
     assert main(sweep_file(tmp_path, axes={"workers": [1, 4]}, trial={**SWEEP["trial"], "batch_size": 16})) == 2
     assert "asks for 4 CPUs per trial (4 worker(s) x 1) but the Ray cluster has 2" in capsys.readouterr().err
