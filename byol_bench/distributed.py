@@ -25,7 +25,7 @@ def gather_rows(local: Tensor, n: int) -> Tensor:
     ranks = world_size()
     if ranks == 1:
         return local
-    sizes = [shard(n, r, ranks).stop - shard(n, r, ranks).start for r in range(ranks)]
+    sizes = [len(range(n)[shard(n, r, ranks)]) for r in range(ranks)]
     padded = torch.zeros((max(sizes), *local.shape[1:]), dtype=local.dtype, device=local.device)
     padded[: len(local)] = local
     gathered = [torch.empty_like(padded) for _ in range(ranks)]

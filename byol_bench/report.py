@@ -114,9 +114,9 @@ def _load_tables(folder: Path, name: str, source: Path) -> Results:
     manifest = _read_manifest(folder / "manifest.json")
     trials = _with_missing_trials(trials, manifest)
     trials["momentum_schedule"] = trials["momentum_schedule"].fillna(NO_SCHEDULE)
-    if "workers" in trials:  # DDP trials: the batch that matters is the global one (per worker x workers)
-        trials["batch_size"] = trials["batch_size"] * trials["workers"].fillna(1)
-    trials["batch_size"] = trials["batch_size"].astype(int)
+    trials["workers"] = trials["workers"].fillna(1).astype(int) if "workers" in trials else 1  # tables before DDP
+    # DDP trials: the batch that matters is the global one (per worker x workers)
+    trials["batch_size"] = (trials["batch_size"] * trials["workers"]).astype(int)
     trials["setting"] = [f"batch {batch}" + ("" if schedule == NO_SCHEDULE else f", {schedule}")
                          for batch, schedule in zip(trials["batch_size"], trials["momentum_schedule"])]
     hours, unit, basis = _compute_hours(trials, manifest)
@@ -170,7 +170,7 @@ def _with_missing_trials(trials: pd.DataFrame, manifest: dict) -> pd.DataFrame:
 def _compute_hours(trials: pd.DataFrame, manifest: dict) -> tuple[pd.Series, str, str]:
     """Pretraining time × what a trial held: GPU-hours when trials had GPUs, else CPU-hours."""
     resources = manifest.get("resources")
-    workers = trials["workers"].fillna(1) if "workers" in trials else 1
+    workers = trials["workers"]
     if resources:  # a sweep: what Ray reserved for each worker of a trial
         gpus, cpus, held = resources.get("gpu", 0), resources.get("cpu", 1), "reserved for each worker"
     else:  # one trial: the device it ran on and its torch threads

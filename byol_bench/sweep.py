@@ -351,10 +351,10 @@ def _check_resources(ray, sweep: Sweep, workers: int) -> dict:
     return available
 
 
-def _concurrency(sweep: Sweep, planned: list[PlannedTrial], available: dict, requested: int | None) -> int | None:
-    """How many trials may run at once. DDP trials' drivers hold no CPU or GPU, so Tune would start them all
-    and their Train runs would wait for workers: cap them by what the cluster holds (Ray's advice)."""
-    workers = max(p.workers for p in planned)
+def _concurrency(sweep: Sweep, workers: int, available: dict, requested: int | None) -> int | None:
+    """How many trials may run at once, the largest having ``workers`` workers. DDP trials' drivers hold no
+    CPU or GPU, so Tune would start them all and their Train runs would wait for workers: cap them by what
+    the cluster holds (Ray's advice)."""
     if workers == 1:
         return requested
     fits = [available.get("CPU", 0) / (sweep.cpus_per_worker * workers)] if sweep.cpus_per_worker else []
@@ -411,19 +411,18 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
     check_writable(folder, "results folder", "pass --results-dir")
     holds_sweep = _storage_holds(f"{ray_storage}/{TUNE_FOLDER}") if storage else (folder / TUNE_FOLDER).is_dir()
     if resume:
-        recorded = json.loads(manifest_path.read_text()).get("storage") if manifest_path.exists() else None
-        if not holds_sweep and recorded and recorded != ray_storage:
-            raise UserError(f"--resume: this sweep's Ray state is at {recorded}; pass the --storage it ran with")
+        previous = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        if not holds_sweep and previous.get("storage", ray_storage) != ray_storage:
+            raise UserError(f"--resume: this sweep's Ray state is at {previous['storage']}; pass the --storage it ran with")
         if not holds_sweep:
             raise UserError(f"--resume: {ray_storage} holds no sweep to resume; run without --resume first")
         if not storage:
             _check_checkpoints(folder)
-        previous = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
         if previous.get("grid") and [t["trial_id"] for t in previous["grid"]] != grid_ids:
             raise UserError(f"--resume: {folder} belongs to a sweep with another grid; "
                             "resume with the same sweep file, or pass --results-dir to start a new one")
     elif (folder.exists() and any(folder.iterdir())) or holds_sweep:
-        raise UserError(f"{folder if folder.exists() and any(folder.iterdir()) else ray_storage} already holds results; "
+        raise UserError(f"{ray_storage if holds_sweep else folder} already holds results; "
                         "pass --resume to continue that sweep, or --results-dir (and --storage) to write elsewhere")
 
     if not storage:  # local state is cheap to save: every 2 s instead of every 10+, so that a driver killed
@@ -432,7 +431,8 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
     from ray import tune
 
     try:
-        cluster = _check_resources(ray, sweep, max(p.workers for p in planned))
+        largest = max(p.workers for p in planned)
+        cluster = _check_resources(ray, sweep, largest)
         manifest = {
             "sweep": sweep.name, "description": sweep.description, "sweep_file": sweep.source,
             "axes": list(sweep.axes), "fixed": sweep.trial, "method_overrides": sweep.method_overrides, "resources": sweep.resources, "anchors": sweep.anchors,
@@ -460,7 +460,7 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
                 runnable,
                 param_space={"trial_id": tune.grid_search(list(knobs_by_id))},
                 tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=_concurrency(
-                    sweep, planned, cluster, max_concurrent or sweep.max_concurrent)),
+                    sweep, largest, cluster, max_concurrent or sweep.max_concurrent)),
                 run_config=tune.RunConfig(
                     name=TUNE_FOLDER, storage_path=ray_storage, verbose=1,
                     failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
