@@ -20,6 +20,9 @@ classifier with ProbeRecipe's epochs, batch size, optimizer and schedule on the 
 random-init backbone; the table gives both wall times (the cached one includes extracting the
 features), the speed-up and both top-1 accuracies, which should agree to within ~0.5 points.
 
+The table also gives the FLOP bound, the images/s the step's counted FLOPs (FlopCounterMode, one
+step) would allow at the device's measured matrix-product peak, and the suite's share of it (MFU).
+
 Run it (about 4 minutes on 2 idle CPU cores with the defaults; keep the machine otherwise idle):
 
     .venv/bin/python benchmarks/bench_trainer.py
@@ -41,6 +44,7 @@ from dataclasses import asdict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from byol_bench.backbones import build_backbone
 from byol_bench.config import make_config
@@ -50,7 +54,8 @@ from byol_bench.evaluate import ProbeRecipe, extract_features, linear_probe, top
 from byol_bench.methods import METHODS, uses_momentum
 from byol_bench.provenance import provenance
 from byol_bench.schedules import learning_rate, parse_momentum_schedule
-from byol_bench.train import build_optimizer, make_batches, make_train_step, resolve_device, synchronize
+from byol_bench.train import (build_optimizer, make_batches, make_train_step, matrix_product_flops, resolve_device,
+                              synchronize)
 from byol_bench.views import PILViewDataset
 
 
@@ -97,11 +102,20 @@ class TrainingLoop:
 
     def train(self, steps: int) -> None:
         for _ in range(steps):
-            view0, view1 = next(self.batches)
-            lr = learning_rate(self.step, self.total_steps, self.cfg.peak_lr, 0, self.cfg.lr_schedule)
-            tau = self.momentum(self.step, self.total_steps) if self.momentum else None
-            self.train_step(view0, view1, lr, tau)
-            self.step += 1
+            self._step()
+
+    def flops_per_image(self) -> float:
+        """One step counted by FlopCounterMode (eager), as run_trial counts a trial's first step."""
+        counter = FlopCounterMode(display=False)
+        self._step(counter)
+        return counter.get_total_flops() / self.cfg.batch_size
+
+    def _step(self, flop_counter=None) -> None:
+        view0, view1 = next(self.batches)
+        lr = learning_rate(self.step, self.total_steps, self.cfg.peak_lr, 0, self.cfg.lr_schedule)
+        tau = self.momentum(self.step, self.total_steps) if self.momentum else None
+        self.train_step(view0, view1, lr, tau, flop_counter=flop_counter)
+        self.step += 1
 
 
 def images_per_second(loop: TrainingLoop, warmup_steps: int, steps: int, batch_size: int, device) -> float:
@@ -128,16 +142,26 @@ def bench_training(cfg, args, data, device) -> dict:
         "suite": TrainingLoop(cfg, data, device, make_batches(cfg, data, METHODS[cfg.method].views, device), total_steps),
         "plain": TrainingLoop(cfg, data, device, lightly_example_batches(cfg, data, device, args.plain_workers), total_steps),
     }
-    speeds = {name: [] for name in loops}
+    flops_per_image = loops["suite"].flops_per_image()
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+    speeds, peaks = {name: [] for name in loops}, []
     for round_index in range(args.rounds):
-        for name, loop in loops.items():  # alternate: suite, plain, suite, plain, ...
-            speeds[name].append(images_per_second(loop, args.warmup_steps, args.steps, cfg.batch_size, device))
+        # Alternate: suite, plain, suite, plain, ... The peak is timed each round too, after the suite's steps,
+        # while the plain loop's loader worker idles with its queue full.
+        speeds["suite"].append(images_per_second(loops["suite"], args.warmup_steps, args.steps, cfg.batch_size, device))
+        peaks.append(matrix_product_flops(device, dtype, repeats=3))
+        speeds["plain"].append(images_per_second(loops["plain"], args.warmup_steps, args.steps, cfg.batch_size, device))
         log(f"  round {round_index + 1}/{args.rounds}: suite {speeds['suite'][-1]:.0f} img/s, "
-            f"plain {speeds['plain'][-1]:.0f} img/s")
-    suite, plain = spread(speeds["suite"]), spread(speeds["plain"])
+            f"plain {speeds['plain'][-1]:.0f} img/s, matrix product {peaks[-1] / 1e9:.0f} GFLOP/s")
+    # The bound takes the fastest product of any round: noise only ever slows a timing, so this errs low on MFU.
+    suite, plain, peak = spread(speeds["suite"]), spread(speeds["plain"]), max(peaks)
     return {"pretrain_images": len(data.pretrain_images), "suite_images_per_s": suite, "plain_images_per_s": plain,
             "ratio_suite_over_plain": suite["median"] / plain["median"],
-            "ratio_per_round": [s / p for s, p in zip(speeds["suite"], speeds["plain"])]}
+            "ratio_per_round": [s / p for s, p in zip(speeds["suite"], speeds["plain"])],
+            # The FLOP bound: the step's counted FLOPs at the device's matrix-product peak; the suite's MFU is its share.
+            "flops_per_image": flops_per_image, "peak_flops_per_s": spread(peaks),
+            "flop_bound_images_per_s": peak / flops_per_image,
+            "suite_mfu": suite["median"] * flops_per_image / peak}
 
 
 # --- part 2: linear probe ------------------------------------------------------------------------
@@ -220,8 +244,9 @@ def bench_probe(cfg, args, data, device) -> dict:
 
 
 def print_table(cfg, args, device, training: dict, probe: dict | None) -> None:
+    switches = [cfg.precision, "channels_last" if cfg.channels_last else "NCHW"] + (["compile"] if cfg.compile else [])
     print(f"training throughput: {cfg.method}, {cfg.dataset} ({training['pretrain_images']} images), {cfg.backbone}, "
-          f"batch {cfg.batch_size}, {torch.get_num_threads()} threads, {device}; "
+          f"batch {cfg.batch_size}, {torch.get_num_threads()} threads, {device}, {' + '.join(switches)}; "
           f"{args.rounds} rounds x {args.steps} timed steps, alternating")
     print(f"  {'':34} {'median img/s':>12} {'min':>8} {'max':>8}")
     for key, label in (("suite_images_per_s", "suite (tensor views, make_batches)"),
@@ -231,6 +256,10 @@ def print_table(cfg, args, device, training: dict, probe: dict | None) -> None:
     per_round = training["ratio_per_round"]
     print(f"  {'ratio suite / plain':34} {training['ratio_suite_over_plain']:12.2f} {min(per_round):8.2f} "
           f"{max(per_round):8.2f}   (min/max: per-round ratios)")
+    print(f"  {'FLOP bound':34} {training['flop_bound_images_per_s']:12.0f}   "
+          f"({training['flops_per_image'] / 1e6:.0f} MFLOP per image at a {cfg.precision} matrix-product peak of "
+          f"{training['peak_flops_per_s']['median'] / 1e9:.0f} GFLOP/s, the best round's)")
+    print(f"  {'suite / FLOP bound (MFU)':34} {100 * training['suite_mfu']:11.1f}%")
     if probe is None:
         return
     print(f"\nlinear probe: {probe['train_images']} train / {probe['test_images']} test images, "
@@ -257,7 +286,8 @@ def main() -> None:
     parser.add_argument("--plain-workers", type=int, default=1,
                         help="DataLoader workers of the plain loop (1 on a 2-core CPU; more on a GPU machine)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="the suite's and the plain loop's step")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="NHWC model and views, for both contenders")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training loss")
     parser.add_argument("--probe-epochs", type=int, default=ProbeRecipe().epochs)
     # Small, so that 100 epochs with the backbone in the loop take about a minute on 2 CPU cores.

@@ -54,7 +54,8 @@ class TrialConfig:
     # execution (each speed switch is recorded with the result)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast for the training step; evaluation stays fp32)
-    channels_last: bool = False  # NHWC memory format for the model and the views
+    # NHWC for the model and the views: the layout oneDNN and cuDNN convolve fastest (fp32 on 2 CPU cores: 1.3x)
+    channels_last: bool = True
     compile: bool = False  # torch.compile the training loss
     threads: int | None = None  # torch intra-op threads; None: torch's default
     workers: int = 1  # DDP processes of one trial (Ray Train, in a sweep), one device each

@@ -54,7 +54,12 @@ def synchronize(device: torch.device) -> None:
 
 @functools.lru_cache(maxsize=None)
 def measured_peak_flops(device: torch.device, dtype: torch.dtype, threads: int) -> float:
-    """The device's matrix-product FLOP/s at this thread count, measured once per process: MFU's denominator."""
+    """MFU's denominator, measured once per process and thread count."""
+    return matrix_product_flops(device, dtype)
+
+
+def matrix_product_flops(device: torch.device, dtype: torch.dtype, repeats: int = 10) -> float:
+    """The device's matrix-product FLOP/s: the best of ``repeats`` timings (shared CPUs vary by ±15%)."""
     size = 8192 if device.type == "cuda" else 2048
     a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
     # fp32 convolutions on CUDA run in TF32 by default (cudnn.allow_tf32): the peak must be TF32's too.
@@ -64,7 +69,7 @@ def measured_peak_flops(device: torch.device, dtype: torch.dtype, threads: int) 
         a @ b  # warm-up: kernels chosen, caches filled
         synchronize(device)
         best = float("inf")
-        for _ in range(3):
+        for _ in range(repeats):
             start = time.perf_counter()
             a @ b
             synchronize(device)
@@ -96,8 +101,40 @@ def resident_bytes() -> int:
     try:  # Linux: the current resident set, in pages
         with open("/proc/self/statm") as statm:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # elsewhere: the process's high-water mark (KiB on Linux and BSD)
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    except OSError:  # elsewhere: the process's high-water mark, in bytes on macOS and KiB on the BSDs
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
+
+
+class StepClock:
+    """One epoch's step times, each from the end of the previous step (so waiting for data counts), and
+    the part of each spent getting the batch. On CUDA the marks are events on the stream, read when the
+    times are asked for: the host never waits for the device between steps, so it queues the next batch
+    while the GPU trains. On the CPU they are clock readings."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks = []  # (start, got_batch, done) of every timed step
+
+    def now(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def add(self, start, got_batch, done) -> None:
+        self.marks.append((start, got_batch, done))
+
+    def times(self) -> tuple[list[float], list[float]]:
+        """(step times, data waits) in seconds, of every step added so far."""
+        if self.cuda and self.marks:
+            self.marks[-1][2].synchronize()
+        elapsed = (lambda a, b: a.elapsed_time(b) / 1000) if self.cuda else (lambda a, b: b - a)
+        return [elapsed(s, d) for s, _, d in self.marks], [elapsed(s, g) for s, g, _ in self.marks]
+
+
+def images_per_second(cfg: TrialConfig, step_times: list[float]) -> float | None:
+    return cfg.global_batch_size * len(step_times) / sum(step_times) if step_times else None  # ranks step in lockstep
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -170,7 +207,7 @@ def make_batches(cfg: TrialConfig, data: ImageData, method_views, device: torch.
                             rank(), world_size())
 
         def tensor_batches(epoch: int):
-            views.generator.manual_seed(epoch_seed(cfg.seed, epoch))
+            views.seed(epoch_seed(cfg.seed, epoch))
             for batch in epoch_order(cfg, len(images), epoch).to(device).split(cfg.batch_size):
                 yield views(on_device[batch])
 
@@ -289,11 +326,10 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
         method.train()
         epoch_start = last_log = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
-        timed_images = timed_seconds = 0.0
-        tick = time.perf_counter()
+        clock = StepClock(device)
+        tick = clock.now()
         for i, (view0, view1) in enumerate(batches(epoch)):
-            synchronize(device)
-            got_batch = time.perf_counter()
+            got_batch = clock.now()
             step = epoch * steps_per_epoch + i
             lr = learning_rate(step, total_steps, cfg.peak_lr, warmup_steps, cfg.lr_schedule)
             tau = momentum_schedule(step, total_steps) if uses_momentum(method_class) else None
@@ -302,27 +338,26 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
             loss_sum += train_step(view0, view1, lr, tau, flop_counter=counter)
             if counter is not None:
                 state["flops_per_image"] = counter.get_total_flops() / cfg.batch_size
-            synchronize(device)
-            done = time.perf_counter()
+            done = clock.now()
             peak_memory.sample()
             steps_this_process += 1
             if steps_this_process > cfg.timing_warmup_steps:  # first steps pay for allocation and caches
-                state["data_times"].append(got_batch - tick)
-                state["step_times"].append(done - tick)
-                timed_images += cfg.global_batch_size  # the ranks step in lockstep
-                timed_seconds += done - tick
-            if done - last_log > PROGRESS_EVERY_S:
+                clock.add(tick, got_batch, done)
+            if time.perf_counter() - last_log > PROGRESS_EVERY_S:
                 log(f"[{cfg.method}] epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch} "
-                    f"loss {loss_sum.item() / (i + 1):.4f} {timed_images / max(timed_seconds, 1e-9):.0f} img/s")
-                last_log = done
-            tick = time.perf_counter()
+                    f"loss {loss_sum.item() / (i + 1):.4f} {images_per_second(cfg, clock.times()[0]) or 0:.0f} img/s")
+                last_log = time.perf_counter()
+            tick = clock.now()
+        epoch_step_times, epoch_data_times = clock.times()
+        state["step_times"] += epoch_step_times
+        state["data_times"] += epoch_data_times
         state["pretrain_time_s"] += time.perf_counter() - epoch_start
         if world_size() > 1:  # the global batch's loss is the ranks' mean (and every rank sees a divergence)
             dist.all_reduce(loss_sum)
             loss_sum /= world_size()
         epoch_loss = (loss_sum / steps_per_epoch).item()
         row = {"epoch": epoch + 1, "loss": epoch_loss, "lr": lr, "momentum": tau,
-               "images_per_s": timed_images / timed_seconds if timed_seconds else None,
+               "images_per_s": images_per_second(cfg, epoch_step_times),
                "epoch_time_s": time.perf_counter() - epoch_start}
         if not math.isfinite(epoch_loss):
             state["status"] = "diverged"
@@ -342,7 +377,7 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
     if scores and scores["effective_rank"] < collapse_rank(cfg.projection_dim):
         state["status"] = "collapsed"
     step_times, data_times = state["step_times"], state["data_times"]
-    images_per_s = cfg.global_batch_size * len(step_times) / sum(step_times) if step_times else None
+    images_per_s = images_per_second(cfg, step_times)
     peak_flops = measured_peak_flops(device, torch.bfloat16 if cfg.precision == "bf16" else torch.float32,
                                      torch.get_num_threads())
     metrics = {

@@ -62,8 +62,9 @@ class Draws:
     keeps its own rows, so a trial's views do not depend on how its batch is split across workers.
     """
 
-    def __init__(self, generator: torch.Generator, total: int, rows: slice):
+    def __init__(self, generator: torch.Generator, total: int, rows: slice, host_generator: torch.Generator | None = None):
         self.generator, self.total, self.rows = generator, total, rows
+        self.host_generator = host_generator or generator  # for draws the host needs, so a GPU never syncs for them
 
     def uniform(self, low: float, high: float, *shape: int) -> Tensor:
         values = torch.rand(self.total, *shape, generator=self.generator, device=self.generator.device)[self.rows]
@@ -74,7 +75,7 @@ class Draws:
 
     def permutation(self, n: int) -> list[int]:
         """One order shared by the whole batch (and by every rank)."""
-        return torch.randperm(n, generator=self.generator, device=self.generator.device).tolist()
+        return torch.randperm(n, generator=self.host_generator, device=self.host_generator.device).tolist()
 
 
 def _crop_boxes(draws: Draws, size: int, min_scale: float) -> Tensor:
@@ -201,12 +202,18 @@ class TensorViews:
         # Built once: the training step would otherwise copy them to the device twice per batch.
         self.mean = torch.tensor(mean, device=device)[None, :, None, None]
         self.std = torch.tensor(std, device=device)[None, :, None, None]
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.generator = torch.Generator(device=device)
+        self.host_generator = self.generator if self.generator.device.type == "cpu" else torch.Generator()
+        self.seed(seed)
         self.rank, self.world_size = rank, world_size
+
+    def seed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+        self.host_generator.manual_seed(seed)
 
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
         n = len(images)
-        draws = Draws(self.generator, n * self.world_size, slice(self.rank * n, (self.rank + 1) * n))
+        draws = Draws(self.generator, n * self.world_size, slice(self.rank * n, (self.rank + 1) * n), self.host_generator)
         return tuple((augment(images, r, self.size, draws) - self.mean) / self.std for r in self.recipes)
 
 

@@ -1,9 +1,11 @@
 """Checks of the CUDA path; they skip cleanly where no CUDA device is present (CI, laptops)."""
 
+import time
+
 import pytest
 import torch
 
-from byol_bench.train import run_trial
+from byol_bench.train import StepClock, run_trial
 from byol_bench.views import BYOL_VIEWS, TensorViews
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
@@ -24,3 +26,25 @@ def test_a_trial_runs_on_the_gpu(method, tiny_config):
     assert result["metrics"]["peak_memory_bytes"] > 0 and result["metrics"]["images_per_s"] > 0
     assert 0 <= result["metrics"]["knn_top1"] <= 1
     assert result["provenance"]["device_name"] == torch.cuda.get_device_name()
+
+
+def test_the_step_clock_times_the_gpu_without_making_the_host_wait():
+    """Five 'steps' of ten 4096² products each: the host queues them all at once, and the event times add up
+    to the wall time the GPU took."""
+    clock, a = StepClock(torch.device("cuda")), torch.randn(4096, 4096, device="cuda")
+    a @ a  # cuBLAS starts up outside the timing
+    torch.cuda.synchronize()
+    host_start = time.perf_counter()
+    start = clock.now()
+    for _ in range(5):
+        got_batch = clock.now()
+        for _ in range(10):
+            a @ a
+        clock.add(start, got_batch, clock.now())
+        start = clock.now()
+    queued = time.perf_counter() - host_start
+    step_times, data_waits = clock.times()
+    wall = time.perf_counter() - host_start
+    assert queued < 0.5 * wall
+    assert sum(step_times) == pytest.approx(wall, rel=0.2)
+    assert all(0 <= wait < 0.05 * step for wait, step in zip(data_waits, step_times))
