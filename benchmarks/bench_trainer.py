@@ -1,18 +1,19 @@
 """How fast is the suite's trainer next to a plain lightly-example loop, and how much does the cached
 linear probe save? (issue 6, "Performance")
 
-Part 1, training throughput. Two contenders train the same model (same method class, same init seed)
-with the same batch size, data, thread count and SGD step:
+Part 1, training throughput. Three contenders train the same model (same method class, same init seed)
+with the same batch size, data, thread count, speed switches and SGD step:
 
-  suite   batches from ``byol_bench.train.make_batches`` with ``augment="tensor"``: the views are made
-          batched on the training device, in the training process (what ``run_trial`` does);
-  plain   what lightly's examples do: lightly's PIL transforms (``PILViewDataset``, the method's recipe)
-          in a DataLoader with --plain-workers workers (default 1), shuffle and drop_last.
+  suite        batches from ``byol_bench.train.make_batches`` with ``augment="tensor"``: the views are
+               made batched on the training device, in the training process (what ``run_trial`` does);
+  plain        what lightly's examples do: lightly's PIL transforms (``PILViewDataset``, the method's
+               recipe) in a DataLoader with --plain-workers workers (default 1), shuffle and drop_last;
+  step alone   the suite's first batch over and over: no views to make, the most the step allows.
 
-They run alternately, suite, plain, suite, plain, ... for --rounds rounds, so that whatever else the
-machine is doing slows both alike. Each round trains --warmup-steps untimed steps, then times --steps
-steps; the table gives the median images/s of each over the rounds, the min and max, and the ratio
-suite / plain (above 1: the suite is faster).
+They run alternately, suite, step alone, plain, suite, ... for --rounds rounds, so that whatever else
+the machine is doing slows them alike. Each round trains --warmup-steps untimed steps, then times
+--steps steps; the table gives the median images/s of each over the rounds, the min and max, and the
+ratio suite / plain (above 1: the suite is faster).
 
 Part 2, linear probe. ``byol_bench.evaluate.linear_probe`` trains on features extracted once; the
 common alternative runs the frozen backbone on every batch of every epoch. Both train the same
@@ -21,9 +22,10 @@ random-init backbone; the table gives both wall times (the cached one includes e
 features), the speed-up and both top-1 accuracies, which should agree to within ~0.5 points.
 
 The table also gives the FLOP bound, the images/s the step's counted FLOPs (FlopCounterMode, one
-step) would allow at the device's measured matrix-product peak, and the suite's share of it (MFU).
+step) would allow at the device's matrix-product peak (timed every round; the best round's), and the
+suite's and the step's shares of it (MFU).
 
-Run it (about 4 minutes on 2 idle CPU cores with the defaults; keep the machine otherwise idle):
+Run it (about 10 minutes on 2 idle CPU cores with the defaults; keep the machine otherwise idle):
 
     .venv/bin/python benchmarks/bench_trainer.py
     .venv/bin/python benchmarks/bench_trainer.py --method simclr --device cuda --threads 8 --out bench.json
@@ -81,6 +83,12 @@ def lightly_example_batches(cfg, data, device, workers: int):
             yield view0.to(device, non_blocking=True), view1.to(device, non_blocking=True)
 
     return batches
+
+
+def one_batch_forever(cfg, data, device):
+    """The suite's first batch, over and over: the step with no views to make, the trainer's ceiling."""
+    views = next(make_batches(cfg, data, METHODS[cfg.method].views, device)(0))
+    return lambda epoch: itertools.repeat(views)
 
 
 class TrainingLoop:
@@ -141,27 +149,30 @@ def bench_training(cfg, args, data, device) -> dict:
     loops = {
         "suite": TrainingLoop(cfg, data, device, make_batches(cfg, data, METHODS[cfg.method].views, device), total_steps),
         "plain": TrainingLoop(cfg, data, device, lightly_example_batches(cfg, data, device, args.plain_workers), total_steps),
+        "step alone": TrainingLoop(cfg, data, device, one_batch_forever(cfg, data, device), total_steps),
     }
     flops_per_image = loops["suite"].flops_per_image()
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
     speeds, peaks = {name: [] for name in loops}, []
     for round_index in range(args.rounds):
-        # Alternate: suite, plain, suite, plain, ... The peak is timed each round too, after the suite's steps,
-        # while the plain loop's loader worker idles with its queue full.
-        speeds["suite"].append(images_per_second(loops["suite"], args.warmup_steps, args.steps, cfg.batch_size, device))
+        # Alternate: suite, step alone, plain, suite, ... The peak is timed each round too, before the plain loop's
+        # steps, while its loader worker idles with its queue full.
+        for name in ("suite", "step alone"):
+            speeds[name].append(images_per_second(loops[name], args.warmup_steps, args.steps, cfg.batch_size, device))
         peaks.append(matrix_product_flops(device, dtype, repeats=3))
         speeds["plain"].append(images_per_second(loops["plain"], args.warmup_steps, args.steps, cfg.batch_size, device))
-        log(f"  round {round_index + 1}/{args.rounds}: suite {speeds['suite'][-1]:.0f} img/s, "
-            f"plain {speeds['plain'][-1]:.0f} img/s, matrix product {peaks[-1] / 1e9:.0f} GFLOP/s")
+        log(f"  round {round_index + 1}/{args.rounds}: " + ", ".join(f"{name} {speeds[name][-1]:.0f} img/s" for name in loops)
+            + f", matrix product {peaks[-1] / 1e9:.0f} GFLOP/s")
     # The bound takes the fastest product of any round: noise only ever slows a timing, so this errs low on MFU.
-    suite, plain, peak = spread(speeds["suite"]), spread(speeds["plain"]), max(peaks)
+    suite, plain, alone, peak = spread(speeds["suite"]), spread(speeds["plain"]), spread(speeds["step alone"]), max(peaks)
     return {"pretrain_images": len(data.pretrain_images), "suite_images_per_s": suite, "plain_images_per_s": plain,
+            "step_alone_images_per_s": alone, "ratio_suite_over_step_alone": suite["median"] / alone["median"],
             "ratio_suite_over_plain": suite["median"] / plain["median"],
             "ratio_per_round": [s / p for s, p in zip(speeds["suite"], speeds["plain"])],
             # The FLOP bound: the step's counted FLOPs at the device's matrix-product peak; the suite's MFU is its share.
             "flops_per_image": flops_per_image, "peak_flops_per_s": spread(peaks),
             "flop_bound_images_per_s": peak / flops_per_image,
-            "suite_mfu": suite["median"] * flops_per_image / peak}
+            "suite_mfu": suite["median"] * flops_per_image / peak, "step_alone_mfu": alone["median"] * flops_per_image / peak}
 
 
 # --- part 2: linear probe ------------------------------------------------------------------------
@@ -250,16 +261,19 @@ def print_table(cfg, args, device, training: dict, probe: dict | None) -> None:
           f"{args.rounds} rounds x {args.steps} timed steps, alternating")
     print(f"  {'':34} {'median img/s':>12} {'min':>8} {'max':>8}")
     for key, label in (("suite_images_per_s", "suite (tensor views, make_batches)"),
-                       ("plain_images_per_s", f"plain (lightly PIL, {args.plain_workers} workers)")):
+                       ("plain_images_per_s", f"plain (lightly PIL, {args.plain_workers} workers)"),
+                       ("step_alone_images_per_s", "step alone (one fixed batch)")):
         row = training[key]
         print(f"  {label:34} {row['median']:12.0f} {row['min']:8.0f} {row['max']:8.0f}")
     per_round = training["ratio_per_round"]
     print(f"  {'ratio suite / plain':34} {training['ratio_suite_over_plain']:12.2f} {min(per_round):8.2f} "
           f"{max(per_round):8.2f}   (min/max: per-round ratios)")
+    print(f"  {'ratio suite / step alone':34} {training['ratio_suite_over_step_alone']:12.2f}   (the cost of making views)")
     print(f"  {'FLOP bound':34} {training['flop_bound_images_per_s']:12.0f}   "
           f"({training['flops_per_image'] / 1e6:.0f} MFLOP per image at a {cfg.precision} matrix-product peak of "
           f"{training['peak_flops_per_s']['median'] / 1e9:.0f} GFLOP/s, the best round's)")
     print(f"  {'suite / FLOP bound (MFU)':34} {100 * training['suite_mfu']:11.1f}%")
+    print(f"  {'step alone / FLOP bound':34} {100 * training['step_alone_mfu']:11.1f}%   (what the kernels allow)")
     if probe is None:
         return
     print(f"\nlinear probe: {probe['train_images']} train / {probe['test_images']} test images, "
