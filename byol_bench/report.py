@@ -29,7 +29,9 @@ from byol_bench.errors import UserError  # noqa: E402
 from byol_bench.methods import METHODS, applicable  # noqa: E402
 from byol_bench.results import FLOORS, METRICS, epoch_rows, trial_row, write_tables  # noqa: E402
 
-GROUP = ["method", "batch_size", "momentum_schedule"]  # one row of every results table
+# One row of every results table. batch_size is the global batch; trials that differ only in their DDP
+# workers (a scaling study at one global batch) are different settings, not seeds of one.
+GROUP = ["method", "batch_size", "momentum_schedule", "workers"]
 NO_SCHEDULE = "-"  # the momentum schedule of a method without a target network
 SOURCE_HINT = "give a sweep results folder (results/<sweep>) or a trial JSON written by 'byol-bench train --out'"
 
@@ -105,6 +107,7 @@ def _load_tables(folder: Path, name: str, source: Path) -> Results:
         raise UserError(f"{folder} holds no trials.parquet; {SOURCE_HINT} (a sweep writes it when it ends; "
                         "finish an interrupted one with 'byol-bench sweep FILE --resume')")
     trials = _read_parquet(trials_path)
+    trials["workers"] = trials["workers"].fillna(1).astype(int) if "workers" in trials else 1  # tables before DDP
     lacking = [column for column in ("trial_id", "status", "error", *GROUP, *METRICS, *FLOORS) if column not in trials]
     if lacking:
         raise UserError(f"{trials_path} lacks the columns {', '.join(lacking)}; it was not written by "
@@ -114,11 +117,13 @@ def _load_tables(folder: Path, name: str, source: Path) -> Results:
     manifest = _read_manifest(folder / "manifest.json")
     trials = _with_missing_trials(trials, manifest)
     trials["momentum_schedule"] = trials["momentum_schedule"].fillna(NO_SCHEDULE)
-    trials["workers"] = trials["workers"].fillna(1).astype(int) if "workers" in trials else 1  # tables before DDP
+    trials["workers"] = trials["workers"].fillna(1).astype(int)  # the grid's missing trials too
     # DDP trials: the batch that matters is the global one (per worker x workers)
     trials["batch_size"] = (trials["batch_size"] * trials["workers"]).astype(int)
     trials["setting"] = [f"batch {batch}" + ("" if schedule == NO_SCHEDULE else f", {schedule}")
-                         for batch, schedule in zip(trials["batch_size"], trials["momentum_schedule"])]
+                         + ("" if workers == 1 else f", {workers} workers")
+                         for batch, schedule, workers in zip(trials["batch_size"], trials["momentum_schedule"],
+                                                             trials["workers"])]
     hours, unit, basis = _compute_hours(trials, manifest)
     trials["compute_hours"] = hours
     # The axes come from the trials table, so they carry its filled-in defaults.
@@ -228,15 +233,16 @@ def protocol(results: Results) -> str:
 
 
 def per_group(results: Results, columns: dict) -> pd.DataFrame:
-    """One row per method × batch size × momentum schedule: mean ± std over its finished seeds.
+    """One row per method × batch size × momentum schedule (× workers, shown when a trial has more than
+    one): mean ± std over its finished seeds.
 
     Every group appears, also one whose trials all failed; n reads "k of m" when only k of its m
     trials finished.
     """
-    rows = []
-    for (method, batch_size, schedule), group in results.trials.groupby(GROUP, sort=True):
+    rows, ddp = [], results.trials["workers"].max() > 1
+    for (method, batch_size, schedule, workers), group in results.trials.groupby(GROUP, sort=True):
         finished = group[group["status"] == "ok"]
-        row = {"method": method, "batch size": batch_size, "momentum schedule": schedule,
+        row = {"method": method, "batch size": batch_size, "momentum schedule": schedule, **({"workers": workers} if ddp else {}),
                "n": str(len(finished)) if len(finished) == len(group) else f"{len(finished)} of {len(group)}"}
         row.update({label: _mean_std(finished[column], scale, decimals)
                     for label, (column, scale, decimals) in columns.items()})
@@ -613,12 +619,14 @@ def _group_means(results: Results) -> pd.DataFrame:
 
 
 def comparison_table(first: Results, second: Results) -> pd.DataFrame:
-    """Groups matched by method, batch size and momentum schedule: A's and B's means and B − A."""
+    """Groups matched by method, batch size, momentum schedule and workers: A's and B's means and B − A."""
     both = _group_means(first).merge(_group_means(second), how="outer", left_index=True, right_index=True,
                                      suffixes=("_a", "_b")).reset_index()
     table = pd.DataFrame({"method": both["method"], "batch size": both["batch_size"],
-                          "momentum schedule": both["momentum_schedule"],
+                          "momentum schedule": both["momentum_schedule"], "workers": both["workers"],
                           "n A": both["n_a"].map(_text), "n B": both["n_b"].map(_text)})
+    if (table["workers"] == 1).all():
+        table = table.drop(columns="workers")
     for label, (column, scale, decimals) in COMPARED.items():
         a, b = both[f"{column}_a"] * scale, both[f"{column}_b"] * scale
         for side, values, spec in (("A", a, f".{decimals}f"), ("B", b, f".{decimals}f"), ("B − A", b - a, f"+.{decimals}f")):

@@ -380,3 +380,16 @@ def test_the_html_report_renders_in_headless_chromium(sweep, tmp_path):
     assert errors == []
     pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(screenshot))).convert("L"))
     assert pixels.shape[1] >= 1000 and (pixels < 200).mean() > 0.005  # text and tables, not a blank page
+
+
+def test_trials_that_differ_only_in_workers_are_separate_settings(tmp_path):
+    """A scaling study at one global batch (128 on 1 worker, 64 × 2 workers) is two rows, not four seeds of one."""
+    planned = [(f"batch_size={batch},workers={workers},seed={seed}",
+                {**FIXED, "method": "byol", "batch_size": batch, "workers": workers, "seed": seed})
+               for batch, workers in ((128, 1), (64, 2)) for seed in (0, 1)]
+    folder = write_sweep(tmp_path / "scaling", planned)
+    write_report(folder)
+    accuracy = markdown_table(read(folder / "report.md"), "Accuracy")
+    assert accuracy[["batch size", "workers", "n"]].values.tolist() == [["128", "1", "2"], ["128", "2", "2"]]
+    settings = load_results(folder).epochs.groupby("setting")["trial_id"].nunique().to_dict()
+    assert settings == {"batch 128, cosine:0.99-1.0": 2, "batch 128, cosine:0.99-1.0, 2 workers": 2}  # curves apart
