@@ -46,6 +46,9 @@ def check_output(path: Path) -> None:
 
 
 def cmd_train(args) -> int:
+    import torch.distributed as dist
+
+    from byol_bench.distributed import join_torchrun, rank
     from byol_bench.train import run_trial
 
     values = read_yaml(args.config) if args.config else {}
@@ -53,9 +56,16 @@ def cmd_train(args) -> int:
     cfg = make_config(values)
     out = Path(args.out or f"results/trials/{cfg.method}-{cfg.dataset}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     check_output(out)
-    result = run_trial(cfg)
-    write_json(out, result)
-    print(f"wrote {out}")
+    cfg = join_torchrun(cfg)
+    writes = rank() == 0  # every rank returns the same result; one writes it
+    try:
+        result = run_trial(cfg)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if writes:
+        write_json(out, result)
+        print(f"wrote {out}")
     return 0 if result["status"] == "ok" else 1
 
 

@@ -1,4 +1,4 @@
-"""What a trial needs when it runs as several DDP processes (Ray Train starts them and the process group).
+"""What a trial needs when it runs as several DDP processes (Ray Train or torchrun starts them).
 
 Plain torch.distributed: the trial's rank and world size (lightly's helpers), a rank's share of the
 images, gathering every rank's rows, and BatchNorm over the global batch on any device.
@@ -6,12 +6,28 @@ images, gathering every rank's rows, and BatchNorm over the global batch on any 
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
+
 import torch
 import torch.distributed as dist
 from lightly.utils.dist import rank, world_size
 from torch import Tensor, nn
 
-__all__ = ["rank", "world_size", "shard", "gather_rows", "sync_batchnorm"]
+__all__ = ["rank", "world_size", "join_torchrun", "shard", "gather_rows", "sync_batchnorm"]
+
+
+def join_torchrun(cfg):
+    """Under torchrun (WORLD_SIZE > 1 in the environment), join its process group as one rank: gloo on
+    the CPU, NCCL on GPU LOCAL_RANK. Returns ``cfg`` with this rank's device; elsewhere ``cfg`` as it is."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or dist.is_initialized():
+        return cfg
+    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    device = f"cuda:{os.environ['LOCAL_RANK']}" if cuda else "cpu"
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return replace(cfg, device=device)
 
 
 def shard(n: int, of_rank: int | None = None, ranks: int | None = None) -> slice:

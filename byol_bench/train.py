@@ -277,8 +277,9 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, dict], None] | None = 
     trial it is called on every rank (the states are the same); only rank 0 logs.
     """
     if cfg.workers != world_size():
-        raise UserError(f"workers {cfg.workers}: this process group has {world_size()}; a trial with workers > 1 "
-                        "runs through Ray Train: put it in a sweep file and run 'byol-bench sweep'")
+        raise UserError(f"workers {cfg.workers}: this process group has {world_size()}; run a trial with workers N "
+                        "under 'torchrun --nproc-per-node N -m byol_bench.cli train --workers N ...', or in a sweep "
+                        "file with 'byol-bench sweep' (Ray Train)")
     if rank() != 0:
         log = lambda line: None  # noqa: E731 -- the ranks train in lockstep; one progress log is enough
     device = resolve_device(cfg.device)

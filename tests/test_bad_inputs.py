@@ -77,7 +77,7 @@ CASES = {
     "zero epochs": (lambda t, m: train(t, "--epochs", "0"), "epochs must be positive"),
     "wrong type": (lambda t, m: train(t, "--epochs", "two"), "--epochs: 'two' is not a valid int"),
     "batch larger than subset": (lambda t, m: train(t, "--batch-size", "512"), "global batch 512 (batch_size x workers) is larger than subset 256"),
-    "workers outside a sweep": (lambda t, m: train(t, "--workers", "2"), "workers 2: this process group has 1; a trial with workers > 1 runs through Ray Train"),
+    "workers outside a sweep": (lambda t, m: train(t, "--workers", "2"), "workers 2: this process group has 1; run a trial with workers N under 'torchrun"),
     "gpus and workers both": (lambda t, m: sweep_file(t, resources={"gpu": 2}, trial={**SWEEP["trial"], "workers": 2}),
                               "resources.gpu 2 already means 2 DDP workers of one GPU each"),
     "fewer test images than workers": (lambda t, m: train(t, "--workers", "4", "--batch-size", "16", "--test-subset", "3"),

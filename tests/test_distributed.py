@@ -109,6 +109,23 @@ def test_gathered_rows_and_global_batchnorm_match_one_process(tmp_path):
         torch.testing.assert_close(got["running"], norm.running_var)
 
 
+def test_torchrun_runs_a_ddp_trial_through_the_train_command(tmp_path):
+    """Without Ray: torchrun starts 'byol-bench train --workers 2' as two gloo ranks, which train the same
+    experiment as one process with the whole global batch; rank 0 alone writes the result."""
+    knobs = {**SPLIT, "method": "simclr", "batch_size": 32}
+    out = tmp_path / "trial.json"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                          str(_free_port()), "-m", "byol_bench.cli", "train", "--workers", "2", "--out", str(out),
+                          *(f"--{key.replace('_', '-')}={value}" for key, value in knobs.items())],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("wrote") == 1
+    two = json.loads(out.read_text())
+    assert two["status"] == "ok" and two["config"]["workers"] == 2 and two["run"]["global_batch_size"] == 64
+    one = run_trial(make_config({**knobs, "batch_size": 64}), log=lambda line: None)
+    assert two["history"][0]["loss"] == pytest.approx(one["history"][0]["loss"], rel=1e-4, abs=1e-4)
+
+
 # --- DDP trials in sweeps (Ray Train inside Ray Tune) ---------------------------------------------
 
 
@@ -178,3 +195,4 @@ def test_ray_state_can_live_in_shared_storage_apart_from_the_tables(tmp_path, ra
     # The same storage again without --resume would mix two sweeps' trial folders: refused.
     assert main(["sweep", str(path), "--results-dir", str(tmp_path / "other"), "--storage", storage]) == 2
     assert "stored already holds results" in capsys.readouterr().err
+
