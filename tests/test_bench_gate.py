@@ -51,6 +51,7 @@ def test_the_trainer_benchmark_measures_every_contender_and_both_probes(tmp_path
         assert len(training[f"{contender}_images_per_s"]["rounds"]) == 2
     assert training["ratio_suite_over_plain"] == training["suite_images_per_s"]["median"] / training["plain_images_per_s"]["median"]
     assert training["flop_bound_images_per_s"] == training["peak_flops_per_s"]["max"] / training["flops_per_image"]
+    assert f"peak of {training['peak_flops_per_s']['max'] / 1e9:.0f} GFLOP/s" in run.stdout
     assert 0 < training["suite_mfu"] < 10 and training["flops_per_image"] > 1e6
     # the same classifier on the same features, cached or recomputed every batch: the same accuracy
     assert probe["cached_top1"] == pytest.approx(probe["backbone_in_loop_top1"], abs=0.02)
