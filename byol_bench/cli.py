@@ -46,23 +46,24 @@ def check_output(path: Path) -> None:
 
 
 def cmd_train(args) -> int:
+    from dataclasses import replace
+
     import torch.distributed as dist
 
     from byol_bench.distributed import join_torchrun, rank
-    from byol_bench.train import run_trial
+    from byol_bench.train import resolve_device, run_trial
 
     values = read_yaml(args.config) if args.config else {}
     values.update({key: _from_text(key, getattr(args, key)) for key in KEYS if getattr(args, key) is not None})
     cfg = make_config(values)
     out = Path(args.out or f"results/trials/{cfg.method}-{cfg.dataset}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     check_output(out)
-    cfg = join_torchrun(cfg)
+    if dist.is_torchelastic_launched():  # one rank of torchrun's: join its group, on this rank's GPU
+        cfg = replace(cfg, device=str(join_torchrun(resolve_device(cfg.device))))
     writes = rank() == 0  # every rank returns the same result; one writes it
-    try:
-        result = run_trial(cfg)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    result = run_trial(cfg)  # a rank that fails exits, and torchrun stops the others
+    if dist.is_initialized():
+        dist.destroy_process_group()
     if writes:
         write_json(out, result)
         print(f"wrote {out}")

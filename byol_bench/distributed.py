@@ -7,27 +7,34 @@ images, gathering every rank's rows, and BatchNorm over the global batch on any 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 
 import torch
 import torch.distributed as dist
 from lightly.utils.dist import rank, world_size
 from torch import Tensor, nn
 
+from byol_bench.errors import UserError
+
 __all__ = ["rank", "world_size", "join_torchrun", "shard", "gather_rows", "sync_batchnorm"]
 
 
-def join_torchrun(cfg):
+def join_torchrun(device: torch.device) -> torch.device:
     """Under torchrun (WORLD_SIZE > 1 in the environment), join its process group as one rank: gloo on
-    the CPU, NCCL on GPU LOCAL_RANK. Returns ``cfg`` with this rank's device; elsewhere ``cfg`` as it is."""
+    the CPU, NCCL on GPU LOCAL_RANK. Returns this rank's device (elsewhere ``device`` as it is)."""
     if int(os.environ.get("WORLD_SIZE", "1")) < 2 or dist.is_initialized():
-        return cfg
-    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    device = f"cuda:{os.environ['LOCAL_RANK']}" if cuda else "cpu"
-    if cuda:
+        return device
+    if device.type == "cuda":
+        if device.index is not None:
+            raise UserError(f"device '{device}' under torchrun: every rank takes the GPU of its LOCAL_RANK; "
+                            "give --device cuda (or auto)")
+        local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local_rank >= gpus:
+            raise UserError(f"torchrun started a rank {local_rank} on a node with {gpus} GPUs; "
+                            f"give --nproc-per-node {gpus} or less")
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if cuda else "gloo")
-    return replace(cfg, device=device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
 
 
 def shard(n: int, of_rank: int | None = None, ranks: int | None = None) -> slice:

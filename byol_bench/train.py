@@ -112,23 +112,22 @@ class StepClock:
     while the GPU trains. On the CPU they are clock readings."""
 
     def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
+        self.device, self.cuda = device, device.type == "cuda"
         self.marks = []  # (start, got_batch, done) of every timed step
 
     def now(self):
         if not self.cuda:
             return time.perf_counter()
         event = torch.cuda.Event(enable_timing=True)
-        event.record()
+        event.record(torch.cuda.current_stream(self.device))  # the trial's GPU, which need not be the current one
         return event
 
     def add(self, start, got_batch, done) -> None:
         self.marks.append((start, got_batch, done))
 
     def times(self) -> tuple[list[float], list[float]]:
-        """(step times, data waits) in seconds, of every step added so far."""
-        if self.cuda and self.marks:
-            self.marks[-1][2].synchronize()
+        """(step times, data waits) in seconds, of every step added so far; the device has caught up on return."""
+        synchronize(self.device)
         elapsed = (lambda a, b: a.elapsed_time(b) / 1000) if self.cuda else (lambda a, b: b - a)
         return [elapsed(s, d) for s, _, d in self.marks], [elapsed(s, g) for s, g, _ in self.marks]
 

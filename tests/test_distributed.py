@@ -195,4 +195,3 @@ def test_ray_state_can_live_in_shared_storage_apart_from_the_tables(tmp_path, ra
     # The same storage again without --resume would mix two sweeps' trial folders: refused.
     assert main(["sweep", str(path), "--results-dir", str(tmp_path / "other"), "--storage", storage]) == 2
     assert "stored already holds results" in capsys.readouterr().err
-
