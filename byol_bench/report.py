@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from byol_bench.config import TrialConfig  # noqa: E402
 from byol_bench.errors import UserError  # noqa: E402
 from byol_bench.methods import METHODS, applicable  # noqa: E402
 from byol_bench.results import FLOORS, METRICS, epoch_rows, trial_row, write_tables  # noqa: E402
@@ -117,7 +118,6 @@ def _load_tables(folder: Path, name: str, source: Path) -> Results:
     manifest = _read_manifest(folder / "manifest.json")
     trials = _with_missing_trials(trials, manifest)
     trials["momentum_schedule"] = trials["momentum_schedule"].fillna(NO_SCHEDULE)
-    trials["workers"] = trials["workers"].fillna(1).astype(int)  # the grid's missing trials too
     # DDP trials: the batch that matters is the global one (per worker x workers)
     trials["batch_size"] = (trials["batch_size"] * trials["workers"]).astype(int)
     trials["setting"] = [f"batch {batch}" + ("" if schedule == NO_SCHEDULE else f", {schedule}")
@@ -165,9 +165,10 @@ def _writable(folder: Path) -> Path:
 
 def _with_missing_trials(trials: pd.DataFrame, manifest: dict) -> pd.DataFrame:
     """Trials the manifest's grid plans that the table lacks, as rows with status 'missing'."""
-    recorded = set(trials["trial_id"])
+    recorded, defaults = set(trials["trial_id"]), TrialConfig().to_dict()
+    # Resolved as a recorded trial's config is: the defaults under its knobs, the knobs its method never reads blank.
     absent = [{"trial_id": planned["trial_id"], "status": "missing",
-               **{key: value for key, value in planned.get("knobs", {}).items() if key in trials}}
+               **{key: value for key, value in applicable({**defaults, **planned.get("knobs", {})}).items() if key in trials}}
               for planned in manifest.get("grid") or [] if planned["trial_id"] not in recorded]
     return pd.concat([trials, pd.DataFrame(absent)], ignore_index=True) if absent else trials
 

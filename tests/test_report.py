@@ -37,7 +37,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 def fake_result(knobs: dict, status: str = "ok", offset: float = 0.0) -> dict:
     """A trial result shaped like run_trial's, with numbers that vary by method, batch size and seed."""
     rng = np.random.default_rng(zlib.crc32(json.dumps(knobs, sort_keys=True).encode()))
-    batch = knobs["batch_size"]
+    batch = make_config(knobs).batch_size
     accuracy = {"byol": 0.80, "simclr": 0.76, "simsiam": 0.74}[knobs["method"]] + 0.01 * math.log2(batch / 64) \
         + offset + rng.normal(0, 0.01)
     speed = 900 * (batch / 64) ** 0.5 * rng.uniform(0.95, 1.05)
@@ -393,3 +393,14 @@ def test_trials_that_differ_only_in_workers_are_separate_settings(tmp_path):
     assert accuracy[["batch size", "workers", "n"]].values.tolist() == [["128", "1", "2"], ["128", "2", "2"]]
     settings = load_results(folder).epochs.groupby("setting")["trial_id"].nunique().to_dict()
     assert settings == {"batch 128, cosine:0.99-1.0": 2, "batch 128, cosine:0.99-1.0, 2 workers": 2}  # curves apart
+
+
+def test_missing_trials_of_a_sweep_that_leaves_knobs_at_their_defaults_join_their_setting(tmp_path):
+    """A sweep file without batch_size plans trials without it: a trial it never ran still belongs to batch 256."""
+    planned = [(f"method={method},seed={seed}", {**FIXED, "method": method, "seed": seed})
+               for method in ("byol", "simclr") for seed in (0, 1)]
+    folder = write_sweep(tmp_path / "defaults", planned, {"method=simclr,seed=1": "missing"})
+    write_report(folder)
+    accuracy = markdown_table(read(folder / "report.md"), "Accuracy")
+    assert accuracy[["method", "batch size", "momentum schedule", "n"]].values.tolist() == [
+        ["byol", "256", "cosine:0.99-1.0", "2"], ["simclr", "256", "-", "1 of 2"]]
