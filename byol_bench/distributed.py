@@ -19,10 +19,8 @@ __all__ = ["rank", "world_size", "join_torchrun", "shard", "gather_rows", "sync_
 
 
 def join_torchrun(device: torch.device) -> torch.device:
-    """Under torchrun (WORLD_SIZE > 1 in the environment), join its process group as one rank: gloo on
-    the CPU, NCCL on GPU LOCAL_RANK. Returns this rank's device (elsewhere ``device`` as it is)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or dist.is_initialized():
-        return device
+    """In a process torchrun started, join its process group as one rank: gloo on the CPU, NCCL on GPU
+    LOCAL_RANK. Returns this rank's device."""
     if device.type == "cuda":
         if device.index is not None:
             raise UserError(f"device '{device}' under torchrun: every rank takes the GPU of its LOCAL_RANK; "

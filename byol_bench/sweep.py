@@ -158,10 +158,11 @@ def expand(sweep: Sweep) -> list[PlannedTrial]:
             make_config(knobs)
         except UserError as error:
             raise UserError(f"trial {trial_id}: {error}") from None
-        if knobs.get("workers", 1) > 1 and 0 < sweep.gpus_per_worker < 1:
-            raise UserError(f"trial {trial_id}: {knobs['workers']} DDP workers cannot share fractions of GPUs "
+        trial = PlannedTrial(trial_id, knobs)
+        if trial.workers > 1 and 0 < sweep.gpus_per_worker < 1:
+            raise UserError(f"trial {trial_id}: {trial.workers} DDP workers cannot share fractions of GPUs "
                             f"(resources.gpu {sweep.gpus_per_worker:g}; NCCL refuses one GPU twice); give each worker gpu: 1")
-        planned.append(PlannedTrial(trial_id, knobs))
+        planned.append(trial)
     return planned
 
 
@@ -184,24 +185,24 @@ def describe(sweep: Sweep, planned: list[PlannedTrial]) -> str:
 # --- the Ray side --------------------------------------------------------------------------------
 
 
-def trainable(config: dict, knobs_by_id: dict, worker_resources: dict, train_storage: str) -> None:
+def trainable(config: dict, planned_by_id: dict, worker_resources: dict, train_storage: str) -> None:
     """A Tune function trainable: one trial, reporting each epoch with a checkpoint, then its result.
 
     Tune's config holds only the trial id, so that its live table names each trial readably; the
-    knobs come with ``tune.with_parameters``. A DDP trial drives a Ray Train run instead of training here.
+    planned trials come with ``tune.with_parameters``. A DDP trial drives a Ray Train run instead of training here.
     """
     from ray import tune
 
     trial_id = config["trial_id"]
-    knobs = knobs_by_id[trial_id]
-    if knobs.get("workers", 1) > 1:
-        _drive_ddp_trial(trial_id, knobs, worker_resources, train_storage)
+    trial = planned_by_id[trial_id]
+    if trial.workers > 1:
+        _drive_ddp_trial(trial, worker_resources, train_storage)
         return
 
     def report(metrics: dict, checkpoint_folder: str | None = None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_folder) if checkpoint_folder else None)
 
-    _run_and_report(trial_id, make_config(knobs), tune.get_checkpoint(), report, saves_checkpoints=True)
+    _run_and_report(trial_id, make_config(trial.knobs), tune.get_checkpoint(), report, saves_checkpoints=True)
 
 
 def _run_and_report(trial_id: str, cfg: TrialConfig, checkpoint, report, saves_checkpoints: bool) -> None:
@@ -231,7 +232,7 @@ def _run_and_report(trial_id: str, cfg: TrialConfig, checkpoint, report, saves_c
     report({**summary, "status": result["status"], "result_json": json.dumps(result, default=str)})
 
 
-def _drive_ddp_trial(trial_id: str, knobs: dict, worker_resources: dict, train_storage: str) -> None:
+def _drive_ddp_trial(trial: PlannedTrial, worker_resources: dict, train_storage: str) -> None:
     """Run a trial as a Ray Train DDP run of ``workers`` ranks; their reports reach Tune as this trial's.
 
     Its checkpoints live in Ray Train's run folder (one per trial, named after it), so a retried or
@@ -242,12 +243,12 @@ def _drive_ddp_trial(trial_id: str, knobs: dict, worker_resources: dict, train_s
     from ray.tune.integration.ray_train import TuneReportCallback
 
     TorchTrainer(
-        ddp_worker, train_loop_config={"trial_id": trial_id, "knobs": knobs},
+        ddp_worker, train_loop_config={"trial_id": trial.trial_id, "knobs": trial.knobs},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=knobs["workers"], use_gpu=worker_resources["gpu"] > 0,
+            num_workers=trial.workers, use_gpu=worker_resources["gpu"] > 0,
             resources_per_worker={"CPU": worker_resources["cpu"], "GPU": worker_resources["gpu"]}),
         run_config=ray.train.RunConfig(
-            name=_run_name(trial_id), storage_path=train_storage, callbacks=[TuneReportCallback()],
+            name=_run_name(trial.trial_id), storage_path=train_storage, callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),  # not every report in full, per rank
     ).fit()
@@ -446,19 +447,19 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
                             resumed=[*previous.get("resumed", []), manifest["started"]])
         write_json(manifest_path, manifest)
         experiment = f"{ray_storage}/{TUNE_FOLDER}"
-        knobs_by_id = {p.trial_id: p.knobs for p in planned}
+        planned_by_id = {p.trial_id: p for p in planned}
         one_worker = tune.PlacementGroupFactory([{"CPU": sweep.cpus_per_worker, "GPU": sweep.gpus_per_worker}])
         ddp_driver = tune.PlacementGroupFactory([{"CPU": 0, "memory": DRIVER_MEMORY}])
         runnable = tune.with_resources(
-            tune.with_parameters(trainable, knobs_by_id=knobs_by_id, worker_resources=sweep.resources,
+            tune.with_parameters(trainable, planned_by_id=planned_by_id, worker_resources=sweep.resources,
                                  train_storage=f"{ray_storage}/{TRAIN_FOLDER}"),
-            lambda config: ddp_driver if knobs_by_id[config["trial_id"]].get("workers", 1) > 1 else one_worker)
+            lambda config: ddp_driver if planned_by_id[config["trial_id"]].workers > 1 else one_worker)
         if resume and tune.Tuner.can_restore(experiment):
             tuner = tune.Tuner.restore(experiment, trainable=runnable, resume_errored=True)
         else:
             tuner = tune.Tuner(
                 runnable,
-                param_space={"trial_id": tune.grid_search(list(knobs_by_id))},
+                param_space={"trial_id": tune.grid_search(grid_ids)},
                 tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=_concurrency(
                     sweep, largest, cluster, max_concurrent or sweep.max_concurrent)),
                 run_config=tune.RunConfig(
