@@ -1,17 +1,35 @@
-"""The ``byol-bench`` command. Every user error ends as one line on stderr and exit code 2."""
+"""The ``byol-bench`` command line. Every UserError ends as one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-import types
-import typing
+from dataclasses import Field, fields
 from pathlib import Path
 
-from byol_bench.config import KEYS, HINTS, make_config, read_yaml
+from byol_bench.config import KEYS, TrialConfig, knob_types, make_config, read_yaml
 from byol_bench.errors import UserError
-from byol_bench.results import check_writable, write_json
+from byol_bench.results import check_writable, write_json, write_json_or_fallback
+
+DESCRIPTION = """\
+Benchmark self-supervised learning methods for vision (BYOL, SimCLR, SimSiam): accuracy above the
+random-init and raw-pixel floors, speed and memory, over grids of trials that Ray Tune runs on this
+machine or on a cluster.
+
+The usual flow:
+  byol-bench sweep benchmarks/sweeps/quick.yaml     a grid of trials: results/quick/, with a report
+  byol-bench report results/quick                   its tables and figures again (given two: side by side)
+  byol-bench baseline save results/quick --as main  keep it as the baseline 'main'
+  byol-bench sweep benchmarks/sweeps/quick.yaml --results-dir results/new
+                                                    after a change, the same grid again
+  byol-bench compare main results/new/quick         verdicts against the baseline; exit 1 on regression
+  byol-bench train --method simclr --epochs 4       or just one trial, written as one JSON result
+"""
+EPILOG = """\
+Exit status: 0 done; 1 a trial failed or compare found a regression; 2 bad input (one line on
+stderr, nothing written); 130 interrupted. 'byol-bench COMMAND --help' lists a command's options.
+"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,30 +37,32 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message}; see '{self.prog} --help'")
 
 
-def _from_text(key: str, text: str):
-    """A CLI string as the type the config key expects (validation itself is make_config's)."""
-    hint = HINTS[key]
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if type(None) in allowed and text.lower() in ("none", "null"):
-        return None
-    for kind in allowed:
+def _version() -> str:
+    """This package's version and torch's and lightly's, read from the installed metadata (nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("byol-bench", "torch", "lightly"):
         try:
-            if kind is bool:
-                if text.lower() in ("true", "false", "1", "0", "yes", "no"):
-                    return text.lower() in ("true", "1", "yes")
-            elif kind is not type(None):
-                return kind(text)
-        except ValueError:
-            continue
-    names = " or ".join(k.__name__ for k in allowed if k is not type(None))
-    raise UserError(f"--{key.replace('_', '-')}: '{text}' is not a valid {names}")
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return f"byol-bench {found['byol-bench']} (torch {found['torch']}, lightly {found['lightly']})"
 
 
-def check_output(path: Path) -> None:
-    """Fail before any work when ``path`` could not be written (nothing is created here)."""
-    if path.is_dir():
-        raise UserError(f"output path {path} is a folder; give a file path such as {path}/trial.json")
-    check_writable(path.parent, "output path", "choose another --out")
+def _add_knob_flag(parser: argparse.ArgumentParser, knob: Field) -> None:
+    """``--knob-name VALUE`` for a config field; its text is typed and checked by make_config, as YAML is."""
+    rule, kinds = knob.metadata, knob_types(knob.name)
+    if rule["choices"] or bool in kinds:
+        metavar = "{" + ",".join(rule["choices"] or ("true", "false")) + "}"
+    else:
+        metavar = "TEXT" if kinds[0] is str else kinds[0].__name__.upper()
+    notes = [f"> {rule['above']}"] if rule["above"] is not None else []
+    notes += [f">= {rule['at_least']}"] if rule["at_least"] is not None else []
+    if knob.default is not None:
+        notes.append(f"default: {str(knob.default).lower() if isinstance(knob.default, bool) else knob.default}")
+    parser.add_argument(f"--{knob.name.replace('_', '-')}", dest=knob.name, metavar=metavar,
+                        help=f"{rule['help']} ({'; '.join(notes)})" if notes else rule["help"])
 
 
 def cmd_train(args) -> int:
@@ -54,24 +74,27 @@ def cmd_train(args) -> int:
     from byol_bench.train import resolve_device, run_trial
 
     values = read_yaml(args.config) if args.config else {}
-    values.update({key: _from_text(key, getattr(args, key)) for key in KEYS if getattr(args, key) is not None})
+    values.update({key: getattr(args, key) for key in KEYS if getattr(args, key) is not None})
     cfg = make_config(values)
     out = Path(args.out or f"results/trials/{cfg.method}-{cfg.dataset}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    check_output(out)
     if dist.is_torchelastic_launched():  # one rank of torchrun's: join its group, on this rank's GPU
         cfg = replace(cfg, device=str(join_torchrun(resolve_device(cfg.device))))
     writes = rank() == 0  # every rank returns the same result; one writes it
+    if writes:
+        check_writable(out, "output path", "choose another --out", file=True)
     result = run_trial(cfg)  # a rank that fails exits, and torchrun stops the others
     if dist.is_initialized():
         dist.destroy_process_group()
-    if writes:
-        write_json(out, result)
-        print(f"wrote {out}")
-    return 0 if result["status"] == "ok" else 1
+    if not writes:
+        return 0 if result["status"] == "ok" else 1
+    written = write_json_or_fallback(out, result)
+    print(f"wrote {written}")
+    return 0 if result["status"] == "ok" and written == out else 1
 
 
 def cmd_sweep(args) -> int:
-    from byol_bench.sweep import describe, expand, load_sweep, run_sweep
+    from byol_bench.sweep import describe, expand, load_sweep
+    from byol_bench.tune_runner import run_sweep
 
     sweep = load_sweep(args.file)
     if args.max_concurrent is not None and (args.max_concurrent < 1 or args.resume):
@@ -134,15 +157,20 @@ def cmd_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="byol-bench", description=__doc__)
+    parser = _Parser(prog="byol-bench", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    train = commands.add_parser("train", help="run one trial: pretrain, measure, evaluate, write a JSON result")
-    train.add_argument("--config", help="a YAML file of trial keys; flags given here override it")
-    train.add_argument("--out", help="the result JSON (default: results/trials/<method>-<dataset>-seed<seed>-<time>.json)")
-    for key in KEYS:
-        train.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar=HINTS[key].__name__.upper()
-                           if isinstance(HINTS[key], type) else "VALUE")
+    train = commands.add_parser("train", help="run one trial: pretrain, measure, evaluate, write a JSON result",
+                                description="Run one trial: measure the floors, pretrain, evaluate the frozen backbone "
+                                            "(kNN and linear probe), write a JSON result. Every config key is a flag; "
+                                            "a flag overrides the same key in --config. 'null' empties an optional key.")
+    train.add_argument("--config", metavar="FILE", help="a YAML file of trial keys; flags given here override it")
+    train.add_argument("--out", metavar="FILE",
+                       help="the result JSON (default: results/trials/<method>-<dataset>-seed<seed>-<time>.json)")
+    for knob in fields(TrialConfig):
+        _add_knob_flag(train, knob)
     train.set_defaults(run=cmd_train)
 
     sweep = commands.add_parser("sweep", help="run a grid of trials on Ray Tune (local cluster, or --address)")

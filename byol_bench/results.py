@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,7 +26,7 @@ PROVENANCE_FIELDS = ("device_name", "threads", "git_revision", "torch", "lightly
 def trial_row(trial_id: str, config: dict, status: str, result: dict | None = None, error: str | None = None) -> dict:
     """One trial as a flat row: every config key, the status, metrics, floors, run facts and provenance.
 
-    ``config`` is the trial's resolved config (``methods.applicable``): a method-specific key the method
+    ``config`` is the trial's resolved config (``config.resolved_config``): a method-specific key the method
     does not read (SimCLR's momentum schedule, say) is empty rather than a default that was never used.
     The run facts follow the config, so ``device`` holds the device the trial ran on, not ``auto``.
     """
@@ -42,13 +44,29 @@ def epoch_rows(trial_id: str, result: dict) -> list[dict]:
     return [{"trial_id": trial_id, **row} for row in result.get("history", [])]
 
 
-def check_writable(path: Path, what: str, fix: str) -> None:
-    """Fail before any work when ``path`` (a file or folder, maybe not yet there) could not be created."""
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {path} cannot be written ({existing} is not writable); {fix}")
+def check_writable(path: Path, what: str, fix: str, file: bool = False) -> None:
+    """Fail before any work when ``path`` cannot be written: a folder to write into or, with ``file``, one
+    file (written as ``write_json`` writes it, through a temporary file beside it). The check does what the
+    write will do, creating the missing folders and a temporary file, then removes everything it created."""
+    folder = path.parent if file else path
+    created = []  # the missing folders, deepest first
+    try:
+        if file and path.is_dir():
+            raise UserError(f"{what} {path} is a folder; name a file in it, or {fix}")
+        missing = folder
+        while not missing.exists():
+            created.append(missing)
+            missing = missing.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise UserError(f"{what} {path} cannot be written ({error.strerror}: {error.filename}); {fix}") from None
+    finally:
+        for missing in created:
+            with contextlib.suppress(OSError):  # never created, or filled meanwhile by someone else
+                missing.rmdir()
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -66,6 +84,26 @@ def _write_atomic(path: Path, write) -> None:
 def write_json(path: Path, payload) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2, default=str)))
+
+
+def write_json_or_fallback(path: Path, payload) -> Path:
+    """Write ``payload`` to ``path`` or, when that fails (a full disk, a folder removed meanwhile), to a
+    new file in the system's temporary folder, saying so in one line on stderr: finished work is never
+    lost. Returns the path written."""
+    try:
+        write_json(path, payload)
+        return path
+    except OSError as error:
+        try:
+            handle, fallback = tempfile.mkstemp(prefix=f"{path.stem}-", suffix=".json")
+            os.close(handle)
+            write_json(Path(fallback), payload)
+        except OSError as second:
+            raise UserError(f"cannot write {path} ({error.strerror}), nor a copy in {tempfile.gettempdir()} "
+                            f"({second.strerror}): the result is lost; check the disks") from None
+        print(f"byol-bench: warning: cannot write {path} ({error.strerror}); wrote {fallback} instead",
+              file=sys.stderr)
+        return Path(fallback)
 
 
 def write_tables(folder: Path, trials: list[dict], epochs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -72,10 +72,10 @@ CASES = {
     "unknown method": (lambda t, m: train(t, "--method", "byl"), "unknown method 'byl' (did you mean 'byol'?)"),
     "unknown data set": (lambda t, m: train(t, "--dataset", "fashion"), "unknown data set 'fashion'"),
     "unknown backbone": (lambda t, m: train(t, "--backbone", "resnet19"), "unknown backbone 'resnet19'"),
-    "zero batch size": (lambda t, m: train(t, "--batch-size", "0"), "batch_size must be positive"),
-    "negative batch size": (lambda t, m: train(t, "--batch-size", "-4"), "batch_size must be positive"),
-    "zero epochs": (lambda t, m: train(t, "--epochs", "0"), "epochs must be positive"),
-    "wrong type": (lambda t, m: train(t, "--epochs", "two"), "--epochs: 'two' is not a valid int"),
+    "zero batch size": (lambda t, m: train(t, "--batch-size", "0"), "batch_size must be above 0, got 0"),
+    "negative batch size": (lambda t, m: train(t, "--batch-size", "-4"), "batch_size must be above 0, got -4"),
+    "zero epochs": (lambda t, m: train(t, "--epochs", "0"), "epochs must be above 0, got 0"),
+    "wrong type": (lambda t, m: train(t, "--epochs", "two"), "epochs: 'two' is not valid; give a whole number"),
     "batch larger than subset": (lambda t, m: train(t, "--batch-size", "512"), "global batch 512 (batch_size x workers) is larger than subset 256"),
     "workers outside a sweep": (lambda t, m: train(t, "--workers", "2"), "workers 2: this process group has 1; run a trial with workers N under 'torchrun"),
     "gpus and workers both": (lambda t, m: sweep_file(t, resources={"gpu": 2}, trial={**SWEEP["trial"], "workers": 2}),
@@ -90,10 +90,10 @@ CASES = {
     "unknown device": (lambda t, m: train(t, "--device", "tpu"), "device 'tpu' is not valid"),
     "unknown flag": (lambda t, m: train(t, "--no-such-flag", "1"), "unrecognized arguments"),
     "output is a folder": (lambda t, m: ["train", *TINY_FLAGS, "--out", str(t)], "is a folder"),
-    "unwritable output": (lambda t, m: ["train", *TINY_FLAGS, "--out", str(a_file_as_folder(t) / "x.json")], "is not writable"),
+    "unwritable output": (lambda t, m: ["train", *TINY_FLAGS, "--out", str(a_file_as_folder(t) / "x.json")], "cannot be written (Not a directory"),
     "YAML syntax error": (lambda t, m: config_file(t, "method: byol\n  epochs: [1\n"), "is not valid YAML at line 2"),
     "unknown config key": (lambda t, m: config_file(t, "metod: byol\n"), "unknown key 'metod' (did you mean 'method'?)"),
-    "config wrong type": (lambda t, m: config_file(t, "epochs: four\n"), "epochs: 'four' is not a valid value; give int"),
+    "config wrong type": (lambda t, m: config_file(t, "epochs: four\n"), "epochs: 'four' is not valid; give a whole number"),
     "config not a mapping": (lambda t, m: config_file(t, "- byol\n"), "must hold a mapping"),
     "corrupt data": (corrupt_fashion_mnist, "unreadable or corrupt"),
     "image size of a fixed-size data set": (lambda t, m: train(t, "--image-size", "64"), "synthetic is used at its native 32 px"),
@@ -118,7 +118,8 @@ CASES = {
 
 
 def snapshot(folder: Path) -> dict:
-    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    """Every file's size and time, and every folder: a check that leaves an empty folder behind fails too."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else "folder" for p in folder.rglob("*")}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -140,7 +141,8 @@ def test_cuda_asked_for_without_one(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_gpus_the_cluster_lacks_are_refused_before_scheduling(tmp_path, capsys, ray_cluster):
+def test_gpus_the_cluster_lacks_are_refused_before_scheduling(tmp_path, capsys, ray_cluster, monkeypatch):
+    monkeypatch.setattr(ray_cluster, "cluster_resources", lambda: {"CPU": 2.0})  # no GPU, on any machine
     assert main(sweep_file(tmp_path, resources={"cpu": 1, "gpu": 1})) == 2
     assert "asks for 1 GPU per trial (1 worker(s) x 1) but the Ray cluster has 0" in capsys.readouterr().err
     assert not (tmp_path / "results" / "s").exists()
