@@ -46,7 +46,6 @@ from dataclasses import asdict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from byol_bench.backbones import build_backbone
 from byol_bench.config import make_config
@@ -56,8 +55,9 @@ from byol_bench.evaluate import ProbeRecipe, extract_features, linear_probe, top
 from byol_bench.methods import METHODS, uses_momentum
 from byol_bench.provenance import provenance
 from byol_bench.schedules import learning_rate, parse_momentum_schedule
-from byol_bench.train import (build_optimizer, make_batches, make_train_step, matrix_product_flops, resolve_device,
-                              synchronize)
+from byol_bench.instrument import matrix_product_flops, synchronize
+from byol_bench.train import (build_method, build_optimizer, counted_train_step, make_batches, resolve_device,
+                              train_step)
 from byol_bench.views import PILViewDataset
 
 
@@ -94,15 +94,15 @@ def one_batch_forever(cfg, data, device):
 class TrainingLoop:
     """One contender: a fresh model, its optimizer, run_trial's own step, and an endless stream of view batches.
 
-    Both contenders take the same step (``byol_bench.train.make_train_step``: scheduled lr, loss,
-    backward, SGD, target update), so the difference between them is where the views come from.
+    Every contender takes the same step (``byol_bench.train.train_step`` at the scheduled lr: loss,
+    backward, SGD; then the target update), so the difference between them is where the views come from.
     """
 
     def __init__(self, cfg, data, device, batches_of_epoch, total_steps: int):
         torch.manual_seed(cfg.seed)  # both contenders start from the same weights
-        backbone, feature_dim = build_backbone(cfg.backbone, data.channels, data.image_size)
-        method = METHODS[cfg.method](backbone, feature_dim, cfg).to(device).train()
-        self.train_step = make_train_step(cfg, method, build_optimizer(cfg, method), device)
+        self.method = build_method(cfg, data.channels, data.image_size, device).train()
+        self.optimizer = build_optimizer(cfg, self.method)
+        self.model = torch.compile(self.method) if cfg.compile else self.method
         self.momentum = parse_momentum_schedule(cfg.momentum_schedule) if uses_momentum(METHODS[cfg.method]) else None
         self.cfg, self.total_steps, self.step = cfg, total_steps, 0
         # Epochs run back to back: a round may cross an epoch boundary, which costs what it costs in training.
@@ -113,17 +113,21 @@ class TrainingLoop:
             self._step()
 
     def flops_per_image(self) -> float:
-        """One step counted by FlopCounterMode (eager), as run_trial counts a trial's first step."""
-        counter = FlopCounterMode(display=False)
-        self._step(counter)
-        return counter.get_total_flops() / self.cfg.batch_size
+        """One eager step counted by FlopCounterMode, as a trial counts its first step."""
+        return self._step(count_flops=True)
 
-    def _step(self, flop_counter=None) -> None:
-        view0, view1 = next(self.batches)
+    def _step(self, count_flops: bool = False) -> float | None:
+        views = next(self.batches)
         lr = learning_rate(self.step, self.total_steps, self.cfg.peak_lr, 0, self.cfg.lr_schedule)
-        tau = self.momentum(self.step, self.total_steps) if self.momentum else None
-        self.train_step(view0, view1, lr, tau, flop_counter=flop_counter)
+        flops = None
+        if count_flops:
+            _, flops = counted_train_step(self.cfg, self.method, self.optimizer, views, lr)
+        else:
+            train_step(self.cfg, self.model, self.optimizer, views, lr)
+        if self.momentum:
+            self.method.update_target(self.momentum(self.step, self.total_steps))
         self.step += 1
+        return flops
 
 
 def images_per_second(loop: TrainingLoop, warmup_steps: int, steps: int, batch_size: int, device) -> float:

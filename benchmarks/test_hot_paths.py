@@ -9,12 +9,11 @@ and the two-view augmentation (batched tensors and lightly's PIL transforms).
 import pytest
 import torch
 
-from byol_bench.backbones import build_backbone
 from byol_bench.config import make_config
 from byol_bench.evaluate import ProbeRecipe, knn_predict, linear_probe
 from byol_bench.methods import METHODS, uses_momentum
-from byol_bench.train import build_optimizer, make_train_step
-from byol_bench.views import BYOL_VIEWS, PILViewDataset, TensorViews
+from byol_bench.train import build_method, build_optimizer, train_step
+from byol_bench.views import PILViewDataset, TensorViews
 
 # (backbone, channels, image size, batch): ResNet-18 on a CPU is slow, so its batch is small.
 STEP_SETUPS = {"small-cnn-28px": ("small-cnn", 1, 28, 256), "resnet18-32px": ("resnet18", 3, 32, 32)}
@@ -29,17 +28,18 @@ def _images(n, channels, size):
 def test_training_step(benchmark, method, setup):
     backbone_name, channels, size, batch = STEP_SETUPS[setup]
     torch.manual_seed(0)
-    backbone, dim = build_backbone(backbone_name, channels, size)
-    cfg = make_config({"method": method})
-    model = METHODS[method](backbone, dim, cfg)
+    cfg = make_config({"method": method, "backbone": backbone_name})
+    # The trial's own model and step, with the default speed switches (channels_last), so the benchmark tracks
+    # what trials run.
+    model = build_method(cfg, channels, size, torch.device("cpu"))
+    optimizer = build_optimizer(cfg, model)
     views = TensorViews(model.views, size, channels, (0.5,) * channels, (0.25,) * channels, seed=0, device="cpu")
-    view0, view1 = views(_images(batch, channels, size))
-    # The trial's own step, with the default speed switches (channels_last), so the benchmark tracks what trials run.
-    train_step = make_train_step(cfg, model, build_optimizer(cfg, model), torch.device("cpu"))
-    tau = 0.99 if uses_momentum(model) else None
+    batch_views = views(_images(batch, channels, size))
 
     def step():
-        train_step(view0, view1, 0.01, tau)
+        train_step(cfg, model, optimizer, batch_views, 0.01)
+        if uses_momentum(model):
+            model.update_target(0.99)
 
     step()  # allocate once outside the timing
     benchmark.pedantic(step, rounds=5 if backbone_name == "small-cnn" else 3, iterations=1)
@@ -61,11 +61,11 @@ def test_linear_probe_on_cached_features(benchmark):
 
 @pytest.mark.parametrize("channels, size", [(1, 28), (3, 32)], ids=["gray-28px", "rgb-32px"])
 def test_tensor_views(benchmark, channels, size):
-    views = TensorViews(BYOL_VIEWS, size, channels, (0.5,) * channels, (0.25,) * channels, seed=0, device="cpu")
+    views = TensorViews(METHODS["byol"].views, size, channels, (0.5,) * channels, (0.25,) * channels, seed=0, device="cpu")
     images = _images(256, channels, size)
     benchmark.pedantic(views, args=(images,), rounds=10, iterations=1)
 
 
 def test_pil_views(benchmark):
-    dataset = PILViewDataset(_images(256, 3, 32), BYOL_VIEWS, 32, 3, (0.5,) * 3, (0.25,) * 3)
+    dataset = PILViewDataset(_images(256, 3, 32), METHODS["byol"].views, 32, 3, (0.5,) * 3, (0.25,) * 3)
     benchmark.pedantic(lambda: [dataset[i] for i in range(len(dataset))], rounds=3, iterations=1)

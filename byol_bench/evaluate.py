@@ -1,4 +1,8 @@
-"""Frozen-backbone evaluation: weighted kNN and a linear probe on features extracted once."""
+"""Frozen-backbone evaluation: weighted kNN and a linear probe on features extracted once, the collapse
+indicators, and the floors (the same protocol on a random-init backbone and on raw pixels).
+
+In a DDP trial each rank extracts the features of its share of the images and every rank gets them all.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from byol_bench.distributed import gather_rows, shard
 from byol_bench.views import normalize
 
 KNN_MAX_SIMILARITIES = 1 << 25  # elements of one test-chunk x bank similarity block (128 MiB in fp32)
@@ -130,3 +135,50 @@ def raw_pixel_features(train_images: Tensor, test_images: Tensor, mean, std) -> 
     train, test = (normalize(x.float().div(255), mean, std).flatten(1) for x in (train_images, test_images))
     centre = train.mean(dim=0, keepdim=True)
     return train - centre, test - centre
+
+
+def collapse_rank(projection_dim: int) -> float:
+    """Below this effective rank of its projections a trial counts as collapsed: near 1 is a full collapse
+    (RankMe), and a healthy run keeps a sizeable fraction of its dimensions."""
+    return max(2.0, projection_dim / 20)
+
+
+class Evaluator:
+    """Evaluates a frozen backbone on un-augmented train (bank/probe) and test images."""
+
+    def __init__(self, data, cfg, device: torch.device):
+        self.data, self.cfg, self.device = data, cfg, device
+        self.train_labels = data.train_labels.to(device)
+        self.test_labels = data.test_labels.to(device)
+        self.probe = ProbeRecipe(epochs=cfg.probe_epochs, lr=cfg.probe_lr)
+
+    def _extract(self, module: nn.Module, images: Tensor) -> Tensor:
+        """Features of all ``images``: in a DDP trial each rank extracts its share, then all ranks get every row."""
+        local = extract_features(module, images[shard(len(images))], self.data.mean, self.data.std, self.device)
+        return gather_rows(local, len(images))
+
+    def _scores(self, train: Tensor, test: Tensor, with_probe: bool) -> dict:
+        return evaluate_features(train, self.train_labels, test, self.test_labels, self.data.num_classes,
+                                 self.cfg.knn_k, self.cfg.knn_t, self.probe if with_probe else None, self.cfg.seed)
+
+    def knn_top1(self, backbone: nn.Module) -> float:
+        """The per-epoch monitor: kNN only, no probe."""
+        train, test = self._extract(backbone, self.data.train_images), self._extract(backbone, self.data.test_images)
+        return self._scores(train, test, with_probe=False)["knn_top1"]
+
+    def __call__(self, method: nn.Module) -> dict:
+        """kNN and linear-probe accuracy of ``method.backbone``, and the collapse indicators of its projections."""
+        train, test = self._extract(method.backbone, self.data.train_images), self._extract(method.backbone, self.data.test_images)
+        embed = nn.Sequential(method.backbone, method.projection_head)
+        return {**self._scores(train, test, with_probe=True),
+                **representation_stats(self._extract(embed, self.data.test_images))}
+
+    def floors(self, random_init_method: nn.Module) -> dict:
+        """The same protocol on a random-init method and (for images <= 32 px) on raw pixels."""
+        floors = {f"random_init_{key}": value for key, value in self(random_init_method).items()}
+        if self.data.image_size <= 32:
+            d = self.data
+            train, test = raw_pixel_features(d.train_images.to(self.device), d.test_images.to(self.device), d.mean, d.std)
+            raw = self._scores(train, test, with_probe=False)
+            floors.update(raw_pixels_knn_top1=raw["knn_top1"], raw_pixels_knn_top5=raw["knn_top5"])
+        return floors

@@ -22,6 +22,8 @@ from torchvision.ops import roi_align
 
 @dataclass(frozen=True)
 class ViewRecipe:
+    """One view transform's parameters; the defaults are lightly's (each method file holds its own recipes)."""
+
     min_scale: float = 0.08
     hflip_prob: float = 0.5
     jitter_prob: float = 0.8
@@ -34,14 +36,6 @@ class ViewRecipe:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_prob: float = 0.0
 
-
-# lightly 1.6 defaults of each method's transforms.
-BYOL_VIEWS = (ViewRecipe(), ViewRecipe(blur_prob=0.1, solarize_prob=0.2))
-_SIMCLR_VIEW = ViewRecipe(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, blur_prob=0.5)
-SIMCLR_VIEWS = (_SIMCLR_VIEW, _SIMCLR_VIEW)
-_SIMSIAM_VIEW = ViewRecipe(min_scale=0.2, saturation=0.4, blur_prob=0.5)
-SIMSIAM_VIEWS = (_SIMSIAM_VIEW, _SIMSIAM_VIEW)
-RECIPES = {"byol": BYOL_VIEWS, "simclr": SIMCLR_VIEWS, "simsiam": SIMSIAM_VIEWS}
 
 
 def adapt(recipe: ViewRecipe, image_size: int, channels: int) -> ViewRecipe:

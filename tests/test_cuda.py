@@ -5,15 +5,17 @@ import time
 import pytest
 import torch
 
-from byol_bench.train import StepClock, run_trial
-from byol_bench.views import BYOL_VIEWS, TensorViews
+from byol_bench.instrument import StepClock
+from byol_bench.train import run_trial
+from byol_bench.methods import METHODS
+from byol_bench.views import TensorViews
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
 
 def test_views_run_on_the_gpu_and_are_seeded():
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device="cuda")
-    make = lambda: TensorViews(BYOL_VIEWS, 32, 3, (0.5,) * 3, (0.25,) * 3, seed=0, device="cuda")  # noqa: E731
+    make = lambda: TensorViews(METHODS["byol"].views, 32, 3, (0.5,) * 3, (0.25,) * 3, seed=0, device="cuda")  # noqa: E731
     view0, view1 = make()(images)
     assert view0.is_cuda and view0.shape == (64, 3, 32, 32) and not torch.equal(view0, view1)
     torch.testing.assert_close(make()(images)[0], view0)

@@ -17,14 +17,24 @@ import yaml
 from byol_bench.cli import main
 from byol_bench.config import make_config
 from byol_bench.distributed import gather_rows, shard, sync_batchnorm
-from byol_bench.sweep import load_sweep, run_sweep
-from byol_bench.train import run_trial
+from byol_bench.sweep import load_sweep
+from byol_bench.tune_runner import run_sweep
+from byol_bench.train import TrialState, pretrain, setup
 from conftest import TINY, quiet_fast_ray
 
-# Two steps of a global batch of 64 images; the probe is short: the weights are what is compared.
-# NCHW: the memory layout is not under test, and NHWC convolutions' float noise (SimCLR's first conv
-# moved 3e-4 between layouts in one process) would blur the 4e-3 of a missing gather.
-SPLIT = dict(TINY, subset=128, epochs=1, timing_warmup_steps=0, probe_epochs=1, channels_last=False)
+# Two steps of a global batch of 64 images: pretraining alone, the weights are what is compared.
+# NCHW: the memory layout is not under test, and NHWC convolutions' float noise would blur the
+# difference a missing gather makes.
+SPLIT = dict(TINY, subset=128, epochs=1, timing_warmup_steps=0, channels_last=False)
+
+
+def pretrained(knobs: dict) -> tuple[dict, TrialState]:
+    """The method's weights and the trial state after pretraining with ``knobs`` (no floors, no evaluation)."""
+    cfg = make_config(knobs)
+    data, method, model, optimizer = setup(cfg)
+    state = TrialState(floors={})
+    pretrain(cfg, method, model, optimizer, data, state, log=lambda line: None)
+    return method.state_dict(), state
 
 
 def _free_port() -> int:
@@ -34,13 +44,12 @@ def _free_port() -> int:
 
 
 def _run_rank(rank: int, world: int, port: int, knobs: dict, out: str) -> None:
-    """One DDP rank: joins the gloo group, runs the trial, saves its final weights and result."""
+    """One DDP rank: joins the gloo group, pretrains, saves its final weights and trial state."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        states = []
-        result = run_trial(make_config({**knobs, "workers": world}), on_epoch=lambda row, state: states.append(state))
-        torch.save({"method": states[-1]["method"], "result": result}, f"{out}/rank{rank}.pt")
+        weights, state = pretrained({**knobs, "workers": world})
+        torch.save({"method": weights, "state": state}, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -57,11 +66,8 @@ def test_two_workers_train_the_same_weights_as_one(tmp_path, method):
     """The global batch of 64 split over two gloo ranks (SyncBatchNorm, SimCLR's gathered negatives, DDP's
     averaged gradients, BYOL's EMA target) ends at one worker's weights; the views come from the same
     draws, so augmentation is the same on both sides."""
-    one_states = []
-    one = run_trial(make_config({**SPLIT, "method": method, "batch_size": 64}),
-                    on_epoch=lambda row, state: one_states.append(state))
+    single, one = pretrained({**SPLIT, "method": method, "batch_size": 64})
     ranks = _run_split(tmp_path, 2, {**SPLIT, "method": method, "batch_size": 32})
-    single = one_states[-1]["method"]
     for rank_state in ranks:
         assert rank_state["method"].keys() == single.keys()
         for name, weight in single.items():
@@ -70,12 +76,10 @@ def test_two_workers_train_the_same_weights_as_one(tmp_path, method):
             torch.testing.assert_close(rank_state["method"][name], weight, rtol=1e-4, atol=2e-4, msg=name)
     for key in single:  # identical on both ranks, BYOL's target network included
         assert torch.equal(ranks[0]["method"][key], ranks[1]["method"][key]), key
-    two = ranks[0]["result"]
-    assert two["run"]["global_batch_size"] == one["run"]["global_batch_size"] == 64
-    assert two["run"]["total_steps"] == one["run"]["total_steps"] == 2
-    assert two["config"]["workers"] == 2 and two["run"]["peak_lr"] == one["run"]["peak_lr"]
-    assert two["history"][0]["loss"] == pytest.approx(one["history"][0]["loss"], rel=1e-4, abs=1e-4)
-    assert two["metrics"]["knn_top1"] == pytest.approx(one["metrics"]["knn_top1"], abs=0.02)
+    two = ranks[0]["state"]
+    assert len(two.step_times) == len(one.step_times) == 2  # both took the 2 steps of global batch 64
+    assert [row["lr"] for row in two.history] == [row["lr"] for row in one.history]
+    assert two.history[0]["loss"] == pytest.approx(one.history[0]["loss"], rel=1e-4, abs=1e-4)
 
 
 def _gather_and_norm(rank: int, world: int, port: int, out: str) -> None:
@@ -122,8 +126,8 @@ def test_torchrun_runs_a_ddp_trial_through_the_train_command(tmp_path):
     assert run.stdout.count("wrote") == 1
     two = json.loads(out.read_text())
     assert two["status"] == "ok" and two["config"]["workers"] == 2 and two["run"]["global_batch_size"] == 64
-    one = run_trial(make_config({**knobs, "batch_size": 64}), log=lambda line: None)
-    assert two["history"][0]["loss"] == pytest.approx(one["history"][0]["loss"], rel=1e-4, abs=1e-4)
+    _, one = pretrained({**knobs, "batch_size": 64})
+    assert two["history"][0]["loss"] == pytest.approx(one.history[0]["loss"], rel=1e-4, abs=1e-4)
 
 
 # --- DDP trials in sweeps (Ray Train inside Ray Tune) ---------------------------------------------
@@ -152,8 +156,8 @@ def test_a_ddp_trial_in_a_sweep_is_one_row_with_its_global_batch(tmp_path, ray_c
     # The DDP trial's checkpoints are Ray Train's, in the same results folder: rank 0's state alone.
     checkpoints = sorted(p for p in (folder / "train").glob("*/checkpoint_*") if p.is_dir())
     assert len(checkpoints) >= 1 and all(sorted(p.name for p in c.iterdir()) == ["state.pt"] for c in checkpoints)
-    state = torch.load(checkpoints[-1] / "state.pt", weights_only=False)
-    assert state["epoch"] == 2 and "method" in state
+    checkpoint = torch.load(checkpoints[-1] / "state.pt", weights_only=False)
+    assert checkpoint.state.epoch == 2 and "backbone.0.weight" in checkpoint.method
 
 
 def test_a_sweep_runs_across_two_ray_nodes_into_one_results_folder(tmp_path):

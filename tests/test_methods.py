@@ -80,7 +80,14 @@ def test_simsiam_stop_gradient_switch_controls_the_target_branch(tiny_config):
     assert not torch.allclose(grads[True], grads[False])
 
 
-def test_methods_evaluate_the_online_backbone(tiny_config):
+def test_the_evaluated_backbone_is_byols_online_one(tiny_config):
+    """The evaluation reads ``method.backbone``: for BYOL it must be the network SGD trains, not the EMA
+    target (lightly#1471)."""
     method = _method("byol", tiny_config(method="byol"))
-    assert method.backbone is not method.target_backbone
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
+    before = _params(method.backbone)
+    method(*_fixed_views()).backward()
+    optimizer.step()
+    assert any(not torch.equal(now, then) for now, then in zip(_params(method.backbone), before))
     assert all(p.requires_grad for p in method.backbone.parameters())
+    assert not any(p.requires_grad for p in method.target_backbone.parameters())

@@ -56,9 +56,10 @@ def test_same_config_and_seed_give_the_same_numbers(tiny_config):
 
 def test_a_resumed_trial_ends_where_an_uninterrupted_one_does(tiny_config):
     cfg = tiny_config(method="byol", epochs=2)
-    states = []
-    full = run_trial(cfg, on_epoch=lambda row, state: states.append(state), log=lambda line: None)
-    resumed = run_trial(cfg, resume=states[0], log=lambda line: None)
+    checkpoints = []
+    full = run_trial(cfg, on_epoch=lambda row, checkpoint: checkpoints.append(checkpoint), log=lambda line: None)
+    assert [c.state.epoch for c in checkpoints] == [1, 2]
+    resumed = run_trial(cfg, resume=checkpoints[0], log=lambda line: None)
     assert [r["loss"] for r in resumed["history"]] == pytest.approx([r["loss"] for r in full["history"]], rel=1e-5)
     assert resumed["metrics"]["knn_top1"] == pytest.approx(full["metrics"]["knn_top1"], abs=0.011)
 

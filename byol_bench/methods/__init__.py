@@ -18,19 +18,7 @@ METHODS = {
     "simsiam": SimSiam,
 }
 
-# Config keys that only some methods read: a sweep varies them only for those methods.
-METHOD_SPECIFIC_KNOBS = frozenset(knob for method in METHODS.values() for knob in method.knobs)
 
 
 def uses_momentum(method) -> bool:
     return "momentum_schedule" in method.knobs
-
-
-def reads(method_name: str, key: str) -> bool:
-    """Whether a trial of this method uses config ``key``: a method-specific knob only for its methods."""
-    return key not in METHOD_SPECIFIC_KNOBS or (method_name in METHODS and key in METHODS[method_name].knobs)
-
-
-def applicable(config: dict) -> dict:
-    """A resolved config with the knobs its method never reads blanked (SimCLR has no momentum schedule)."""
-    return {key: value if reads(config["method"], key) else None for key, value in config.items()}

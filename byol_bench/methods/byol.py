@@ -7,11 +7,11 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 
-from byol_bench.views import BYOL_VIEWS
+from byol_bench.views import ViewRecipe
 
 
 class BYOL(nn.Module):
-    views = BYOL_VIEWS
+    views = (ViewRecipe(), ViewRecipe(blur_prob=0.1, solarize_prob=0.2))  # lightly's BYOLView1/2Transform
     knobs = ("momentum_schedule", "predictor_hidden_dim")  # the method-specific config keys it reads
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg):

@@ -4,11 +4,11 @@ import torch.nn as nn
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 
-from byol_bench.views import SIMCLR_VIEWS
+from byol_bench.views import ViewRecipe
 
 
 class SimCLR(nn.Module):
-    views = SIMCLR_VIEWS
+    views = (ViewRecipe(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, blur_prob=0.5),) * 2  # SimCLRTransform
     knobs = ("temperature",)  # the method-specific config keys it reads
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg):

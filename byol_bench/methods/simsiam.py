@@ -4,11 +4,11 @@ import torch.nn as nn
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
 
-from byol_bench.views import SIMSIAM_VIEWS
+from byol_bench.views import ViewRecipe
 
 
 class SimSiam(nn.Module):
-    views = SIMSIAM_VIEWS
+    views = (ViewRecipe(min_scale=0.2, saturation=0.4, blur_prob=0.5),) * 2  # lightly's SimSiamTransform
     knobs = ("predictor_hidden_dim", "stop_gradient")  # the method-specific config keys it reads
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg):
