@@ -4,6 +4,7 @@ import os
 import pytest
 
 from byol_bench.config import make_config
+from byol_bench.tune_runner import quiet_ray
 
 # A trial small enough for unit tests: synthetic data, a few steps, a short probe.
 TINY = dict(dataset="synthetic", subset=256, test_subset=100, batch_size=64, epochs=2, probe_epochs=5,
@@ -30,12 +31,10 @@ def tiny_config():
 
 
 def quiet_fast_ray() -> None:
-    """Environment for test clusters: no telemetry or auth tokens, fewer warnings, quicker Ray Train
-    health checks (they pace a DDP trial's start and end)."""
-    for variable, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AUTH_MODE", "disabled"),
-                            ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"),
-                            ("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0"), ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")):
-        os.environ.setdefault(variable, value)
+    """The suite's Ray environment for test clusters (local ones: no auth token), with quicker Ray Train
+    health checks, which pace a DDP trial's start and end."""
+    quiet_ray(local=True)
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 @pytest.fixture(scope="session")

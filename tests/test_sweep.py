@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from byol_bench.cli import main
-from byol_bench.sweep import expand, load_sweep, run_sweep
+from byol_bench.sweep import expand, load_sweep
+from byol_bench.tune_runner import run_sweep
 
 PRESETS = Path(__file__).resolve().parent.parent / "benchmarks" / "sweeps"
 TINY_TRIAL = dict(dataset="synthetic", subset=256, test_subset=100, epochs=2, probe_epochs=5, hidden_dim=64,
