@@ -93,6 +93,13 @@ class TrialConfig:
 
 
 KEYS = tuple(f.name for f in fields(TrialConfig))
+# What a trial's floors (random-init backbone, raw pixels) depend on: trials that agree on these share them.
+FLOOR_KNOBS = ("dataset", "data_dir", "subset", "test_subset", "image_size", "backbone", "seed", "knn_k", "knn_t",
+               "probe_epochs", "probe_lr")
+
+
+def floor_setting(cfg: TrialConfig) -> tuple:
+    return tuple(getattr(cfg, key) for key in FLOOR_KNOBS)
 HINTS = typing.get_type_hints(TrialConfig)
 _TRUE, _FALSE, _NULL = ("true", "yes", "1"), ("false", "no", "0"), ("null", "none")
 _TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text", type(None): "null"}

@@ -137,6 +137,16 @@ def raw_pixel_features(train_images: Tensor, test_images: Tensor, mean, std) -> 
     return train - centre, test - centre
 
 
+@torch.no_grad()
+def project(head: nn.Module, features: Tensor, batch_size: int = 4096) -> Tensor:
+    """``head``'s output for ``features`` in eval mode (BatchNorm on its running statistics)."""
+    was_training = head.training
+    head.eval()
+    projections = torch.cat([head(chunk) for chunk in features.split(batch_size)])
+    head.train(was_training)
+    return projections.float()
+
+
 def collapse_rank(projection_dim: int) -> float:
     """Below this effective rank of its projections a trial counts as collapsed: near 1 is a full collapse
     (RankMe), and a healthy run keeps a sizeable fraction of its dimensions."""
@@ -167,15 +177,16 @@ class Evaluator:
         return self._scores(train, test, with_probe=False)["knn_top1"]
 
     def __call__(self, method: nn.Module) -> dict:
-        """kNN and linear-probe accuracy of ``method.backbone``, and the collapse indicators of its projections."""
+        """kNN and linear-probe accuracy of ``method.backbone``, and the collapse indicators of its projections
+        (the projection head run on the test features already extracted)."""
         train, test = self._extract(method.backbone, self.data.train_images), self._extract(method.backbone, self.data.test_images)
-        embed = nn.Sequential(method.backbone, method.projection_head)
-        return {**self._scores(train, test, with_probe=True),
-                **representation_stats(self._extract(embed, self.data.test_images))}
+        return {**self._scores(train, test, with_probe=True), **representation_stats(project(method.projection_head, test))}
 
-    def floors(self, random_init_method: nn.Module) -> dict:
-        """The same protocol on a random-init method and (for images <= 32 px) on raw pixels."""
-        floors = {f"random_init_{key}": value for key, value in self(random_init_method).items()}
+    def floors(self, random_init_backbone: nn.Module) -> dict:
+        """The same protocol on a random-init backbone and (for images <= 32 px) on raw pixels."""
+        train = self._extract(random_init_backbone, self.data.train_images)
+        test = self._extract(random_init_backbone, self.data.test_images)
+        floors = {f"random_init_{key}": value for key, value in self._scores(train, test, with_probe=True).items()}
         if self.data.image_size <= 32:
             d = self.data
             train, test = raw_pixel_features(d.train_images.to(self.device), d.test_images.to(self.device), d.mean, d.std)

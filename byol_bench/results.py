@@ -18,7 +18,7 @@ METRICS = ("knn_top1", "knn_top5", "linear_top1", "linear_top5", "embedding_std"
            "step_time_median_s", "data_wait_fraction", "peak_memory_bytes", "pretrain_time_s", "flops_per_image",
            "peak_flops_per_s", "mfu", "final_loss")
 FLOORS = ("random_init_knn_top1", "random_init_knn_top5", "random_init_linear_top1", "random_init_linear_top5",
-          "random_init_embedding_std", "random_init_effective_rank", "raw_pixels_knn_top1", "raw_pixels_knn_top5")
+          "raw_pixels_knn_top1", "raw_pixels_knn_top5")
 RUN_FIELDS = ("device", "global_batch_size", "pretrain_images", "train_images", "test_images", "total_steps", "peak_lr")
 PROVENANCE_FIELDS = ("device_name", "threads", "git_revision", "torch", "lightly", "hostname", "time")
 

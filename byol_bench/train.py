@@ -274,13 +274,22 @@ def setup(cfg: TrialConfig) -> tuple[ImageData, nn.Module, nn.Module, torch.opti
     return data, method, distribute(cfg, method, device), build_optimizer(cfg, method)
 
 
-def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, Checkpoint], None] | None = None,
+def measure_floors(cfg: TrialConfig) -> dict:
+    """The floors of a trial's protocol: its random-init backbone (the trial's own initial weights, from
+    the same seed) and raw pixels, evaluated in one process. Trials with the same ``FLOOR_KNOBS`` share them."""
+    cfg = replace(cfg, workers=1)
+    data, method, _, _ = setup(cfg)
+    return Evaluator(data, cfg, next(method.parameters()).device).floors(method.backbone)
+
+
+def run_trial(cfg: TrialConfig, floors: dict | None = None, on_epoch: Callable[[dict, Checkpoint], None] | None = None,
               resume: Checkpoint | None = None, log: Callable[[str], None] = log_to_stderr) -> dict:
     """Pretrain ``cfg.method``, then evaluate it; returns the trial's result (see README, "One trial").
 
-    ``on_epoch(row, checkpoint)`` is called after every epoch with that epoch's history row and a
-    ``Checkpoint`` that ``resume`` accepts to continue the trial from the next epoch. In a DDP trial it
-    is called on every rank (the checkpoints are the same); only rank 0 logs.
+    ``floors`` are this trial's ``measure_floors`` when a sweep has measured them already; else the trial
+    measures them before training. ``on_epoch(row, checkpoint)`` is called after every epoch with that
+    epoch's history row and a ``Checkpoint`` that ``resume`` accepts to continue the trial from the next
+    epoch. In a DDP trial it is called on every rank (the checkpoints are the same); only rank 0 logs.
     """
     if rank() != 0:
         log = lambda line: None  # noqa: E731 -- the ranks train in lockstep; one progress log is enough
@@ -290,7 +299,7 @@ def run_trial(cfg: TrialConfig, on_epoch: Callable[[dict, Checkpoint], None] | N
     if resume is None:
         log(f"[{cfg.method}] {data.name}: {len(data.pretrain_images)} pretraining images, "
             f"{len(data.train_images)} train / {len(data.test_images)} test for evaluation, device {device}")
-        state = TrialState(floors=evaluator.floors(method))
+        state = TrialState(floors=floors if floors is not None else evaluator.floors(method.backbone))
     else:
         method.load_state_dict(resume.method)
         optimizer.load_state_dict(resume.optimizer)

@@ -20,7 +20,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from byol_bench.config import TrialConfig, make_config
+from byol_bench.config import TrialConfig, floor_setting, make_config
 from byol_bench.errors import UserError
 from byol_bench.provenance import git_revision, versions
 from byol_bench.results import check_writable, epoch_rows, summary, trial_row, write_json, write_tables
@@ -33,7 +33,7 @@ RAY_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_
                 "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
 
 
-def trainable(config: dict, planned_by_id: dict, worker_resources: dict, train_storage: str) -> None:
+def trainable(config: dict, planned_by_id: dict, worker_resources: dict, train_storage: str, floors: dict) -> None:
     """A Tune function trainable: one trial, reporting each epoch with a checkpoint, then its result.
 
     Tune's config holds only the trial id, so that its live table names each trial readably; the
@@ -43,18 +43,19 @@ def trainable(config: dict, planned_by_id: dict, worker_resources: dict, train_s
 
     trial_id = config["trial_id"]
     trial = planned_by_id[trial_id]
+    trial_floors = floors.get(floor_setting(make_config(trial.knobs)))
     if trial.workers > 1:
-        _drive_ddp_trial(trial, worker_resources, train_storage)
+        _drive_ddp_trial(trial, trial_floors, worker_resources, train_storage)
         return
 
     def report(metrics: dict, checkpoint_folder: str | None = None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_folder) if checkpoint_folder else None)
 
-    _run_and_report(trial_id, make_config(trial.knobs), tune.get_checkpoint(), report, saves_checkpoints=True)
+    _run_and_report(trial_id, make_config(trial.knobs), trial_floors, tune.get_checkpoint(), report, saves_checkpoints=True)
 
 
-def _run_and_report(trial_id: str, cfg: TrialConfig, checkpoint, report, saves_checkpoints: bool) -> None:
-    """``run_trial`` inside Ray: resume from ``checkpoint``, then ``report(metrics, checkpoint_folder)``
+def _run_and_report(trial_id: str, cfg: TrialConfig, floors: dict | None, checkpoint, report, saves_checkpoints: bool) -> None:
+    """``run_trial`` inside Ray (with the sweep's ``floors`` for it, if measured): resume from ``checkpoint``, then ``report(metrics, checkpoint_folder)``
     every epoch (with the state when ``saves_checkpoints``) and once more with the whole result."""
     import torch
 
@@ -74,13 +75,13 @@ def _run_and_report(trial_id: str, cfg: TrialConfig, checkpoint, report, saves_c
             torch.save(trial_checkpoint, Path(folder) / "state.pt")
             report(metrics, folder)
 
-    result = run_trial(cfg, on_epoch=report_epoch, resume=resume,
+    result = run_trial(cfg, floors=floors, on_epoch=report_epoch, resume=resume,
                        log=lambda line: print(f"{trial_id}: {line}", file=sys.stderr, flush=True))
     summary = {k: v for k, v in result["metrics"].items() if v is not None}
     report({**summary, "status": result["status"], "result_json": json.dumps(result, default=str)})
 
 
-def _drive_ddp_trial(trial: PlannedTrial, worker_resources: dict, train_storage: str) -> None:
+def _drive_ddp_trial(trial: PlannedTrial, floors: dict | None, worker_resources: dict, train_storage: str) -> None:
     """Run a trial as a Ray Train DDP run of ``workers`` ranks; their reports reach Tune as this trial's.
 
     Its checkpoints live in Ray Train's run folder (one per trial, named after it), so a retried or
@@ -91,7 +92,7 @@ def _drive_ddp_trial(trial: PlannedTrial, worker_resources: dict, train_storage:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     TorchTrainer(
-        ddp_worker, train_loop_config={"trial_id": trial.trial_id, "knobs": trial.knobs},
+        ddp_worker, train_loop_config={"trial_id": trial.trial_id, "knobs": trial.knobs, "floors": floors},
         scaling_config=ray.train.ScalingConfig(
             num_workers=trial.workers, use_gpu=worker_resources["gpu"] > 0,
             resources_per_worker={"CPU": worker_resources["cpu"], "GPU": worker_resources["gpu"]}),
@@ -122,8 +123,32 @@ def ddp_worker(loop_config: dict) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_folder) if checkpoint_folder else None)
 
     # Every rank reports (Ray Train waits for all of them, and passes rank 0's metrics on); rank 0 alone checkpoints.
-    _run_and_report(loop_config["trial_id"], cfg, ray.train.get_checkpoint(), report,
+    _run_and_report(loop_config["trial_id"], cfg, loop_config["floors"], ray.train.get_checkpoint(), report,
                     saves_checkpoints=ray.train.get_context().get_world_rank() == 0)
+
+
+def _shared_floors(ray, sweep: Sweep, planned: list[PlannedTrial]) -> dict[tuple, dict]:
+    """The floors of every distinct floor setting among the planned trials, each measured once, as a Ray
+    task holding one worker's resources, before the trials start (they would otherwise each measure
+    the same numbers). A setting whose measurement fails is left out: its trials measure it themselves
+    and record the failure."""
+    from byol_bench.train import measure_floors
+
+    configs = {}
+    for trial in planned:
+        cfg = make_config(trial.knobs)
+        configs.setdefault(floor_setting(cfg), cfg)
+    print(f"measuring the floors (random-init backbone, raw pixels) of {len(configs)} setting(s), once for all "
+          f"{len(planned)} trials", file=sys.stderr, flush=True)
+    task = ray.remote(num_cpus=sweep.cpus_per_worker, num_gpus=sweep.gpus_per_worker, max_retries=0)(measure_floors)
+    pending = {setting: task.remote(cfg) for setting, cfg in configs.items()}
+    floors = {}
+    for setting, reference in pending.items():
+        try:
+            floors[setting] = ray.get(reference)
+        except ray.exceptions.RayError:
+            pass
+    return floors
 
 
 def _check_checkpoints(folder: Path) -> None:
@@ -292,7 +317,8 @@ def _manifest(sweep: Sweep, planned: list[PlannedTrial], cluster: dict, address:
     return manifest
 
 
-def _tuner(sweep: Sweep, planned: list[PlannedTrial], ray_storage: str, resume: bool, max_concurrent: int | None):
+def _tuner(sweep: Sweep, planned: list[PlannedTrial], floors: dict, ray_storage: str, resume: bool,
+           max_concurrent: int | None):
     """Ray Tune's Tuner over the planned trials' ids, or the one a resumed sweep left behind."""
     from ray import tune
 
@@ -301,7 +327,7 @@ def _tuner(sweep: Sweep, planned: list[PlannedTrial], ray_storage: str, resume: 
     ddp_driver = tune.PlacementGroupFactory([{"CPU": 0, "memory": DRIVER_MEMORY}])
     runnable = tune.with_resources(
         tune.with_parameters(trainable, planned_by_id=planned_by_id, worker_resources=sweep.resources,
-                             train_storage=f"{ray_storage}/{TRAIN_FOLDER}"),
+                             train_storage=f"{ray_storage}/{TRAIN_FOLDER}", floors=floors),
         lambda config: ddp_driver if planned_by_id[config["trial_id"]].workers > 1 else one_worker)
     experiment = f"{ray_storage}/{TUNE_FOLDER}"
     if resume and tune.Tuner.can_restore(experiment):
@@ -338,7 +364,8 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
         manifest = _manifest(sweep, planned, cluster, address, ray_storage, previous)
         write_json(folder / "manifest.json", manifest)
         concurrency = _concurrency(sweep, largest, cluster, max_concurrent or sweep.max_concurrent)
-        grid = _tuner(sweep, planned, ray_storage, resume, concurrency).fit()
+        floors = {} if resume else _shared_floors(ray, sweep, planned)  # resumed trials have theirs in their checkpoints
+        grid = _tuner(sweep, planned, floors, ray_storage, resume, concurrency).fit()
     finally:
         if started_here:
             ray.shutdown()

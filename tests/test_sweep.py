@@ -52,12 +52,14 @@ def test_presets_dry_run_to_the_expected_trial_count(preset, trials, capsys):
     assert len(expand(load_sweep(PRESETS / f"{preset}.yaml"))) == trials
 
 
-def test_a_sweep_writes_both_tables_and_a_manifest(tmp_path, ray_cluster):
+def test_a_sweep_writes_both_tables_and_a_manifest(tmp_path, ray_cluster, capsys):
     path = write_sweep(tmp_path, "tiny", {"method": ["byol", "simsiam"], "batch_size": [64],
                                           "momentum_schedule": ["constant:0.99", "cosine:0.99-1.0"], "seed": [0]})
     assert run_sweep(load_sweep(path), tmp_path / "results") == 0
+    assert "floors (random-init backbone, raw pixels) of 1 setting(s), once for all 3 trials" in capsys.readouterr().err
     folder = tmp_path / "results" / "tiny"
     trials = pd.read_parquet(folder / "trials.parquet")
+    assert trials["random_init_knn_top1"].nunique() == trials["raw_pixels_knn_top1"].nunique() == 1
     epochs = pd.read_parquet(folder / "epochs.parquet")
     assert len(trials) == 3 and set(trials["status"]) == {"ok"}
     assert sorted(trials["momentum_schedule"].dropna()) == ["constant:0.99", "cosine:0.99-1.0"]

@@ -7,7 +7,8 @@ import pytest
 
 from byol_bench.cli import main
 from byol_bench.data import data_root, find_fashion_mnist
-from byol_bench.train import collapse_rank, run_trial
+from byol_bench.evaluate import collapse_rank
+from byol_bench.train import measure_floors, run_trial
 from conftest import TINY, simsiam_trial
 
 TINY_FLAGS = [arg for key, value in TINY.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
@@ -46,11 +47,15 @@ def test_config_file_and_flags_combine(tmp_path):
     assert result["history"][0]["momentum"] is None  # no target network
 
 
-def test_same_config_and_seed_give_the_same_numbers(tiny_config):
+def test_same_config_and_seed_give_the_same_numbers_with_floors_measured_apart(tiny_config):
+    """A sweep measures the floors once per setting (measure_floors) and hands them to its trials: they
+    must be the floors the trial would have measured itself, and change nothing else."""
     cfg = tiny_config(method="simclr", epochs=1)
-    a, b = run_trial(cfg, log=lambda line: None), run_trial(cfg, log=lambda line: None)
+    floors = measure_floors(cfg)
+    a, b = run_trial(cfg, log=lambda line: None), run_trial(cfg, floors=floors, log=lambda line: None)
+    assert a["baselines"] == b["baselines"] == floors
     assert a["history"][0]["loss"] == b["history"][0]["loss"]
-    for key in ("knn_top1", "linear_top1"):
+    for key in ("knn_top1", "linear_top1", "effective_rank"):
         assert a["metrics"][key] == b["metrics"][key]
 
 
