@@ -30,6 +30,7 @@ from byol_bench.errors import UserError
 from byol_bench.evaluate import PROBE_METHOD, Evaluator, collapse_rank
 from byol_bench.instrument import PeakMemory, StepClock, images_per_second, measured_peak_flops
 from byol_bench.methods import METHODS, uses_momentum
+from byol_bench.progress import epoch_line, result_line
 from byol_bench.provenance import provenance
 from byol_bench.schedules import learning_rate, parse_momentum_schedule
 from byol_bench.views import PILViewDataset, TensorViews
@@ -213,7 +214,7 @@ def pretrain(cfg: TrialConfig, method: nn.Module, model: nn.Module, optimizer: t
                 clock.add(tick, got_batch, done)
             if time.perf_counter() - last_log > PROGRESS_EVERY_S:
                 speed = images_per_second(cfg.global_batch_size, clock.times()[0]) or 0
-                log(f"[{cfg.method}] epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch} "
+                log(f"{cfg.method}: epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch} "
                     f"loss {loss_sum.item() / (i + 1):.4f} {speed:.0f} img/s")
                 last_log = time.perf_counter()
             tick = clock.now()
@@ -221,7 +222,7 @@ def pretrain(cfg: TrialConfig, method: nn.Module, model: nn.Module, optimizer: t
         state.peak_memory_bytes = max(state.peak_memory_bytes, peak_memory.bytes())
         if state.status == "ok" and knn_monitor and cfg.knn_monitor_every and (epoch + 1) % cfg.knn_monitor_every == 0:
             row["knn_top1"] = knn_monitor(method.backbone)
-        log(epoch_line(cfg, row))
+        log(epoch_line(cfg.method, row, cfg.epochs))
         if on_epoch is not None:  # a copy: the loop goes on changing the weights and the state
             on_epoch(row, copy.deepcopy(Checkpoint(state, method.state_dict(), optimizer.state_dict())))
         if state.status != "ok":
@@ -247,13 +248,6 @@ def end_epoch(cfg: TrialConfig, state: TrialState, clock: StepClock, mean_loss: 
     if not math.isfinite(loss):
         state.status = "diverged"
     return row
-
-
-def epoch_line(cfg: TrialConfig, row: dict) -> str:
-    return (f"[{cfg.method}] epoch {row['epoch']}/{cfg.epochs} loss {row['loss']:.4f} lr {row['lr']:.4f}"
-            + (f" tau {row['momentum']:.4f}" if row["momentum"] is not None else "")
-            + (f" {row['images_per_s']:.0f} img/s" if row["images_per_s"] else "")
-            + (f" knn {row['knn_top1']:.3f}" if "knn_top1" in row else ""))
 
 
 def setup(cfg: TrialConfig) -> tuple[ImageData, nn.Module, nn.Module, torch.optim.Optimizer]:
@@ -297,22 +291,20 @@ def run_trial(cfg: TrialConfig, floors: dict | None = None, on_epoch: Callable[[
     device = next(method.parameters()).device
     evaluator = Evaluator(data, cfg, device)
     if resume is None:
-        log(f"[{cfg.method}] {data.name}: {len(data.pretrain_images)} pretraining images, "
+        log(f"{cfg.method}: {data.name}, {len(data.pretrain_images)} pretraining images, "
             f"{len(data.train_images)} train / {len(data.test_images)} test for evaluation, device {device}")
         state = TrialState(floors=floors if floors is not None else evaluator.floors(method.backbone))
     else:
         method.load_state_dict(resume.method)
         optimizer.load_state_dict(resume.optimizer)
         state = copy.deepcopy(resume.state)
-        log(f"[{cfg.method}] resuming at epoch {state.epoch + 1}/{cfg.epochs}")
+        log(f"{cfg.method}: resuming at epoch {state.epoch + 1}/{cfg.epochs}")
     pretrain(cfg, method, model, optimizer, data, state, knn_monitor=evaluator.knn_top1, on_epoch=on_epoch, log=log)
     scores = evaluator(method) if state.status == "ok" else {}
     if scores and scores["effective_rank"] < collapse_rank(cfg.projection_dim):
         state.status = "collapsed"
     result = trial_result(cfg, data, device, state, scores, evaluator.probe)
-    if scores:
-        log(f"[{cfg.method}] kNN top-1 {scores['knn_top1']:.4f} (random init {state.floors['random_init_knn_top1']:.4f}), "
-            f"linear top-1 {scores['linear_top1']:.4f}, {result['metrics']['images_per_s'] or 0:.0f} img/s")
+    log(result_line(cfg.method, result))
     return result
 
 
