@@ -17,6 +17,7 @@ import yaml
 from byol_bench.cli import main
 from byol_bench.config import make_config
 from byol_bench.distributed import gather_rows, shard, sync_batchnorm
+from byol_bench.methods import METHODS
 from byol_bench.sweep import load_sweep
 from byol_bench.tune_runner import run_sweep
 from byol_bench.train import TrialState, pretrain, setup
@@ -28,10 +29,19 @@ from conftest import TINY, quiet_fast_ray
 SPLIT = dict(TINY, subset=128, epochs=1, timing_warmup_steps=0, channels_last=False)
 
 
-def pretrained(knobs: dict) -> tuple[dict, TrialState]:
-    """The method's weights and the trial state after pretraining with ``knobs`` (no floors, no evaluation)."""
+# DDP runs with one cross-rank piece taken away: each must end elsewhere than one process, or the
+# equivalence test could not tell that piece's absence.
+BROKEN = {"simclr without gathered negatives": ("simclr", {}, lambda method: setattr(method.criterion, "gather_distributed", False)),
+          "byol without SyncBatchNorm": ("byol", {"sync_batchnorm": False}, None)}
+
+
+def pretrained(knobs: dict, break_method=None) -> tuple[dict, TrialState]:
+    """The method's weights and the trial state after pretraining with ``knobs`` (no floors, no evaluation);
+    ``break_method(method)`` changes the method before training."""
     cfg = make_config(knobs)
     data, method, model, optimizer = setup(cfg)
+    if break_method is not None:
+        break_method(method)
     state = TrialState(floors={})
     pretrain(cfg, method, model, optimizer, data, state, log=lambda line: None)
     return method.state_dict(), state
@@ -43,31 +53,53 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_rank(rank: int, world: int, port: int, knobs: dict, out: str) -> None:
-    """One DDP rank: joins the gloo group, pretrains, saves its final weights and trial state."""
+def _gather_and_norm(out: str) -> None:
+    """One rank's share of a gather and of a BatchNorm over the global batch (forward and backward)."""
+    rows = torch.arange(7 * 3, dtype=torch.float32).view(7, 3)
+    gathered = gather_rows(rows[shard(7)], 7)
+    torch.manual_seed(0)
+    images = torch.randn(8, 4, 5, 5)
+    norm = sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(4)), torch.device("cpu"))
+    local = images[shard(8)].requires_grad_()
+    (norm(local) * torch.arange(4.0).view(1, 4, 1, 1)).square().sum().backward()
+    torch.save({"gathered": gathered, "output_grad": local.grad, "running": norm[0].running_var.clone()},
+               f"{out}/rank{dist.get_rank()}-gather.pt")
+
+
+def _run_rank(rank: int, world: int, port: int, out: str) -> None:
+    """One DDP rank: joins the gloo group; pretrains every method on its share of each global batch of 64,
+    saving the final weights and trial state; then gathers rows and normalises a batch."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        weights, state = pretrained({**knobs, "workers": world})
-        torch.save({"method": weights, "state": state}, f"{out}/rank{rank}.pt")
+        for method in METHODS:
+            weights, state = pretrained({**SPLIT, "method": method, "batch_size": 64 // world, "workers": world})
+            torch.save({"method": weights, "state": state}, f"{out}/rank{rank}-{method}.pt")
+        for name, (method, knobs, break_method) in BROKEN.items():
+            weights, _ = pretrained({**SPLIT, "method": method, "batch_size": 64 // world, "workers": world, **knobs},
+                                    break_method)
+            torch.save(weights, f"{out}/rank{rank}-{name}.pt")
+        _gather_and_norm(out)
     finally:
         dist.destroy_process_group()
 
 
-def _run_split(tmp_path, world: int, knobs: dict) -> list[dict]:
-    out = tmp_path / f"world{world}"
-    out.mkdir()
-    mp.spawn(_run_rank, args=(world, _free_port(), knobs, str(out)), nprocs=world)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> Path:
+    """The folder where two gloo ranks saved what they computed (one spawn of two processes for all tests:
+    starting them costs more than what they compute)."""
+    out = tmp_path_factory.mktemp("two-ranks")
+    mp.spawn(_run_rank, args=(2, _free_port(), str(out)), nprocs=2)
+    return out
 
 
-@pytest.mark.parametrize("method", ["byol", "simclr", "simsiam"])
-def test_two_workers_train_the_same_weights_as_one(tmp_path, method):
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_two_workers_train_the_same_weights_as_one(two_ranks, method):
     """The global batch of 64 split over two gloo ranks (SyncBatchNorm, SimCLR's gathered negatives, DDP's
     averaged gradients, BYOL's EMA target) ends at one worker's weights; the views come from the same
     draws, so augmentation is the same on both sides."""
     single, one = pretrained({**SPLIT, "method": method, "batch_size": 64})
-    ranks = _run_split(tmp_path, 2, {**SPLIT, "method": method, "batch_size": 32})
+    ranks = [torch.load(two_ranks / f"rank{r}-{method}.pt", weights_only=False) for r in range(2)]
     for rank_state in ranks:
         assert rank_state["method"].keys() == single.keys()
         for name, weight in single.items():
@@ -82,26 +114,16 @@ def test_two_workers_train_the_same_weights_as_one(tmp_path, method):
     assert two.history[0]["loss"] == pytest.approx(one.history[0]["loss"], rel=1e-4, abs=1e-4)
 
 
-def _gather_and_norm(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        rows = torch.arange(7 * 3, dtype=torch.float32).view(7, 3)
-        gathered = gather_rows(rows[shard(7)], 7)
-        torch.manual_seed(0)
-        images = torch.randn(8, 4, 5, 5)
-        norm = sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(4)), torch.device("cpu"))
-        local = images[shard(8)].requires_grad_()
-        (norm(local) * torch.arange(4.0).view(1, 4, 1, 1)).square().sum().backward()
-        torch.save({"gathered": gathered, "output_grad": local.grad, "running": norm[0].running_var.clone()},
-                   f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_without_a_cross_rank_piece_two_workers_train_other_weights(two_ranks, name):
+    method, knobs, _ = BROKEN[name]
+    single, _ = pretrained({**SPLIT, "method": method, "batch_size": 64, **knobs})
+    broken = torch.load(two_ranks / f"rank0-{name}.pt", weights_only=False)
+    assert max((broken[key].float() - weight.float()).abs().max().item() for key, weight in single.items()) > 2e-3
 
 
-def test_gathered_rows_and_global_batchnorm_match_one_process(tmp_path):
-    mp.spawn(_gather_and_norm, args=(2, _free_port(), str(tmp_path)), nprocs=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+def test_gathered_rows_and_global_batchnorm_match_one_process(two_ranks):
+    ranks = [torch.load(two_ranks / f"rank{r}-gather.pt") for r in range(2)]
     rows = torch.arange(7 * 3, dtype=torch.float32).view(7, 3)
     torch.manual_seed(0)
     images = torch.randn(8, 4, 5, 5).requires_grad_()
