@@ -22,6 +22,7 @@ import pandas as pd
 from scipy import stats
 
 from byol_bench.errors import UserError
+from byol_bench.report import render
 from byol_bench.results import write_json
 
 BASELINES_DIR = Path("results") / "baselines"
@@ -215,12 +216,15 @@ def notes(comparison: dict) -> list[str]:
     return lines
 
 
-def to_markdown(comparison: dict) -> str:
+def report_blocks(comparison: dict) -> list:
+    """The verdict table and the notes, as blocks of a report section."""
     table = verdict_table(comparison)
-    lines = [f"## Regression check: {comparison['candidate']} against {comparison['baseline']}", ""]
-    if len(table):
-        lines += ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-        lines += ["| " + " | ".join(map(str, row)) + " |" for row in table.itertuples(index=False)]
-    else:
-        lines.append("No group of trials is in both runs.")
-    return "\n".join(lines + [""] + [f"{line}\n" for line in notes(comparison)]).rstrip("\n")
+    verdicts = render.Table(f"Against baseline {comparison['baseline']}", table) if len(table) else \
+        "No group of trials is in both runs."
+    return [verdicts, *notes(comparison)]
+
+
+def to_markdown(comparison: dict) -> str:
+    """The comparison as a Markdown document: the verdict table, then the notes."""
+    title = f"Regression check: {comparison['candidate']} against {comparison['baseline']}"
+    return render.to_markdown(title, [("Verdicts per group", report_blocks(comparison))])

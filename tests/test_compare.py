@@ -5,9 +5,8 @@ import pytest
 from byol_bench.cli import main
 from byol_bench.compare import Tolerances, compare_runs, load_run, save_baseline, to_markdown
 from byol_bench.errors import UserError
-from byol_bench.config import make_config
+from byol_bench.config import make_config, resolved_config
 from byol_bench.data import data_root, find_fashion_mnist
-from byol_bench.methods import applicable
 from byol_bench.results import trial_row, write_json, write_tables
 from conftest import simsiam_trial
 
@@ -57,8 +56,12 @@ def test_a_significant_accuracy_drop_is_a_regression(tmp_path):
 
 def test_a_small_but_significant_change_under_the_effect_size_is_not_flagged(tmp_path):
     base = make_sweep(tmp_path, "base", {("byol", 256): SEEDS})
-    cand = make_sweep(tmp_path, "cand", {("byol", 256): shifted(SEEDS, knn=-0.005)})
-    assert compare_runs(load_run(base), load_run(cand))["groups"][0]["knn_top1"]["verdict"] == "unchanged"
+    cand = make_sweep(tmp_path, "cand", {("byol", 256): shifted(SEEDS, knn=-0.009)})
+    knn = compare_runs(load_run(base), load_run(cand))["groups"][0]["knn_top1"]
+    assert knn["p_value"] < 0.05 and knn["delta_points"] == pytest.approx(-0.9)  # significant, under 1 point
+    assert knn["verdict"] == "unchanged"
+    smaller_effect = Tolerances(acc_points=0.5)  # the effect size, not the test, kept it unflagged
+    assert compare_runs(load_run(base), load_run(cand), smaller_effect)["groups"][0]["knn_top1"]["verdict"] == "regressed"
 
 
 def test_one_seed_uses_the_tolerance(tmp_path):
@@ -87,10 +90,13 @@ def test_unmatched_and_unfinished_trials_are_reported_not_crashed_on(tmp_path):
     result = compare_runs(load_run(base), run)
     assert [g["method"] for g in result["unmatched"]["baseline_only"]] == ["simsiam"]
     assert [g["method"] for g in result["unmatched"]["candidate_only"]] == ["simclr"]
-    assert result["not_ok"][0]["status"] == "failed"
+    assert result["not_ok"] == [{"run": "cand", "trial_id": "method=byol,batch_size=256,seed=0", "status": "failed"}]
     assert result["protocol_changes"] == {"epochs": [4, 8]}
     markdown = to_markdown(result)
+    assert markdown.startswith("# Regression check: cand against base\n")
+    assert "\n| method=byol, batch_size=256, momentum_schedule=- | 3 → 2 | regressed |" in markdown  # a lost trial
     assert "only in the baseline" in markdown and "did not finish" in markdown and "epochs: 4 → 8" in markdown
+    assert markdown.rstrip().endswith("Verdict: REGRESSED")
 
 
 def test_baseline_save_and_the_compare_command(tmp_path, capsys):
@@ -124,7 +130,7 @@ def test_a_corrupt_baseline_is_one_clear_error(tmp_path, capsys, damage):
         (baseline / "trials.csv").write_text("a,b\n1,2\n")
     assert main(["compare", str(baseline), str(sweep)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and str(baseline) in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and str(baseline) in err
 
 
 def test_an_unknown_baseline_is_a_user_error(tmp_path):
@@ -140,7 +146,7 @@ def test_a_planted_regression_is_caught_and_a_rerun_with_other_seeds_is_not(tmp_
         for seed in seeds:
             result = simsiam_trial(seed, **changes)
             cfg = make_config(result["config"])
-            rows.append(trial_row(f"method=simsiam,seed={seed}", applicable(cfg.to_dict()), result["status"], result))
+            rows.append(trial_row(f"method=simsiam,seed={seed}", resolved_config(cfg.to_dict()), result["status"], result))
         write_tables(tmp_path / name, rows, [])
         write_json(tmp_path / name / "manifest.json", {"sweep": name, "axes": ["method", "seed"], "fixed": changes})
         return load_run(tmp_path / name)

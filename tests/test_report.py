@@ -19,10 +19,12 @@ import pandas as pd
 import pytest
 
 from byol_bench.cli import main
-from byol_bench.config import make_config
+from byol_bench.config import make_config, resolved_config
 from byol_bench.errors import UserError
-from byol_bench.report import heatmap, load_results, pareto_front, write_report
-from byol_bench.methods import applicable
+from byol_bench.report import write_comparison, write_report
+from byol_bench.report.figures import (accuracy_vs_batch_size, accuracy_vs_compute, byol_vs_momentum, heatmap,
+                                       method_palette, pareto_front, throughput_vs_batch_size, training_curves)
+from byol_bench.report.load import load_results
 from byol_bench.results import epoch_rows, trial_row, write_json, write_tables
 
 FIXED = {"dataset": "fashion-mnist", "backbone": "small-cnn", "subset": 5000, "test_subset": 2000, "epochs": 3, "threads": 1}
@@ -37,7 +39,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 def fake_result(knobs: dict, status: str = "ok", offset: float = 0.0) -> dict:
     """A trial result shaped like run_trial's, with numbers that vary by method, batch size and seed."""
     rng = np.random.default_rng(zlib.crc32(json.dumps(knobs, sort_keys=True).encode()))
-    batch = make_config(knobs).batch_size
+    floor_rng = np.random.default_rng(knobs["seed"])  # the floors depend on the seed, not on the method or batch
+    batch = make_config(knobs).global_batch_size
     accuracy = {"byol": 0.80, "simclr": 0.76, "simsiam": 0.74}[knobs["method"]] + 0.01 * math.log2(batch / 64) \
         + offset + rng.normal(0, 0.01)
     speed = 900 * (batch / 64) ** 0.5 * rng.uniform(0.95, 1.05)
@@ -53,9 +56,9 @@ def fake_result(knobs: dict, status: str = "ok", offset: float = 0.0) -> dict:
         metrics = {**{key: None for key in metrics}, "pretrain_time_s": 40.0, "final_loss": float("inf")}
     return {
         "status": status, "config": make_config(knobs).to_dict(), "history": history, "metrics": metrics,
-        "run": {"device": "cpu", "pretrain_images": 5000, "train_images": 5000, "test_images": 2000,
+        "run": {"device": "cpu", "global_batch_size": batch, "pretrain_images": 5000, "train_images": 5000, "test_images": 2000,
                 "total_steps": 3 * 5000 // batch, "peak_lr": 0.06 * batch / 128},
-        "baselines": {"random_init_knn_top1": 0.31 + rng.normal(0, 0.01), "random_init_knn_top5": 0.7,
+        "baselines": {"random_init_knn_top1": 0.31 + floor_rng.normal(0, 0.01), "random_init_knn_top5": 0.7,
                       "random_init_linear_top1": 0.45, "random_init_linear_top5": 0.9,
                       "raw_pixels_knn_top1": 0.78, "raw_pixels_knn_top5": 0.95},
         "provenance": {"device_name": "Test CPU", "threads": 1, "git_revision": "abc1234", "torch": "2.5.0",
@@ -63,14 +66,14 @@ def fake_result(knobs: dict, status: str = "ok", offset: float = 0.0) -> dict:
     }
 
 
-def planned_trials(methods=("byol", "simclr"), batch_sizes=(64, 128), seeds=(0, 1)) -> list[tuple[str, dict]]:
+def planned_trials(methods=("byol", "simclr"), batch_sizes=(64, 128), seeds=(0, 1), fixed=FIXED) -> list[tuple[str, dict]]:
     """The grid a sweep would plan: momentum schedules crossed with BYOL only."""
     planned = []
     for method in methods:
         for batch_size in batch_sizes:
             for schedule in (("constant:0.99", "cosine:0.99-1.0") if method == "byol" else (None,)):
                 for seed in seeds:
-                    knobs = {**FIXED, "method": method, "batch_size": batch_size, "seed": seed}
+                    knobs = {**fixed, "method": method, "batch_size": batch_size, "seed": seed}
                     if schedule:
                         knobs["momentum_schedule"] = schedule
                     axes = [key for key in ("method", "batch_size", "momentum_schedule", "seed") if key in knobs]
@@ -87,7 +90,7 @@ def write_sweep(folder: Path, planned, outcomes: dict | None = None, offset: flo
         outcome = outcomes.get(trial_id, "ok")
         if outcome == "missing":
             continue
-        resolved = applicable(make_config(knobs).to_dict())  # as the sweep records a trial's config
+        resolved = resolved_config(knobs)  # as the sweep records a trial's config
         if outcome in ("ok", "diverged"):
             result = fake_result(knobs, outcome, offset)
             trials.append(trial_row(trial_id, resolved, outcome, result))
@@ -157,13 +160,51 @@ def test_the_report_has_every_table_and_figure(sweep):
     assert "CPU-hours" in markdown and "pretraining time × the 1 CPU reserved for each worker × workers" in markdown
 
 
+def test_the_floors_table_has_one_row_per_floor_setting(sweep, tmp_path):
+    trials = pd.read_parquet(sweep / "trials.parquet")
+    floors = markdown_table(read(sweep / "report.md"), "Floors: random-init backbone and raw pixels")
+    assert floors[["data set", "subset", "backbone", "seed"]].values.tolist() == [
+        ["fashion-mnist", "5000", "small-cnn", "0"], ["fashion-mnist", "5000", "small-cnn", "1"]]
+    for seed, shown in zip((0, 1), floors["random-init kNN top-1 (%)"]):
+        measured = trials.loc[trials["seed"] == seed, "random_init_knn_top1"].dropna()
+        assert len(measured) > 1 and shown == f"{measured.iloc[0] * 100:.1f}"  # one floor, not a mean ± 0
+    # Trials that evaluate differently have floors of their own: a column for the knob, a row per value.
+    planned = [(f"knn_k={k}", {**FIXED, "method": "byol", "knn_k": k, "seed": 0}) for k in (200, 20)]
+    write_report(write_sweep(tmp_path / "knn", planned))
+    floors = markdown_table(read(tmp_path / "knn" / "report.md"), "Floors: random-init backbone and raw pixels")
+    assert floors[["seed", "kNN k"]].values.tolist() == [["0", "20"], ["0", "200"]]
+
+
+def test_the_accuracy_figures_draw_the_floors_as_labelled_lines(sweep):
+    results = load_results(sweep)
+    palette = method_palette(results.trials["method"].unique())
+
+    def floor_lines(ax) -> dict:
+        labels = {text.get_text() for text in ax.texts}
+        return {line.get_label(): line.get_ydata()[0] for line in ax.lines if line.get_label() in labels}
+
+    finished = results.finished
+    figure = accuracy_vs_batch_size(results, palette)
+    knn, linear = figure.axes
+    assert floor_lines(knn) == pytest.approx({"random-init kNN": finished["random_init_knn_top1"].mean() * 100,
+                                              "raw-pixel kNN": finished["raw_pixels_knn_top1"].mean() * 100})
+    assert floor_lines(linear) == pytest.approx({"random-init linear": finished["random_init_linear_top1"].mean() * 100})
+    for draw in (byol_vs_momentum, accuracy_vs_compute, training_curves):
+        drawn = set().union(*map(floor_lines, draw(results, palette).axes))
+        assert {"random-init kNN", "raw-pixel kNN"} <= drawn, draw.__name__
+    assert floor_lines(throughput_vs_batch_size(results, palette).axes[0]) == {}
+    results.trials["raw_pixels_knn_top1"] = None  # not measured (images above 32 px): no line
+    assert set(floor_lines(accuracy_vs_batch_size(results, palette).axes[0])) == {"random-init kNN"}
+    plt.close("all")
+
+
 def test_numbers_in_the_report_are_the_means_over_seeds_of_the_table(sweep):
     trials = pd.read_parquet(sweep / "trials.parquet")
     finished = trials[trials["status"] == "ok"].assign(momentum_schedule=lambda t: t["momentum_schedule"].fillna("-"))
     groups = finished.groupby(["method", "batch_size", "momentum_schedule"])
     markdown = read(sweep / "report.md")
     shown = {}
-    for title in ("Accuracy", "Speed and cost", "Floors: random-init backbone and raw pixels"):
+    for title in ("Accuracy", "Speed and cost"):
         for _, row in markdown_table(markdown, title).iterrows():
             shown.setdefault((row["method"], int(row["batch size"]), row["momentum schedule"]), {}).update(row)
     assert len(shown) == 6  # byol × 2 batch sizes × 2 schedules, simclr × 2 batch sizes
@@ -171,8 +212,7 @@ def test_numbers_in_the_report_are_the_means_over_seeds_of_the_table(sweep):
         row = shown[key]
         for label, column, scale, tolerance in (("kNN top-1 (%)", "knn_top1", 100, 0.05),
                                                 ("linear top-5 (%)", "linear_top5", 100, 0.05),
-                                                ("images/s", "images_per_s", 1, 0.5),
-                                                ("random-init kNN top-1 (%)", "random_init_knn_top1", 100, 0.05)):
+                                                ("images/s", "images_per_s", 1, 0.5)):
             mean, std = mean_and_std(row[label])
             assert abs(mean - group[column].mean() * scale) <= tolerance, (key, label)
             if len(group) > 1:
@@ -208,6 +248,8 @@ def test_a_single_trial_json_gets_a_report_next_to_it(tmp_path, capsys):
     result = fake_result(knobs)
     out = tmp_path / "x.json"
     write_json(out, result)
+    assert load_results(out).trials["knn_top1"].tolist() == [result["metrics"]["knn_top1"]]
+    assert list(tmp_path.iterdir()) == [out]  # reading writes nothing
     assert main(["report", str(out)]) == 0
     report = tmp_path / "x-report" / "report.html"
     assert capsys.readouterr().out.strip().endswith(str(report))
@@ -242,7 +284,25 @@ def test_two_sweeps_side_by_side(tmp_path, capsys):
     assert rows.loc[("byol", "cosine:0.99-1.0"), "n B"] == "1"
     assert rows.loc[("simclr", "-"), "kNN top-1 (%) B"] == "—"  # only A ran SimCLR
     assert "### B: second" in markdown and "out of memory" in markdown  # B's failed trial is shown
+    assert "Protocols differ" not in markdown
     assert read(first / "compare-second.html").count("<table") == 2
+
+
+def test_sources_with_different_protocols_are_compared_without_deltas(tmp_path):
+    first = write_sweep(tmp_path / "short", planned_trials(batch_sizes=(64,)))
+    longer = {**FIXED, "epochs": 10, "knn_k": 20}
+    second = write_sweep(tmp_path / "long", planned_trials(batch_sizes=(64,), fixed=longer), offset=0.05)
+    markdown = read(write_comparison(first, second).with_suffix(".md"))
+    headings = [line for line in markdown.splitlines() if line.startswith("## ")]
+    assert headings[0] == "## Protocols differ"
+    warning = markdown.split("## Protocols differ\n\n", 1)[1].splitlines()[0]
+    assert "not comparable" in warning
+    assert "pretraining epochs 3 in A but 10 in B" in warning and "kNN k 200 in A but 20 in B" in warning
+    assert "data set" not in warning  # only the knobs that differ
+    table = markdown_table(markdown, "A and B per method × batch size × momentum schedule")
+    for label in ("kNN top-1 (%)", "linear top-1 (%)", "images/s"):
+        assert set(table[f"{label} B − A"]) == {""}
+        assert "—" not in set(table[f"{label} A"]) | set(table[f"{label} B"])  # both sides' numbers are shown
 
 
 def test_a_sweep_where_nothing_finished_still_gets_a_report(tmp_path):
@@ -254,6 +314,7 @@ def test_a_sweep_where_nothing_finished_still_gets_a_report(tmp_path):
     accuracy = markdown_table(markdown, "Accuracy")
     assert len(accuracy) == 6 and set(accuracy["n"]) == {"0 of 1"} and set(accuracy["kNN top-1 (%)"]) == {"—"}
     assert markdown.count("Not drawn:") == len(FIGURES)
+    assert "No floors: no trial got as far as measuring them." in markdown
     assert not list((tmp_path / "dead" / "figures").iterdir())
 
 
@@ -383,16 +444,23 @@ def test_the_html_report_renders_in_headless_chromium(sweep, tmp_path):
 
 
 def test_trials_that_differ_only_in_workers_are_separate_settings(tmp_path):
-    """A scaling study at one global batch (128 on 1 worker, 64 × 2 workers) is two rows, not four seeds of one."""
+    """A scaling study at one global batch (128 on 1 worker, 64 × 2 workers) is two rows, not six seeds of one;
+    a failed and a missing DDP trial (no run facts) join their global batch too."""
     planned = [(f"batch_size={batch},workers={workers},seed={seed}",
                 {**FIXED, "method": "byol", "batch_size": batch, "workers": workers, "seed": seed})
-               for batch, workers in ((128, 1), (64, 2)) for seed in (0, 1)]
-    folder = write_sweep(tmp_path / "scaling", planned)
+               for batch, workers in ((128, 1), (64, 2)) for seed in (0, 1, 2)]
+    folder = write_sweep(tmp_path / "scaling", planned, {"batch_size=64,workers=2,seed=1": "failed",
+                                                         "batch_size=64,workers=2,seed=2": "missing"})
     write_report(folder)
     accuracy = markdown_table(read(folder / "report.md"), "Accuracy")
-    assert accuracy[["batch size", "workers", "n"]].values.tolist() == [["128", "1", "2"], ["128", "2", "2"]]
-    settings = load_results(folder).epochs.groupby("setting")["trial_id"].nunique().to_dict()
-    assert settings == {"batch 128, cosine:0.99-1.0": 2, "batch 128, cosine:0.99-1.0, 2 workers": 2}  # curves apart
+    assert accuracy[["batch size", "workers", "n"]].values.tolist() == [["128", "1", "3"], ["128", "2", "1 of 3"]]
+    results = load_results(folder)
+    trials = results.trials.set_index("trial_id")
+    assert trials.loc["batch_size=64,workers=2,seed=2", "status"] == "missing"
+    assert trials.query("workers == 2")["batch_size"].tolist() == [64] * 3  # still the per-worker batch
+    assert set(trials["global_batch_size"]) == {128}
+    settings = results.epochs.groupby("setting")["trial_id"].nunique().to_dict()
+    assert settings == {"batch 128, cosine:0.99-1.0": 3, "batch 128, cosine:0.99-1.0, 2 workers": 1}  # curves apart
 
 
 def test_missing_trials_of_a_sweep_that_leaves_knobs_at_their_defaults_join_their_setting(tmp_path):

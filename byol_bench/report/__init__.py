@@ -1,0 +1,133 @@
+"""Comparison reports: a sweep's tables (or one trial's JSON) as tables and figures, in HTML and Markdown.
+
+``write_report(source)`` reads ``results/<sweep>/`` (trials.parquet, epochs.parquet, manifest.json) or
+one ``byol-bench train --out`` JSON and writes ``report.html`` (self-contained: figures embedded as
+PNG), ``report.md`` and ``figures/<name>.png|svg`` into the sweep folder, or into ``<stem>-report/``
+beside the JSON. ``write_comparison(a, b)`` puts two sources side by side in ``compare-<b>.html|md``
+inside a's report folder.
+
+The modules: ``load`` (sources in, nothing written), ``tables``, ``figures``, ``render`` (the documents).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from byol_bench.errors import UserError
+from byol_bench.report import figures
+from byol_bench.report.load import Results, load_results
+from byol_bench.report.render import Figure, Table, write_documents, writable
+from byol_bench.report.tables import (ACCURACY_COLUMNS, COST_COLUMNS, anchor_table, comparison_table, floor_table,
+                                      per_group, protocol, protocol_differences, provenance_table, status_counts,
+                                      unfinished_table)
+
+__all__ = ["write_report", "write_comparison"]
+
+
+def write_report(source: Path, heatmap_axes: tuple[str, str] = ("method", "global_batch_size")) -> Path:
+    """Tables and figures for a sweep folder or a trial JSON; returns the path of report.html."""
+    results = load_results(source)
+    for axis in heatmap_axes:
+        if axis not in results.trials:
+            raise UserError(f"heatmap axis '{axis}' is not a column of the trials table; choose trial columns "
+                            "such as method, global_batch_size, batch_size, momentum_schedule, seed")
+    above, unfinished = protocol(results), unfinished_table(results)
+    figures_dir = writable(results.report_dir / "figures")
+    sections = [
+        ("Overview", _overview(results)),
+        ("Results per method × batch size × momentum schedule", _result_tables(results, above)),
+        ("Trials that did not finish", [Table("Failed, diverged, incomplete and missing trials", unfinished, above)
+                                        if len(unfinished) else "Every trial finished."]),
+        ("Regression checks", _regression_checks(results.report_dir)),
+        ("Figures", _figures(results, figures_dir, *heatmap_axes)),
+        ("Provenance", [Table("Devices, versions and hosts of the trials", provenance_table(results))]),
+    ]
+    return write_documents(results.report_dir, "report", f"byol-bench report: {results.name}", sections)
+
+
+def _overview(results: Results) -> list[str]:
+    manifest = results.manifest
+    lines = [f"Source: {results.source}. {status_counts(results)}."]
+    if manifest:
+        resources = ", ".join(f"{count:g} {kind.upper()}" for kind, count in (manifest.get("resources") or {}).items())
+        lines.insert(0, manifest.get("description") or f"Sweep {manifest.get('sweep', results.name)}.")
+        lines.append(f"Started {manifest.get('started')}, finished {manifest.get('finished') or 'not recorded'}; "
+                     f"complete: {manifest.get('complete')}. Resources per worker: {resources or 'not recorded'}.")
+    lines.append("Accuracies are in %, as mean ± std over the finished seeds; n counts those seeds "
+                 "('k of m' when only k of a setting's m trials finished). The batch size is the global batch "
+                 "(per-worker batch × workers).")
+    return lines
+
+
+def _result_tables(results: Results, above: str) -> list:
+    """Accuracy, published anchors, speed and cost, floors; ``above`` each: the protocol."""
+    anchors, floors = anchor_table(results), floor_table(results)
+    no_anchors = "No published numbers: " + ("the manifest records no anchors (add 'anchors' to the sweep file)."
+                                             if results.manifest else "a single trial has no manifest to record them.")
+    cost = {**COST_COLUMNS, results.compute_unit: ("compute_hours", 1, 3)}
+    return [
+        Table("Accuracy", per_group(results, ACCURACY_COLUMNS), above),
+        Table("Published numbers next to ours", anchors, above) if anchors is not None else no_anchors,
+        Table("Speed and cost", per_group(results, cost), f"{above} {results.compute_unit}: {results.compute_basis}."),
+        Table("Floors: random-init backbone and raw pixels", floors, above) if len(floors)
+        else "No floors: no trial got as far as measuring them.",
+    ]
+
+
+def _regression_checks(folder: Path) -> list:
+    """The verdicts of every `byol-bench compare` run against this sweep as the candidate."""
+    from byol_bench.compare import report_blocks  # compare renders through this package: imported late, no cycle
+
+    blocks = []
+    for path in sorted(folder.glob("regression-vs-*.json")):
+        blocks += report_blocks(json.loads(path.read_text(encoding="utf-8")))
+    return blocks or ["None yet: `byol-bench compare BASELINE this-folder` adds its verdicts here."]
+
+
+def _figures(results: Results, folder: Path, rows: str, columns: str) -> list[Figure]:
+    palette = figures.method_palette(results.trials["method"].unique())
+    seeds, floors = "error bars ±1 std over seeds", figures.FLOOR_CAPTION
+    return [
+        figures.save(folder, "accuracy_vs_batch_size", "Accuracy vs batch size",
+                     f"kNN and linear top-1 per method against batch size (log2); {seeds}; {floors}",
+                     figures.accuracy_vs_batch_size(results, palette)),
+        figures.save(folder, "byol_vs_momentum", "BYOL accuracy vs momentum schedule",
+                     f"BYOL's kNN and linear top-1 per momentum schedule, a shade per batch size; {seeds}; {floors}",
+                     figures.byol_vs_momentum(results, palette)),
+        figures.save(folder, "throughput_vs_batch_size", "Throughput vs batch size",
+                     f"training images/s per method against batch size (log2); {seeds}",
+                     figures.throughput_vs_batch_size(results, palette)),
+        figures.save(folder, "accuracy_vs_compute", f"Accuracy vs {results.compute_unit}",
+                     f"mean kNN top-1 per setting against {results.compute_unit} ({results.compute_basis}); "
+                     f"the dashed line joins the Pareto front (ringed, labelled with the batch size); {floors}",
+                     figures.accuracy_vs_compute(results, palette)),
+        figures.save(folder, "training_curves", "Training curves",
+                     "training loss per epoch and, where --knn-monitor-every was set, the kNN monitor's top-1 (%) "
+                     "with the kNN floors; mean and ±1 std over seeds", figures.training_curves(results, palette)),
+        figures.save(folder, "heatmap", f"Mean kNN top-1: {rows} × {columns}",
+                     f"mean kNN top-1 (%) over finished trials, {rows} × {columns}",
+                     figures.heatmap(results, rows, columns)),
+    ]
+
+
+def write_comparison(first: Path, second: Path) -> Path:
+    """Two sources side by side, written into the first one's report folder; returns the HTML path.
+    Where their protocols differ that comes first, and the table gives no deltas."""
+    a, b = load_results(first), load_results(second)
+    differences = protocol_differences(a, b)
+    unfinished = [Table(f"{side}: {results.name}", unfinished_table(results))
+                  for side, results in (("A", a), ("B", b)) if (results.trials["status"] != "ok").any()]
+    sections = [
+        ("Sources", [f"A: {a.source}. {status_counts(a)}. {protocol(a)}",
+                     f"B: {b.source}. {status_counts(b)}. {protocol(b)}",
+                     "Means over finished seeds; a setting only one side ran shows — on the other."]),
+        ("Side by side", [Table("A and B per method × batch size × momentum schedule",
+                                comparison_table(a, b, with_deltas=not differences))]),
+        ("Trials that did not finish", unfinished or ["Every trial of both finished."]),
+    ]
+    if differences:
+        sections.insert(0, ("Protocols differ", [
+            "A and B were measured under different protocols, so their numbers are not comparable and the table "
+            f"gives no B − A: {'; '.join(differences)}."]))
+    return write_documents(a.report_dir, f"compare-{b.name}", f"byol-bench comparison: {a.name} vs {b.name}", sections)

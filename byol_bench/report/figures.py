@@ -1,0 +1,197 @@
+"""The report's figures. Each figure function returns a matplotlib figure, or a sentence saying why the
+data cannot support it; ``save`` writes either as a Figure block."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window (set before pyplot is imported)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from byol_bench.methods import METHODS  # noqa: E402
+from byol_bench.report.load import GROUP, Results  # noqa: E402
+from byol_bench.report.render import Figure  # noqa: E402
+from byol_bench.report.tables import distinct  # noqa: E402
+
+# The floors each accuracy is read against: a method that does not beat them has learned nothing useful.
+FLOOR_LINES = {"knn_top1": {"random_init_knn_top1": "random-init kNN", "raw_pixels_knn_top1": "raw-pixel kNN"},
+               "linear_top1": {"random_init_linear_top1": "random-init linear"}}
+FLOOR_CAPTION = "grey lines: the random-init and raw-pixel floors (mean over the trials drawn)"
+
+
+def save(folder: Path, name: str, title: str, caption: str, figure) -> Figure:
+    """Save a figure as PNG and SVG; ``figure`` may instead be the reason it cannot be drawn."""
+    if isinstance(figure, str):
+        for suffix in (".png", ".svg"):  # a file from an earlier report must not outlive its figure
+            (folder / f"{name}{suffix}").unlink(missing_ok=True)
+        return Figure(name, title, figure)
+    figure.savefig(folder / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    (folder / f"{name}.png").write_bytes(buffer.getvalue())
+    return Figure(name, title, caption, buffer.getvalue())
+
+
+def method_palette(methods) -> dict:
+    """One colour per method, the same in every figure: the registry's order first, then any other."""
+    order = [method for method in METHODS if method in set(methods)] + sorted(set(methods) - set(METHODS))
+    return dict(zip(order, sns.color_palette("colorblind", len(order))))
+
+
+def _legend_outside(ax) -> None:
+    """To the right of the axes, where it hides no data."""
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+
+
+def draw_floors(ax, trials: pd.DataFrame, accuracy: str) -> None:
+    """The floors of an accuracy column (in %, the mean over ``trials``) as grey lines behind the data, each
+    labelled at its left end (plain grey and solid: seaborn's dashes already tell momentum schedules apart).
+    Drawn after the legend, which they stay out of."""
+    for column, label in FLOOR_LINES[accuracy].items():
+        floor = trials[column].astype(float).mean() * 100
+        if np.isnan(floor):  # not measured: raw pixels only for small images
+            continue
+        ax.axhline(floor, color="0.6", linewidth=1, zorder=1, label=label)
+        ax.annotate(label, (0, floor), xycoords=ax.get_yaxis_transform(), xytext=(4, 2), textcoords="offset points",
+                    fontsize=8, color="0.3")
+
+
+def _per_batch_size(finished: pd.DataFrame, panels: dict, palette: dict):
+    """A panel per ``{column: (label, scale)}`` against the global batch (log2), a line per method and momentum
+    schedule; the floors in the accuracy panels."""
+    if finished["global_batch_size"].nunique() < 2:
+        return f"needs finished trials at two or more batch sizes (found {distinct(finished, 'global_batch_size', 'none')})"
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels) + 2, 4), squeeze=False)
+    batch_sizes = sorted(finished["global_batch_size"].unique())
+    for index, (ax, (column, (label, scale))) in enumerate(zip(axes[0], panels.items())):
+        sns.lineplot(finished.assign(value=finished[column] * scale), x="global_batch_size", y="value", hue="method",
+                     style="momentum_schedule", palette=palette, markers=True, dashes=True, errorbar="sd",
+                     err_style="bars", legend=index == len(panels) - 1, ax=ax)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(batch_sizes, [str(size) for size in batch_sizes])
+        ax.minorticks_off()
+        ax.set(xlabel="batch size", ylabel=label)
+        if column in FLOOR_LINES:
+            draw_floors(ax, finished, column)
+    _legend_outside(ax)
+    figure.tight_layout()
+    return figure
+
+
+def accuracy_vs_batch_size(results: Results, palette: dict):
+    return _per_batch_size(results.finished, {"knn_top1": ("kNN top-1 (%)", 100),
+                                              "linear_top1": ("linear top-1 (%)", 100)}, palette)
+
+
+def throughput_vs_batch_size(results: Results, palette: dict):
+    return _per_batch_size(results.finished, {"images_per_s": ("training images/s", 1)}, palette)
+
+
+def byol_vs_momentum(results: Results, palette: dict):
+    """BYOL's accuracy per momentum schedule, a shade of BYOL's colour per batch size."""
+    byol = results.finished[results.finished["method"] == "byol"]
+    if byol.empty:
+        return "no finished BYOL trials"
+    if byol["momentum_schedule"].nunique() < 2:
+        return ("needs finished BYOL trials with two or more momentum schedules "
+                f"(found {distinct(byol, 'momentum_schedule')})")
+    batch_sizes = [str(size) for size in sorted(byol["global_batch_size"].unique())]
+    # Shades of BYOL's own colour, so that the method keeps its colour; one shade per batch size.
+    shades = dict(zip(batch_sizes, sns.dark_palette(palette["byol"], len(batch_sizes) + 1, reverse=True)))
+    schedules = sorted(byol["momentum_schedule"].unique())
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (column, label) in zip(axes, (("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)"))):
+        sns.pointplot(byol.assign(value=byol[column] * 100, batch=byol["global_batch_size"].astype(str)),
+                      x="momentum_schedule", y="value", order=schedules, hue="batch", hue_order=batch_sizes,
+                      palette=shades, errorbar="sd", dodge=0.2 if len(batch_sizes) > 1 else False,  # seaborn divides by levels - 1
+                      capsize=0.1, ax=ax)
+        ax.set(xlabel="momentum schedule", ylabel=label)
+        draw_floors(ax, byol, column)
+    axes[0].get_legend().remove()  # the same legend twice: keep the right-hand one
+    axes[1].get_legend().set_title("batch size")
+    _legend_outside(axes[1])
+    figure.tight_layout()
+    return figure
+
+
+def pareto_front(cost: pd.Series, value: pd.Series) -> pd.Series:
+    """True where no other point is at most as costly and at least as good (one of them strictly)."""
+    on_front = pd.Series(False, index=cost.index)
+    best = -np.inf
+    for index in pd.DataFrame({"cost": cost, "value": -value}).sort_values(["cost", "value"]).index:
+        if value.loc[index] > best:
+            on_front.loc[index], best = True, value.loc[index]
+    return on_front
+
+
+def accuracy_vs_compute(results: Results, palette: dict):
+    """Each setting's mean kNN accuracy against its mean compute, with the Pareto front marked."""
+    groups = (results.finished.groupby(GROUP, as_index=False)
+              .agg(hours=("compute_hours", "mean"), accuracy=("knn_top1", "mean")).dropna())
+    if len(groups) < 2:
+        return "needs two or more finished settings with a pretraining time and a kNN accuracy"
+    groups["accuracy"] *= 100
+    front = groups[pareto_front(groups["hours"], groups["accuracy"])].sort_values("hours")
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    sns.scatterplot(groups, x="hours", y="accuracy", hue="method", style="momentum_schedule", palette=palette, s=70, ax=ax)
+    ax.plot(front["hours"], front["accuracy"], drawstyle="steps-post", color="0.35", linestyle="--", label="Pareto front")
+    ax.scatter(front["hours"], front["accuracy"], s=220, facecolors="none", edgecolors="0.35")
+    for row in front.itertuples():
+        ax.annotate(f"b{row.global_batch_size}", (row.hours, row.accuracy), xytext=(6, -12), textcoords="offset points",
+                    fontsize=8)
+    if groups["hours"].max() > 10 * groups["hours"].min():
+        ax.set_xscale("log")
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.set(xlabel=f"{results.compute_unit} per trial ({results.compute_basis})", ylabel="kNN top-1 (%)")
+    ax.legend()
+    _legend_outside(ax)
+    draw_floors(ax, results.finished, "knn_top1")
+    figure.tight_layout()
+    return figure
+
+
+def training_curves(results: Results, palette: dict):
+    """Loss (and the kNN monitor in %, where it ran, with the kNN floors) per epoch: a column per method,
+    a row per curve."""
+    if results.epochs["loss"].notna().sum() == 0:
+        return "no per-epoch rows (epochs.parquet, or the trial JSON's history, is missing or empty)"
+    curves = {"loss": "training loss"}
+    epochs = results.epochs
+    if "knn_top1" in epochs and epochs["knn_top1"].notna().any():
+        curves["knn_top1"] = "kNN top-1 (%, monitor)"
+        epochs = epochs.assign(knn_top1=epochs["knn_top1"] * 100)
+    long = (epochs.melt(id_vars=["trial_id", "method", "setting", "epoch"], value_vars=list(curves),
+                        var_name="curve", value_name="value").dropna(subset=["value"]))
+    long["curve"] = long["curve"].map(curves)
+    grid = sns.relplot(long, kind="line", x="epoch", y="value", row="curve", col="method", hue="method", style="setting",
+                       palette=palette, markers=True, errorbar="sd", height=2.8, aspect=1.3,
+                       facet_kws={"sharey": False, "margin_titles": True})
+    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
+    grid.set_ylabels("")
+    for (curve, method), ax in grid.axes_dict.items():
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if curve == curves.get("knn_top1"):
+            draw_floors(ax, results.trials[results.trials["method"] == method], "knn_top1")
+    return grid.figure
+
+
+def heatmap(results: Results, rows: str, columns: str):
+    """Mean kNN top-1 over two trial columns."""
+    finished = results.finished.dropna(subset=["knn_top1"])
+    table = finished.pivot_table(index=rows, columns=columns, values="knn_top1", aggfunc="mean") * 100
+    if table.size < 2:
+        return f"needs finished trials at two or more values of {rows} or {columns}"
+    figure, ax = plt.subplots(figsize=(2 + 1.1 * table.shape[1], 1.5 + 0.6 * table.shape[0]))
+    sns.heatmap(table, annot=True, fmt=".1f", cmap="viridis", cbar_kws={"label": "mean kNN top-1 (%)"}, ax=ax)
+    ax.set(xlabel=columns, ylabel=rows)
+    figure.tight_layout()
+    return figure
