@@ -14,6 +14,9 @@ import yaml
 from byol_bench.errors import UserError, did_you_mean, unknown
 
 LR_REFERENCE_BATCH = 128  # lr is given for this batch size and scaled linearly (Goyal et al.)
+# compile "auto": the fewest training steps for which torch.compile pays back its compile time on a GPU
+# (README, "On a GPU", has the measured per-step saving and compile time this rests on).
+COMPILE_MIN_STEPS = 4000
 
 
 def knob(default, help: str, *, choices: tuple[str, ...] = (), above: float | None = None,
@@ -72,7 +75,8 @@ class TrialConfig:
     precision: str = knob("fp32", "bf16: autocast for the training step (evaluation stays fp32)",
                           choices=("fp32", "bf16"))
     channels_last: bool = knob(True, "NHWC for the model and the views: the layout oneDNN and cuDNN convolve fastest")
-    compile: bool = knob(False, "torch.compile the training loss")
+    compile: bool | str = knob("auto", "torch.compile the training loss: true, false, or auto (on for CUDA trials "
+                               f"of at least {COMPILE_MIN_STEPS} steps, where it pays back its compile time)")
     threads: int | None = knob(None, "torch intra-op threads; null: torch's default", above=0)
     workers: int = knob(1, "DDP processes of one trial (Ray Train in a sweep, else torchrun), one device each",
                         above=0)
@@ -179,6 +183,8 @@ def validate(cfg: TrialConfig) -> None:
                                  ("backbone", cfg.backbone, BACKBONES), ("views", cfg.views, ("method", *METHODS))):
         if name not in registry:
             raise unknown(kind, name, registry)
+    if isinstance(cfg.compile, str) and cfg.compile != "auto":
+        raise UserError(f"compile: {cfg.compile!r} is not valid; give true, false or auto")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise UserError(f"device '{cfg.device}' is not valid; give auto, cpu, cuda or cuda:N")
     if cfg.crop_min_scale is not None and cfg.crop_min_scale > 1:

@@ -100,5 +100,13 @@ class StepClock:
         return [elapsed(s, d) for s, _, d in self.marks], [elapsed(s, g) for s, g, _ in self.marks]
 
 
+def timed(device: torch.device, work):
+    """(``work()``'s result, its wall time in seconds once the device has caught up)."""
+    start = time.perf_counter()
+    result = work()
+    synchronize(device)
+    return result, time.perf_counter() - start
+
+
 def images_per_second(global_batch_size: int, step_times: list[float]) -> float | None:
     return global_batch_size * len(step_times) / sum(step_times) if step_times else None  # ranks step in lockstep

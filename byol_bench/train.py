@@ -23,12 +23,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 
 from byol_bench.backbones import build_backbone
-from byol_bench.config import TrialConfig
+from byol_bench.config import COMPILE_MIN_STEPS, TrialConfig
 from byol_bench.data import ImageData, load_data
 from byol_bench.distributed import rank, sync_batchnorm, world_size
 from byol_bench.errors import UserError
 from byol_bench.evaluate import PROBE_METHOD, Evaluator, collapse_rank
-from byol_bench.instrument import PeakMemory, StepClock, images_per_second, measured_peak_flops
+from byol_bench.instrument import PeakMemory, StepClock, images_per_second, measured_peak_flops, timed
 from byol_bench.methods import METHODS, uses_momentum
 from byol_bench.progress import epoch_line, result_line
 from byol_bench.provenance import provenance
@@ -54,6 +54,7 @@ class TrialState:
     data_times: list[float] = field(default_factory=list)  # the part of each spent getting the batch
     pretrain_time_s: float = 0.0
     flops_per_image: float | None = None  # counted on the first step
+    compile_time_s: float = 0.0  # the steps that compiled the training loss (one per process that compiled)
     peak_memory_bytes: int = 0
 
 
@@ -162,11 +163,19 @@ def train_step(cfg: TrialConfig, model: nn.Module, optimizer: torch.optim.Optimi
         group["lr"] = lr
     views = [view.contiguous(memory_format=memory_format(cfg)) for view in views]
     with torch.autocast(views[0].device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-        loss = model(*views)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = model(*views)  # autocast around the forward pass only, as PyTorch's AMP recipe has it
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
     optimizer.step()
     return loss.detach()
+
+
+def compiles(cfg: TrialConfig, device: torch.device, total_steps: int) -> bool:
+    """Whether the trial compiles its training loss: as asked, or with compile "auto" on CUDA when the
+    trial is long enough to pay back the compile time."""
+    if cfg.compile != "auto":
+        return cfg.compile
+    return device.type == "cuda" and total_steps >= COMPILE_MIN_STEPS
 
 
 def counted_train_step(cfg: TrialConfig, model: nn.Module, optimizer, views, lr: float) -> tuple[Tensor, float]:
@@ -185,9 +194,10 @@ def pretrain(cfg: TrialConfig, method: nn.Module, model: nn.Module, optimizer: t
     method or its DDP wrapper). A non-finite epoch loss ends training with ``state.status`` = "diverged"."""
     device = next(method.parameters()).device
     batches = make_batches(cfg, data, view_recipes(cfg), device)
-    compiled = torch.compile(model) if cfg.compile else model
     steps_per_epoch = len(data.pretrain_images) // cfg.global_batch_size
     total_steps, warmup_steps = cfg.epochs * steps_per_epoch, round(cfg.lr_warmup_epochs * steps_per_epoch)
+    compiling = compiles(cfg, device, total_steps)
+    compiled = torch.compile(model) if compiling else model
     momentum = parse_momentum_schedule(cfg.momentum_schedule) if uses_momentum(method) else None
     peak_memory, steps_here = PeakMemory(device), 0
     for epoch in range(state.epoch, cfg.epochs):
@@ -199,8 +209,12 @@ def pretrain(cfg: TrialConfig, method: nn.Module, model: nn.Module, optimizer: t
             got_batch = clock.now()
             step = epoch * steps_per_epoch + i
             lr = learning_rate(step, total_steps, cfg.peak_lr, warmup_steps, cfg.lr_schedule)
+            compile_step = compiling and state.flops_per_image is not None  # compile time, not a step's time
             if state.flops_per_image is None:  # the first step: forward and backward of every view, target forwards
                 loss, state.flops_per_image = counted_train_step(cfg, model, optimizer, views, lr)
+            elif compile_step:
+                loss, seconds = timed(device, lambda: train_step(cfg, compiled, optimizer, views, lr))
+                state.compile_time_s, compiling = state.compile_time_s + seconds, False
             else:
                 loss = train_step(cfg, compiled, optimizer, views, lr)
             tau = momentum(step, total_steps) if momentum else None
@@ -210,7 +224,7 @@ def pretrain(cfg: TrialConfig, method: nn.Module, model: nn.Module, optimizer: t
             done = clock.now()
             peak_memory.sample()
             steps_here += 1
-            if steps_here > cfg.timing_warmup_steps:  # the first steps pay for allocation and caches
+            if steps_here > cfg.timing_warmup_steps and not compile_step:  # the first steps pay for allocation and caches
                 clock.add(tick, got_batch, done)
             if time.perf_counter() - last_log > PROGRESS_EVERY_S:
                 speed = images_per_second(cfg.global_batch_size, clock.times()[0]) or 0
@@ -325,6 +339,7 @@ def trial_result(cfg: TrialConfig, data: ImageData, device: torch.device, state:
         "peak_memory_bytes": state.peak_memory_bytes,  # of one worker (rank 0)
         "pretrain_time_s": state.pretrain_time_s,
         "flops_per_image": state.flops_per_image,
+        "compile_time_s": state.compile_time_s or None,
         "peak_flops_per_s": peak_flops,
         "mfu": (state.flops_per_image * images_per_s / (peak_flops * cfg.workers)
                 if images_per_s and state.flops_per_image else None),
@@ -339,6 +354,7 @@ def trial_result(cfg: TrialConfig, data: ImageData, device: torch.device, state:
                 "global_batch_size": cfg.global_batch_size, "steps_per_epoch": steps_per_epoch,
                 "total_steps": cfg.epochs * steps_per_epoch, "peak_lr": cfg.peak_lr,
                 "lr_warmup_steps": round(cfg.lr_warmup_epochs * steps_per_epoch), "timed_steps": len(step_times),
+                "compiled": compiles(cfg, device, cfg.epochs * steps_per_epoch),
                 "probe_recipe": {**asdict(probe), **PROBE_METHOD}},
         "history": state.history,
         "metrics": metrics,

@@ -22,6 +22,20 @@ def simsiam_trial(seed: int, stop_gradient: bool = True) -> dict:
         probe_epochs=10, threads=2, seed=seed, stop_gradient=stop_gradient)), log=lambda line: None)
 
 
+def pretrained(knobs: dict, break_method=None):
+    """(the method's weights, the TrialState) after pretraining with ``knobs``: no floors, no evaluation.
+    ``break_method(method)`` changes the method before training."""
+    from byol_bench.train import TrialState, pretrain, setup
+
+    cfg = make_config(knobs)
+    data, method, model, optimizer = setup(cfg)
+    if break_method is not None:
+        break_method(method)
+    state = TrialState(floors={})
+    pretrain(cfg, method, model, optimizer, data, state, log=lambda line: None)
+    return method.state_dict(), state
+
+
 @pytest.fixture
 def tiny_config():
     def build(**overrides):

@@ -31,7 +31,7 @@ def test_every_config_key_is_a_train_flag_with_its_help_and_choices(capsys):
     text = help_text(capsys, "train")
     for key in KEYS:
         assert f"--{key.replace('_', '-')} " in text, key
-    assert "--optimizer {sgd,lars}" in text and "--compile {true,false}" in text
+    assert "--optimizer {sgd,lars}" in text and "--compile {true,false,auto}" in text
     assert "the optimizer's momentum (SGD and LARS) (>= 0; default: 0.9)" in " ".join(text.split())
 
 

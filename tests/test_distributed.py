@@ -15,13 +15,11 @@ import torch.multiprocessing as mp
 import yaml
 
 from byol_bench.cli import main
-from byol_bench.config import make_config
 from byol_bench.distributed import gather_rows, shard, sync_batchnorm
 from byol_bench.methods import METHODS
 from byol_bench.sweep import load_sweep
 from byol_bench.tune_runner import run_sweep
-from byol_bench.train import TrialState, pretrain, setup
-from conftest import TINY, quiet_fast_ray
+from conftest import TINY, pretrained, quiet_fast_ray
 
 # Two steps of a global batch of 64 images: pretraining alone, the weights are what is compared.
 # NCHW: the memory layout is not under test, and NHWC convolutions' float noise would blur the
@@ -33,18 +31,6 @@ SPLIT = dict(TINY, subset=128, epochs=1, timing_warmup_steps=0, channels_last=Fa
 # equivalence test could not tell that piece's absence.
 BROKEN = {"simclr without gathered negatives": ("simclr", {}, lambda method: setattr(method.criterion, "gather_distributed", False)),
           "byol without SyncBatchNorm": ("byol", {"sync_batchnorm": False}, None)}
-
-
-def pretrained(knobs: dict, break_method=None) -> tuple[dict, TrialState]:
-    """The method's weights and the trial state after pretraining with ``knobs`` (no floors, no evaluation);
-    ``break_method(method)`` changes the method before training."""
-    cfg = make_config(knobs)
-    data, method, model, optimizer = setup(cfg)
-    if break_method is not None:
-        break_method(method)
-    state = TrialState(floors={})
-    pretrain(cfg, method, model, optimizer, data, state, log=lambda line: None)
-    return method.state_dict(), state
 
 
 def _free_port() -> int:

@@ -57,6 +57,23 @@ def test_byol_target_gets_no_gradient_and_follows_the_ema(tiny_config):
         torch.testing.assert_close(target.detach(), 0.9 * before + 0.1 * now)
 
 
+def test_byols_target_update_equals_lightlys_module_by_module(tiny_config):
+    import copy
+
+    from lightly.models.utils import update_momentum
+
+    method = _method("byol", tiny_config(method="byol"))
+    with torch.no_grad():
+        for p in method.parameters():
+            p.add_(torch.randn_like(p))  # online and target apart
+    reference = copy.deepcopy(method)
+    method.update_target(0.99)
+    update_momentum(reference.backbone, reference.target_backbone, m=0.99)
+    update_momentum(reference.projection_head, reference.target_projection_head, m=0.99)
+    for (name, got), expected in zip(method.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(got, expected), name
+
+
 @pytest.mark.parametrize("tau, expect", [(1.0, "frozen"), (0.0, "copy")])
 def test_byol_momentum_endpoints(tau, expect, tiny_config):
     method = _method("byol", tiny_config(method="byol"))

@@ -8,8 +8,9 @@ import pytest
 from byol_bench.cli import main
 from byol_bench.data import data_root, find_fashion_mnist
 from byol_bench.evaluate import collapse_rank
-from byol_bench.train import measure_floors, run_trial
-from conftest import TINY, simsiam_trial
+from byol_bench.config import make_config
+from byol_bench.train import measure_floors, run_trial, setup
+from conftest import TINY, pretrained, simsiam_trial
 
 TINY_FLAGS = [arg for key, value in TINY.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
 
@@ -91,3 +92,21 @@ def test_a_non_finite_loss_stops_the_trial_as_diverged(tiny_config):
     assert result["status"] == "diverged"
     assert len(result["history"]) == 1  # stopped after the first epoch, not trained on
     assert result["metrics"]["knn_top1"] is None  # nothing evaluated on a broken model
+
+
+def test_a_compiled_trial_trains_as_the_eager_one_and_times_its_compile_apart():
+    """compile true: the same weights as eager up to float noise; the step that compiles is compile time,
+    never a timed step. compile auto stays eager on the CPU."""
+    knobs = dict(TINY, method="simclr", subset=128, batch_size=32, epochs=1, timing_warmup_steps=0)
+    initial = setup(make_config(knobs))[1].state_dict()
+    eager, eager_state = pretrained({**knobs, "compile": "auto"})
+    compiled, compiled_state = pretrained({**knobs, "compile": True})
+
+    def distance(a: dict, b: dict) -> float:  # over every float weight and BatchNorm statistic
+        return sum((a[k] - b[k]).square().sum().item() for k in a if a[k].is_floating_point()) ** 0.5
+
+    # fused kernels sum in another order: the two end within 1% of how far training moved the weights
+    assert distance(compiled, eager) < 0.01 * distance(eager, initial)
+    assert eager_state.compile_time_s == 0 and compiled_state.compile_time_s > 0
+    # 4 steps, every one timed (timing_warmup_steps 0) but the one that compiled
+    assert len(eager_state.step_times) == 4 and len(compiled_state.step_times) == 3

@@ -36,5 +36,6 @@ class BYOL(nn.Module):
         return 0.5 * (self.criterion(self.online(view0), self.target(view1)) + self.criterion(self.online(view1), self.target(view0)))
 
     def update_target(self, momentum: float) -> None:
-        update_momentum(self.backbone, self.target_backbone, m=momentum)
-        update_momentum(self.projection_head, self.target_projection_head, m=momentum)
+        # One pair of fused foreach calls over every parameter (lightly's update_momentum), not one per module.
+        update_momentum(nn.ModuleList([self.backbone, self.projection_head]),
+                        nn.ModuleList([self.target_backbone, self.target_projection_head]), m=momentum)
