@@ -110,8 +110,9 @@ def make_batches(cfg: TrialConfig, data: ImageData, recipes, device: torch.devic
 
         def tensor_batches(epoch: int):
             views.seed(epoch_seed(cfg.seed, epoch))
-            for batch in epoch_order(cfg, len(images), epoch).to(device).split(cfg.batch_size):
-                yield views(on_device[batch])
+            batches = epoch_order(cfg, len(images), epoch).to(device).split(cfg.batch_size)
+            make = lambda batch: views(on_device[batch])  # noqa: E731
+            yield from ahead_on_side_stream(make, batches, device) if device.type == "cuda" else map(make, batches)
 
         return tensor_batches
     dataset = PILViewDataset(images, recipes, data.image_size, data.channels, data.mean, data.std)
@@ -126,6 +127,33 @@ def make_batches(cfg: TrialConfig, data: ImageData, recipes, device: torch.devic
             yield tuple(view.to(device, non_blocking=True) for view in views)
 
     return pil_batches
+
+
+def ahead_on_side_stream(make_views, batches, device: torch.device):
+    """``make_views(batch)`` for each batch, each made on a side CUDA stream while the previous batch trains
+    on the current one: the same views, drawn in the same order, as made in series."""
+    side, current = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+    side.wait_stream(current)  # the images and this epoch's order are ready before the first views
+
+    def make(batch):
+        with torch.cuda.stream(side):
+            return make_views(batch)
+
+    batches = iter(batches)
+    upcoming = make(next(batches))
+    for batch in batches:
+        current.wait_stream(side)
+        ready, upcoming = upcoming, make(batch)  # queued on the side stream: it overlaps the step on `ready`
+        yield _owned_by(ready, current)
+    current.wait_stream(side)
+    yield _owned_by(upcoming, current)
+
+
+def _owned_by(views, stream):
+    """Views made on another stream, marked as used on ``stream``: the allocator keeps their memory until it is done."""
+    for view in views:
+        view.record_stream(stream)
+    return views
 
 
 def build_method(cfg: TrialConfig, channels: int, image_size: int, device: torch.device) -> nn.Module:

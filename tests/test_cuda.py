@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from byol_bench.instrument import StepClock
-from byol_bench.train import run_trial
+from byol_bench.train import ahead_on_side_stream, run_trial
 from byol_bench.methods import METHODS
 from byol_bench.views import TensorViews
 
@@ -21,7 +21,24 @@ def test_views_run_on_the_gpu_and_are_seeded():
     torch.testing.assert_close(make()(images)[0], view0)
 
 
-@pytest.mark.parametrize("method", ["byol", "simclr", "simsiam"])
+def test_views_made_ahead_on_a_side_stream_are_the_views_made_in_series():
+    images = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, device="cuda")
+    batches = torch.randperm(256, device="cuda").split(64)
+
+    def make_views():  # a fresh, seeded view maker
+        views = TensorViews(METHODS["byol"].views, 32, 3, (0.5,) * 3, (0.25,) * 3, seed=0, device="cuda")
+        return lambda batch: views(images[batch])
+
+    serial = list(map(make_views(), batches))
+    ahead = list(ahead_on_side_stream(make_views(), batches, torch.device("cuda")))
+    torch.cuda.synchronize()
+    assert len(ahead) == len(serial) == 4
+    for made_ahead, made_in_series in zip(ahead, serial):
+        for a, b in zip(made_ahead, made_in_series):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_a_trial_runs_on_the_gpu(method, tiny_config):
     result = run_trial(tiny_config(method=method, device="cuda", backbone="resnet18"), log=lambda line: None)
     assert result["status"] == "ok" and result["run"]["device"].startswith("cuda")
