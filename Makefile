@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test data bench bench-compare clean-venv
+.PHONY: demo test data browser bench bench-compare clean-venv
 
 # (Re)build the virtual environment when it is missing or older than pyproject.toml.
 $(STAMP): pyproject.toml
@@ -13,16 +13,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $@
 
-# Fashion-MNIST, the default data set: on disk already, else Debian's package (as root with apt),
-# else torchvision's download (users with internet).
+# A Debian package, installed where this can (as root with apt-get); elsewhere nothing happens.
+define apt_install
+if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+  echo "installing the Debian package $(1)"; \
+  apt-get install -y -q $(1) >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $(1) >/dev/null; }; \
+fi
+endef
+
+# Fashion-MNIST, the default data set: on disk already, else Debian's package, else torchvision's
+# download (users with internet).
 data: $(STAMP)
-	@$(BIN)/byol-bench data fashion-mnist --offline >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing the Debian package dataset-fashion-mnist"; \
-	    apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
-	      { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }; \
-	  fi; }
+	@$(BIN)/byol-bench data fashion-mnist --offline >/dev/null 2>&1 || { $(call apt_install,dataset-fashion-mnist); }
 	@$(BIN)/byol-bench data fashion-mnist
+
+# Headless Chromium for the report's browser test (it skips without one).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(call apt_install,chromium); }
 
 # A real quick sweep on the CPU. A finished demo is moved aside so that the demo can be run again.
 demo: data
@@ -30,8 +37,8 @@ demo: data
 	  mv results/quick results/quick-$$(date +%Y%m%d-%H%M%S); fi
 	$(BIN)/byol-bench sweep benchmarks/sweeps/quick.yaml $$( [ -d results/quick/tune ] && echo --resume )
 
-test: data
-	$(BIN)/python -m pytest -q tests
+test: data browser
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 # Micro-benchmarks of the hot paths. `bench` saves a run; `bench-compare` fails when a median is
 # slower than the last saved run by more than BENCH_TOLERANCE.
