@@ -53,8 +53,8 @@ def _version() -> str:
 def _add_knob_flag(parser: argparse.ArgumentParser, knob: Field) -> None:
     """``--knob-name VALUE`` for a config field; its text is typed and checked by make_config, as YAML is."""
     rule, kinds = knob.metadata, knob_types(knob.name)
-    if rule["choices"] or bool in kinds:
-        metavar = "{" + ",".join(rule["choices"] or ("true", "false")) + "}"
+    if rule["choices"] or bool in kinds:  # a knob of bool or text (compile) takes one word more: auto
+        metavar = "{" + ",".join(rule["choices"] or ("true", "false", *(["auto"] if str in kinds else []))) + "}"
     else:
         metavar = "TEXT" if kinds[0] is str else kinds[0].__name__.upper()
     notes = [f"> {rule['above']}"] if rule["above"] is not None else []
@@ -100,11 +100,15 @@ def cmd_sweep(args) -> int:
     if args.max_concurrent is not None and (args.max_concurrent < 1 or args.resume):
         raise UserError("--max-concurrent takes a number >= 1 and applies to a new sweep (Ray keeps a resumed "
                         "sweep's own); leave it out with --resume")
+    if args.resume and (args.track or args.tracking_uri):
+        raise UserError("--track and --tracking-uri apply to a new sweep (a resumed sweep logs to the trackers it "
+                        "started with); leave them out with --resume")
     if args.dry_run:
         print(describe(sweep, expand(sweep)))
         return 0
     return run_sweep(sweep, Path(args.results_dir), address=args.address, resume=args.resume,
-                     max_concurrent=args.max_concurrent, storage=args.storage)
+                     max_concurrent=args.max_concurrent, storage=args.storage, track=args.track,
+                     tracking_uri=args.tracking_uri, verbose=args.verbose)
 
 
 def cmd_baseline_save(args) -> int:
@@ -178,10 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--address", help="a running Ray cluster: auto, or ray://host:port (default: a local cluster)")
     sweep.add_argument("--resume", action="store_true", help="continue the sweep in the results folder: finished trials are kept")
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded trial table and resources, then exit")
+    sweep.add_argument("--verbose", action="store_true", help="also show Ray Tune's trial tables and every worker's "
+                                                              "own log lines (default: one line per trial epoch)")
     sweep.add_argument("--max-concurrent", type=int, help="run at most N trials at once")
     sweep.add_argument("--results-dir", default="results", help="where results/<sweep-name>/ goes (default: results)")
     sweep.add_argument("--storage", help="a URI every Ray node can reach (s3://…, gs://…, file:///shared/…) for the "
                                          "trials' checkpoints and Ray state (default: inside the results folder)")
+    sweep.add_argument("--track", action="append", default=[], metavar="TRACKER",
+                       help="also log every trial (its knobs, per-epoch history, final metrics) to mlflow, tensorboard "
+                            "or wandb; repeat for more than one (each needs its extra: pip install 'byol-bench[TRACKER]')")
+    sweep.add_argument("--tracking-uri", metavar="URI",
+                       help="MLflow's store for --track mlflow: sqlite:///PATH.db or an MLflow server's http(s)://HOST:PORT "
+                            "(default: sqlite:///<results>/<sweep>/mlflow.db)")
     sweep.set_defaults(run=cmd_sweep)
 
     baseline = commands.add_parser("baseline", help="keep a sweep as a baseline for regression checks")
@@ -212,8 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("source", help="a sweep's results folder (results/<sweep>) or a trial JSON from 'train --out'")
     report.add_argument("other", nargs="?", help="a second sweep or trial JSON: compare it with the first "
                                                  "(written into the first's folder as compare-<other>.html/.md)")
-    report.add_argument("--heatmap", nargs=2, metavar=("ROWS", "COLUMNS"), default=["method", "batch_size"],
-                        help="the two trial columns the mean-kNN heatmap spans (default: method batch_size)")
+    report.add_argument("--heatmap", nargs=2, metavar=("ROWS", "COLUMNS"), default=["method", "global_batch_size"],
+                        help="the two trial columns the mean-kNN heatmap spans (default: method global_batch_size)")
     report.set_defaults(run=cmd_report)
     return parser
 

@@ -57,6 +57,8 @@ class SweepProgress:
             self.epochs_done[trial_id] = self.epochs_by_trial[trial_id]
             self.print(result_line(trial_id, json.loads(result["result_json"])))
         elif "epoch" in result:
+            if self.epochs_done[trial_id] == 0 and result["epoch"] > 1:  # its first epoch here: a checkpoint's next
+                self.print(f"{trial_id}: resumed at epoch {result['epoch']} from its checkpoint")
             self.epochs_done[trial_id] = result["epoch"]
             self.print(epoch_line(trial_id, result, self.epochs_by_trial[trial_id]))
 

@@ -25,6 +25,7 @@ from byol_bench.errors import UserError
 from byol_bench.provenance import git_revision, versions
 from byol_bench.results import check_writable, epoch_rows, summary, trial_row, write_json, write_tables
 from byol_bench.sweep import PlannedTrial, Sweep, expand
+from byol_bench.tracking import Tracking, check_tracking, param_space
 
 TUNE_FOLDER = "tune"  # Ray Tune's experiment folder inside results/<sweep>/
 TRAIN_FOLDER = "train"  # Ray Train's runs (DDP trials' checkpoints) inside results/<sweep>/
@@ -36,8 +37,9 @@ RAY_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_
 def trainable(config: dict, planned_by_id: dict, worker_resources: dict, train_storage: str, floors: dict) -> None:
     """A Tune function trainable: one trial, reporting each epoch with a checkpoint, then its result.
 
-    Tune's config holds only the trial id, so that its live table names each trial readably; the
-    planned trials come with ``tune.with_parameters``. A DDP trial drives a Ray Train run instead of training here.
+    The trial is looked up by the id in Tune's config (its knobs stand beside the id for the trackers);
+    the planned trials come with ``tune.with_parameters``. A DDP trial drives a Ray Train run instead of
+    training here.
     """
     from ray import tune
 
@@ -191,7 +193,9 @@ def quiet_ray(local: bool) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-def _start_ray(address: str | None):
+def _start_ray(address: str | None, verbose: bool):
+    """Ray, started here (a private local cluster) or joined at ``address``; its workers' output reaches
+    this console only when ``verbose``."""
     quiet_ray(local=address is None)
     if address is not None:
         _check_reachable(address)
@@ -201,9 +205,9 @@ def _start_ray(address: str | None):
         return ray, False
     try:
         if address is None:
-            ray.init(include_dashboard=False, logging_level="WARNING")
+            ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=verbose)
         else:
-            ray.init(address=address, logging_level="WARNING")
+            ray.init(address=address, logging_level="WARNING", log_to_driver=verbose)
     except (ConnectionError, RuntimeError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"cannot connect to the Ray cluster at --address {address} ({reason}); "
@@ -317,9 +321,35 @@ def _manifest(sweep: Sweep, planned: list[PlannedTrial], cluster: dict, address:
     return manifest
 
 
+TUNE_STATUS = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "running", "TERMINATED": "done", "ERROR": "failed"}
+
+
+def _progress_callback(planned: list[PlannedTrial]):
+    """A Tune callback that prints the sweep's progress (``progress.SweepProgress``). It travels with the
+    Tuner's pickled state: a resumed sweep restores it, and it starts its clock anew."""
+    from ray import tune
+
+    from byol_bench.progress import SweepProgress
+
+    epochs = {p.trial_id: make_config(p.knobs).epochs for p in planned}
+
+    class Progress(tune.Callback):
+        def setup(self, **info) -> None:
+            self.progress = SweepProgress(epochs)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            self.progress.result(trial.config["trial_id"], result)
+
+        def on_step_end(self, iteration, trials, **info) -> None:
+            self.progress.tick({trial.config["trial_id"]: TUNE_STATUS.get(trial.status, "pending") for trial in trials})
+
+    return Progress()
+
+
 def _tuner(sweep: Sweep, planned: list[PlannedTrial], floors: dict, ray_storage: str, resume: bool,
-           max_concurrent: int | None):
-    """Ray Tune's Tuner over the planned trials' ids, or the one a resumed sweep left behind."""
+           max_concurrent: int | None, tracking: Tracking, verbose: bool):
+    """Ray Tune's Tuner over the planned trials' ids (their knobs beside them, for the trackers), or the one
+    a resumed sweep left behind, which keeps the trackers it started with."""
     from ray import tune
 
     planned_by_id = {p.trial_id: p for p in planned}
@@ -334,30 +364,37 @@ def _tuner(sweep: Sweep, planned: list[PlannedTrial], floors: dict, ray_storage:
         return tune.Tuner.restore(experiment, trainable=runnable, resume_errored=True)
     return tune.Tuner(
         runnable,
-        param_space={"trial_id": tune.grid_search(list(planned_by_id))},
+        param_space=param_space(planned),
         tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent),
         run_config=tune.RunConfig(
-            name=TUNE_FOLDER, storage_path=ray_storage, verbose=1,
+            name=TUNE_FOLDER, storage_path=ray_storage, verbose=1 if verbose else 0,  # 1: Tune's boxed tables
+            callbacks=[_progress_callback(planned), *tracking.callbacks(sweep.name)],
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
 
 
 def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resume: bool = False,
-              max_concurrent: int | None = None, storage: str | None = None) -> int:
+              max_concurrent: int | None = None, storage: str | None = None, track: list[str] | None = None,
+              tracking_uri: str | None = None, verbose: bool = False) -> int:
     """Run (or resume) a sweep, write its tables, manifest and report; returns the command's exit code.
 
     Ray's state (Tune's trial folders, checkpoints, DDP trials' Ray Train runs) goes to
     ``<storage>/<sweep>/`` when ``storage`` (a URI every node can reach) is given, else into the results
-    folder; the tables, manifest and report always go to ``results_dir/<sweep>/``.
+    folder; the tables, manifest and report always go to ``results_dir/<sweep>/``. The console shows one
+    line per trial and epoch and a summary every half minute; ``verbose`` adds Tune's tables and every
+    worker's own output. Every trial is logged
+    to the trackers in ``track`` (``tracking.TRACKERS``), MLflow's to ``tracking_uri`` (default: a SQLite
+    file in the results folder).
     """
     planned = expand(sweep)
     folder = (results_dir / sweep.name).resolve()
+    tracking = check_tracking(track or [], tracking_uri, folder)
     ray_storage = f"{storage.rstrip('/')}/{sweep.name}" if storage else str(folder)
     previous = _check_results_folder(sweep, folder, ray_storage, storage, resume, [p.trial_id for p in planned])
     if not storage:  # local state is cheap to save: every 2 s instead of every 10+, so that a driver killed
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # outright loses at most that much recorded progress
-    ray, started_here = _start_ray(address)
+    ray, started_here = _start_ray(address, verbose)
     try:
         largest = max(p.workers for p in planned)
         cluster = _check_resources(ray, sweep, largest)
@@ -365,11 +402,14 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
         write_json(folder / "manifest.json", manifest)
         concurrency = _concurrency(sweep, largest, cluster, max_concurrent or sweep.max_concurrent)
         floors = {} if resume else _shared_floors(ray, sweep, planned)  # resumed trials have theirs in their checkpoints
-        grid = _tuner(sweep, planned, floors, ray_storage, resume, concurrency).fit()
+        grid = _tuner(sweep, planned, floors, ray_storage, resume, concurrency, tracking, verbose).fit()
     finally:
         if started_here:
             ray.shutdown()
-    return _finish(sweep, planned, grid, folder, manifest, results_dir, storage)
+    exit_code = _finish(sweep, planned, grid, folder, manifest, results_dir, storage)
+    for line in tracking.where(sweep.name, f"{ray_storage}/{TUNE_FOLDER}"):
+        print(line)
+    return exit_code
 
 
 def _finish(sweep: Sweep, planned: list[PlannedTrial], grid, folder: Path, manifest: dict, results_dir: Path,

@@ -23,19 +23,21 @@ def test_a_result_line_sets_accuracy_against_the_floors():
 
 def test_the_summary_counts_trials_and_estimates_the_time_left_from_epochs_done():
     now, lines = [0.0], []
-    progress = SweepProgress({"a": 4, "b": 4}, print_line=lines.append, clock=lambda: now[0])
-    statuses = {"a": "running", "b": "pending"}
+    progress = SweepProgress({"a": 4, "b": 4, "c": 4}, print_line=lines.append, clock=lambda: now[0])
+    statuses = {"a": "running", "b": "pending", "c": "pending"}
     progress.tick(statuses)
     assert lines == []  # not due yet
     now[0] = SUMMARY_EVERY_S
     progress.tick(statuses)
-    assert lines[-1] == "sweep: 0 done, 1 running, 1 pending, 0 failed of 2; 30s so far, time left not known yet"
+    assert lines[-1] == "sweep: 0 done, 1 running, 2 pending, 0 failed of 3; 30s so far, time left not known yet"
     progress.result("a", ROW)  # a: 2 of 4 epochs
     assert lines[-1].startswith("a: epoch 2/4")
     progress.result("b", {**ROW, "epoch": 1})
+    progress.result("c", {**ROW, "epoch": 3})  # first seen at epoch 3: resumed from a checkpoint
+    assert lines[-2] == "c: resumed at epoch 3 from its checkpoint" and lines[-1].startswith("c: epoch 3/4")
     now[0] = 90.0
-    progress.tick({"a": "running", "b": "failed"})
-    # 3 of 8 epochs in 90 s: the other 5 take about 150 s
-    assert lines[-1] == "sweep: 0 done, 1 running, 0 pending, 1 failed of 2; 1m30s so far, about 2m30s left"
+    progress.tick({"a": "running", "b": "failed", "c": "done"})
+    # 6 of 12 epochs in 90 s: the other 6 take about 90 s
+    assert lines[-1] == "sweep: 1 done, 1 running, 0 pending, 1 failed of 3; 1m30s so far, about 1m30s left"
     progress.result("a", {**RESULT["metrics"], "status": "ok", "result_json": json.dumps(RESULT)})
     assert lines[-1].startswith("a: ok, kNN top-1 0.712") and progress.epochs_done["a"] == 4

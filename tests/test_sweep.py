@@ -137,7 +137,7 @@ def test_an_interrupted_sweep_resumes_only_its_missing_trials(interrupt, tmp_pat
     second = _bench("sweep", str(path), "--results-dir", str(results), "--resume")
     output, _ = second.communicate(timeout=300)
     assert second.returncode == 0, output
-    assert "resuming at epoch" in output  # the part-way trial continued from its checkpoint
+    assert "resumed at epoch" in output  # the part-way trial continued from its checkpoint
     trials = pd.read_parquet(results / "resumable" / "trials.parquet")
     assert len(trials) == 2 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
     for trial_id, result_json in done_before.items():  # a finished trial kept its result: it was not rerun
