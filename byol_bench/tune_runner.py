@@ -197,6 +197,8 @@ def _start_ray(address: str | None, verbose: bool):
     """Ray, started here (a private local cluster) or joined at ``address``; its workers' output reaches
     this console only when ``verbose``."""
     quiet_ray(local=address is None)
+    if not verbose:  # Tune's older console prints nothing at verbose 0; its newer one still prints a header
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if address is not None:
         _check_reachable(address)
     import ray
