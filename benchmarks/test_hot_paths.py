@@ -1,9 +1,10 @@
 """Micro-benchmarks of the hot paths (pytest-benchmark): `make bench` saves a run, `make bench-compare`
 fails when a median got slower than the last saved run by more than the tolerance.
 
-Fixed inputs, so that two runs measure the same work: a training step per method (small CNN at 28 px,
-ResNet-18 at 32 px), the weighted kNN against a 50k x 512 bank, the linear probe on cached features,
-and the two-view augmentation (batched tensors and lightly's PIL transforms).
+Fixed inputs, so that two runs measure the same work: a training step per method with its default views
+(DINO's and SwAV's local crops included; small CNN at 28 px, ResNet-18 at 32 px), the weighted kNN against
+a 50k x 512 bank, the linear probe on cached features, and the two-view augmentation (batched tensors and
+lightly's PIL transforms).
 """
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 from byol_bench.config import make_config
 from byol_bench.evaluate import ProbeRecipe, knn_predict, linear_probe
 from byol_bench.methods import METHODS, uses_momentum
-from byol_bench.train import build_method, build_optimizer, train_step
+from byol_bench.train import build_method, build_optimizer, train_step, view_recipes
 from byol_bench.views import PILViewDataset, TensorViews
 
 # (backbone, channels, image size, batch): ResNet-18 on a CPU is slow, so its batch is small.
@@ -33,7 +34,8 @@ def test_training_step(benchmark, method, setup):
     # what trials run.
     model = build_method(cfg, channels, size, torch.device("cpu"))
     optimizer = build_optimizer(cfg, model)
-    views = TensorViews(model.views, size, channels, (0.5,) * channels, (0.25,) * channels, seed=0, device="cpu")
+    views = TensorViews(view_recipes(cfg, size), size, channels, (0.5,) * channels, (0.25,) * channels, seed=0,
+                        device="cpu")
     batch_views = views(_images(batch, channels, size))
 
     def step():

@@ -13,7 +13,7 @@ import yaml
 
 from byol_bench.errors import UserError, did_you_mean, unknown
 
-LR_REFERENCE_BATCH = 128  # lr is given for this batch size and scaled linearly (Goyal et al.)
+LR_REFERENCE_BATCH = 128  # lr is given for this batch size and scaled linearly (Goyal et al.), unless lr_scaling is none
 # compile "auto": the fewest training steps for which torch.compile pays back its compile time on a GPU
 # (README, "On a GPU", has the measured per-step saving and compile time this rests on).
 COMPILE_MIN_STEPS = 4000
@@ -31,15 +31,31 @@ def knob(default, help: str, *, choices: tuple[str, ...] = (), above: float | No
 @dataclass(frozen=True)
 class TrialConfig:
     # what is trained
-    method: str = knob("byol", "the SSL method, e.g. byol, simclr, simsiam")
+    method: str = knob("byol", "the SSL method: byol, simclr, simsiam, moco, barlowtwins, vicreg, nnclr, dcl, dino or swav")
     backbone: str = knob("small-cnn", "small-cnn (for CPU runs), resnet18 or resnet50")
     hidden_dim: int = knob(512, "the projection head's hidden width", above=0)
-    projection_dim: int = knob(128, "the projection head's output width", above=0)
-    predictor_hidden_dim: int | None = knob(None, "the predictor's hidden width; null: the method's default", above=0)
-    temperature: float = knob(0.5, "SimCLR's NT-Xent temperature", above=0)
-    stop_gradient: bool = knob(True, "SimSiam's stop-gradient; false is the collapse ablation")
-    momentum_schedule: str = knob("cosine:0.99-1.0", "the target network's EMA momentum (methods with one): "
-                                  "constant:0.99, cosine:0.99-1.0, linear:0.9-0.99 or warmup:0.99@0.1")
+    projection_dim: int = knob(128, "the projection head's output width (DINO: the bottleneck before its last layer)",
+                               above=0)
+    # Method-specific knobs: only the methods that list one in their `knobs` read it, and fill it with their own
+    # default when it is left empty (null); a method that does not read it refuses it.
+    predictor_hidden_dim: int | None = knob(None, "the predictor's hidden width (BYOL, SimSiam, NNCLR); null: the "
+                                            "method's default", above=0)
+    projection_layers: int | None = knob(None, "the projection head's depth where lightly's CIFAR-10 benchmark "
+                                         "departs from the paper (SimSiam, Barlow Twins, VICReg, NNCLR, DINO): 3, the "
+                                         "paper's (default), or 2, lightly's CIFAR-10 head")
+    temperature: float | None = knob(None, "the contrastive loss's temperature (SimCLR, MoCo, NNCLR, DCL); null: the "
+                                     "method's default", above=0)
+    stop_gradient: bool | None = knob(None, "SimSiam's stop-gradient (default true); false is the collapse ablation")
+    momentum_schedule: str | None = knob(None, "the target network's EMA momentum (BYOL, MoCo, DINO): constant:0.99, "
+                                         "cosine:0.99-1.0, linear:0.9-0.99 or warmup:0.99@0.1; null: the method's default")
+    memory_bank_size: int | None = knob(None, "entries in MoCo's queue of negatives or NNCLR's support set, at most the "
+                                        "pretraining images; null: the method's default", above=0)
+    prototypes: int | None = knob(None, "SwAV's prototypes, DINO's output dimension; null: the method's default",
+                                  above=0)
+    local_crops: int | None = knob(None, "small local crops per image besides the two global ones (DINO, SwAV); "
+                                   "null: the method's default", at_least=0)
+    local_crop_size: int | None = knob(None, "the local crops' side in px, at most the image's (DINO, SwAV); null: "
+                                       "half the image's", above=0)
     # data
     dataset: str = knob("fashion-mnist", "the data set, e.g. fashion-mnist, cifar10, stl10, imagefolder")
     data_dir: str | None = knob(None, "the data root, or imagefolder's <class>/<image> tree; "
@@ -48,18 +64,23 @@ class TrialConfig:
     test_subset: int | None = knob(None, "a seeded, stratified subset of the test split; null: all of it", above=0)
     image_size: int | None = knob(None, "imagefolder's decode size (null: 64); other data sets keep their native size",
                                   above=0)
-    views: str = knob("method", "the view recipe: the method's own (method), or one for all: byol, simclr, simsiam")
-    crop_min_scale: float | None = knob(None, "the random-resized crop's smallest area fraction, at most 1; "
-                                        "null: the recipe's (0.08, SimSiam 0.2)", above=0)
+    views: str = knob("method", "the recipe of the two global views: the method's own (method), or another "
+                      "method's for all, e.g. simclr (a multi-crop method keeps its own local crops)")
+    crop_min_scale: float | None = knob(None, "the global views' random-resized crop's smallest area fraction, at "
+                                        "most 1; null: the recipe's (0.08, SimSiam 0.2)", above=0)
+    jitter_strength: float = knob(1.0, "scales the recipe's colour-jitter strengths (lightly's cj_strength: 0.5 halves "
+                                  "them)", at_least=0)
     augment: str = knob("tensor", "tensor: batched on the training device; pil: lightly's transforms in workers",
                         choices=("tensor", "pil"))
     loader_workers: int = knob(1, "DataLoader workers for augment pil; 0: in the main process", at_least=0)
     # optimisation
     batch_size: int = knob(256, "images per step per worker: the global batch is batch_size x workers", above=0)
     epochs: int = knob(4, "pretraining epochs", above=0)
-    optimizer: str = knob("sgd", "the pretraining optimizer", choices=("sgd", "lars"))
-    lr: float = knob(0.06, f"the learning rate at batch {LR_REFERENCE_BATCH}, scaled linearly with the global batch",
-                     above=0)
+    optimizer: str = knob("sgd", "the pretraining optimizer", choices=("sgd", "lars", "adam"))
+    lr: float = knob(0.06, f"the learning rate at batch {LR_REFERENCE_BATCH}, scaled with the global batch by "
+                     "lr_scaling", above=0)
+    lr_scaling: str = knob("linear", f"linear: lr x global batch / {LR_REFERENCE_BATCH}; none: lr at every batch size "
+                           "(lightly's SimSiam benchmark)", choices=("linear", "none"))
     lr_schedule: str = knob("cosine", "the learning rate after warm-up", choices=("cosine", "constant"))
     lr_warmup_epochs: float = knob(0.0, "epochs of linear learning-rate warm-up", at_least=0)
     weight_decay: float = knob(5e-4, "the optimizer's weight decay", at_least=0)
@@ -67,7 +88,8 @@ class TrialConfig:
     # evaluation
     knn_k: int = knob(200, "neighbours the kNN classifier weighs", above=0)
     knn_t: float = knob(0.1, "the kNN classifier's temperature", above=0)
-    knn_monitor_every: int = knob(0, "kNN accuracy on the test set every N epochs; 0: never", at_least=0)
+    knn_monitor_every: int = knob(0, "kNN accuracy on the test set every N epochs; 0: never; 1 also records the best "
+                                  "epoch's (knn_top1_best, what lightly's benchmarks report)", at_least=0)
     probe_epochs: int = knob(100, "epochs of the linear probe on frozen features", above=0)
     probe_lr: float = knob(0.01, "the linear probe's learning rate", above=0)
     # execution (each speed switch is recorded with the result)
@@ -90,7 +112,7 @@ class TrialConfig:
 
     @property
     def peak_lr(self) -> float:
-        return self.lr * self.global_batch_size / LR_REFERENCE_BATCH
+        return self.lr * self.global_batch_size / LR_REFERENCE_BATCH if self.lr_scaling == "linear" else self.lr
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -153,8 +175,17 @@ def make_config(values: dict) -> TrialConfig:
         if key not in KEYS:
             raise UserError(f"unknown key '{key}'{did_you_mean(key, KEYS)}; valid keys: {', '.join(KEYS)}")
     cfg = TrialConfig(**{key: _typed(key, value) for key, value in values.items()})
+    cfg = with_method_defaults(cfg)
     validate(cfg)
     return cfg
+
+
+def with_method_defaults(cfg: TrialConfig) -> TrialConfig:
+    """``cfg`` with every method-specific knob its method reads and that was left empty set to the method's default."""
+    from byol_bench.methods import METHODS
+
+    defaults = METHODS[cfg.method].knobs if cfg.method in METHODS else {}
+    return dataclasses.replace(cfg, **{key: value for key, value in defaults.items() if getattr(cfg, key) is None})
 
 
 def _check_constraint(field: dataclasses.Field, value) -> None:
@@ -175,7 +206,6 @@ def validate(cfg: TrialConfig) -> None:
     from byol_bench.backbones import BACKBONES
     from byol_bench.data import DATASETS
     from byol_bench.methods import METHODS
-    from byol_bench.schedules import parse_momentum_schedule
 
     for field in fields(cfg):
         _check_constraint(field, getattr(cfg, field.name))
@@ -202,6 +232,7 @@ def validate(cfg: TrialConfig) -> None:
         raise UserError(f"global batch {cfg.global_batch_size} (batch_size x workers) is larger than subset {cfg.subset}; "
                         "lower the batch size or raise the subset")
     sizes = DATASETS[cfg.dataset].sizes
+    pretrain = None
     if sizes is not None:  # known before loading: fail now, not minutes into a sweep
         pretrain, train, test = sizes
         pretrain = min(pretrain, cfg.subset or pretrain)
@@ -209,7 +240,33 @@ def validate(cfg: TrialConfig) -> None:
                                           ("global batch", cfg.global_batch_size, pretrain)):
             if requested is not None and requested > available:
                 raise UserError(f"{key} {requested} is larger than {cfg.dataset}'s {available} images; give at most {available}")
-    parse_momentum_schedule(cfg.momentum_schedule)
+    _validate_method_knobs(cfg, cfg.image_size or native_size, pretrain)
+
+
+def _validate_method_knobs(cfg: TrialConfig, image_size: int, pretrain_images: int | None) -> None:
+    """The method-specific knobs: only the method's own, each within what the data allows."""
+    from byol_bench.methods import METHODS
+    from byol_bench.schedules import parse_momentum_schedule
+
+    for key in KEYS:
+        if getattr(cfg, key) is not None and not method_reads(cfg.method, key):
+            readers = ", ".join(name for name, method in METHODS.items() if key in method.knobs)
+            raise UserError(f"{key}: method {cfg.method} does not read it (read by {readers}); leave it out")
+    if cfg.momentum_schedule is not None:
+        parse_momentum_schedule(cfg.momentum_schedule)
+    if cfg.projection_layers not in (None, 2, 3):
+        raise UserError(f"projection_layers {cfg.projection_layers} is not valid; give 3 (the paper's head) or 2 "
+                        "(lightly's CIFAR-10 head)")
+    if cfg.memory_bank_size is not None and pretrain_images is not None and cfg.memory_bank_size > pretrain_images:
+        raise memory_bank_too_large(cfg.memory_bank_size, pretrain_images)
+    if cfg.local_crop_size is not None and cfg.local_crop_size > image_size:
+        raise UserError(f"local_crop_size {cfg.local_crop_size} is larger than the {image_size} px global crops; "
+                        f"give at most {image_size} (null: half of it)")
+
+
+def memory_bank_too_large(size: int, pretrain_images: int) -> UserError:
+    return UserError(f"memory_bank_size {size} is larger than the {pretrain_images} pretraining images (the bank "
+                     f"would hold stale copies of them); give at most {pretrain_images}")
 
 
 def method_reads(method: str, key: str) -> bool:
@@ -224,9 +281,10 @@ def method_reads(method: str, key: str) -> bool:
 def resolved_config(knobs: dict) -> dict:
     """Every knob a trial with ``knobs`` runs with: the defaults under its knobs, and the knobs its method
     never reads left empty (None) rather than a default that was never used. The sweep records this for
-    every trial, and the report for a planned trial that has no row."""
-    config = make_config(knobs).to_dict()
-    return {key: value if method_reads(config["method"], key) else None for key, value in config.items()}
+    every trial, and the report for a planned trial that has no row (or a trial JSON, whose config may
+    come from a version that recorded every knob)."""
+    method = knobs.get("method", TrialConfig.method)
+    return make_config({key: value for key, value in knobs.items() if method_reads(method, key)}).to_dict()
 
 
 def read_yaml(path: str | Path) -> dict:

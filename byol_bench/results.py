@@ -14,9 +14,9 @@ import pandas as pd
 from byol_bench.config import KEYS
 from byol_bench.errors import UserError
 
-METRICS = ("knn_top1", "knn_top5", "linear_top1", "linear_top5", "embedding_std", "effective_rank", "images_per_s",
-           "step_time_median_s", "data_wait_fraction", "peak_memory_bytes", "pretrain_time_s", "flops_per_image",
-           "peak_flops_per_s", "mfu", "final_loss")
+METRICS = ("knn_top1", "knn_top5", "knn_top1_best", "linear_top1", "linear_top5", "embedding_std", "effective_rank",
+           "images_per_s", "step_time_median_s", "data_wait_fraction", "peak_memory_bytes", "pretrain_time_s",
+           "flops_per_image", "peak_flops_per_s", "mfu", "final_loss")
 FLOORS = ("random_init_knn_top1", "random_init_knn_top5", "random_init_linear_top1", "random_init_linear_top5",
           "raw_pixels_knn_top1", "raw_pixels_knn_top5")
 RUN_FIELDS = ("device", "global_batch_size", "pretrain_images", "train_images", "test_images", "total_steps", "peak_lr")

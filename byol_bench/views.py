@@ -1,12 +1,14 @@
-"""Two augmented views per image: lightly's recipes, run batched on tensors (default) or per image in PIL.
+"""Augmented views of each image: lightly's recipes, run batched on tensors (default) or per image in PIL.
 
-A ``ViewRecipe`` holds the parameters of one of lightly's view transforms (BYOLView1Transform,
-BYOLView2Transform, SimCLRTransform, SimSiamTransform) with lightly's defaults. ``adapt`` fits a
-recipe to the data: grayscale images get no saturation/hue jitter and no random grayscale, and images
-of 32 px or less get no blur (as in lightly's CIFAR-10 benchmarks).
+A ``ViewRecipe`` holds the parameters of one crop of one of lightly's view transforms (BYOLView1/2Transform,
+SimCLRTransform, SimSiamTransform, the global and local crops of DINOTransform and SwaVTransform, ...) with
+lightly's defaults, and its size: a trial's views are a list of such crops (two global views at the image's
+size, and for multi-crop methods small local crops). ``adapt`` fits a recipe to the data: grayscale images
+get no saturation/hue jitter and no random grayscale, and images of 32 px or less get no blur (as in
+lightly's CIFAR-10 benchmarks).
 
 The tensor path draws every random parameter per sample and runs on the training device; the PIL
-path hands the same recipe to lightly's own transforms in DataLoader workers (the reference).
+path hands the same recipes to lightly's own transforms in DataLoader workers (the reference).
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from torchvision.ops import roi_align
 
 @dataclass(frozen=True)
 class ViewRecipe:
-    """One view transform's parameters; the defaults are lightly's (each method file holds its own recipes)."""
+    """One view's (or crop's) parameters; the defaults are lightly's (each method file holds its own recipes)."""
 
-    min_scale: float = 0.08
+    min_scale: float = 0.08  # the crop's area, as a fraction of the image's, is drawn from [min_scale, max_scale]
+    max_scale: float = 1.0
     hflip_prob: float = 0.5
     jitter_prob: float = 0.8
     brightness: float = 0.4
@@ -35,6 +38,7 @@ class ViewRecipe:
     blur_prob: float = 1.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_prob: float = 0.0
+    size: int | None = None  # the crop's side in px; None: the image's (a global view)
 
 
 
@@ -72,10 +76,10 @@ class Draws:
         return torch.randperm(n, generator=self.host_generator, device=self.host_generator.device).tolist()
 
 
-def _crop_boxes(draws: Draws, size: int, min_scale: float) -> Tensor:
+def _crop_boxes(draws: Draws, size: int, min_scale: float, max_scale: float) -> Tensor:
     """RandomResizedCrop's boxes (scale, ratio 3/4..4/3, 10 tries, else the whole image), one per sample."""
     tries = 10
-    area = size * size * draws.uniform(min_scale, 1.0, tries)
+    area = size * size * draws.uniform(min_scale, max_scale, tries)
     log_ratio = draws.uniform(math.log(3 / 4), math.log(4 / 3), tries)
     w = torch.sqrt(area * torch.exp(log_ratio))
     h = torch.sqrt(area / torch.exp(log_ratio))
@@ -158,9 +162,12 @@ def _blur(x: Tensor, recipe: ViewRecipe, draws: Draws) -> Tensor:
 def augment(images: Tensor, recipe: ViewRecipe, size: int, draws: Draws) -> Tensor:
     """One view of a batch: uint8 (N, C, H, W) in, float in [0, 1] (N, C, size, size) out."""
     x = images.float().div_(255)
-    boxes = _crop_boxes(draws, images.shape[-1], recipe.min_scale)
-    # One bilinear sample per output pixel: exact for crops no larger than the output (always the case here).
-    x = roi_align(x, boxes, output_size=size, spatial_scale=1.0, sampling_ratio=1, aligned=True)
+    boxes = _crop_boxes(draws, images.shape[-1], recipe.min_scale, recipe.max_scale)
+    # A view at the image's size: one bilinear sample per output pixel, exact for a crop no larger than the
+    # output. A smaller local crop may cover more pixels than it has: each of its pixels averages ceil(crop /
+    # output) samples a side, so that shrinking does not alias (PIL's resize filters so too).
+    shrinks = size < images.shape[-1]
+    x = roi_align(x, boxes, output_size=size, spatial_scale=1.0, sampling_ratio=0 if shrinks else 1, aligned=True)
     flip = draws.coin(recipe.hflip_prob)
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     if recipe.jitter_prob > 0:
@@ -183,7 +190,7 @@ def normalize(x: Tensor, mean, std) -> Tensor:
 
 
 class TensorViews:
-    """Makes both views of a uint8 batch on its device, seeded.
+    """Makes every view (one per recipe, each at its size) of a uint8 batch on its device, seeded.
 
     In a DDP trial each of ``world_size`` ranks passes its share of the global batch and gets the views
     that one worker would have made of those images (see ``Draws``).
@@ -205,35 +212,43 @@ class TensorViews:
         self.generator.manual_seed(seed)
         self.host_generator.manual_seed(seed)
 
-    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, images: Tensor) -> tuple[Tensor, ...]:
         n = len(images)
         draws = Draws(self.generator, n * self.world_size, slice(self.rank * n, (self.rank + 1) * n), self.host_generator)
-        return tuple((augment(images, r, self.size, draws) - self.mean) / self.std for r in self.recipes)
+        return tuple((augment(images, r, r.size or self.size, draws) - self.mean) / self.std for r in self.recipes)
 
 
 # --- PIL reference path: lightly's own transforms ------------------------------------------------
 
 
-def lightly_transform(recipe: ViewRecipe, image_size: int, mean, std):
-    """lightly's view transform (PIL in, normalised tensor out) with this recipe's parameters."""
+def lightly_transform(recipe: ViewRecipe, size: int, mean, std):
+    """lightly's view transform (PIL in, normalised tensor out) with this recipe's parameters, at ``size``."""
     from lightly.transforms.byol_transform import BYOLView2Transform
+    from lightly.transforms.torchvision_v2_compatibility import torchvision_transforms as T
 
-    # BYOLView2Transform exposes every knob of a recipe (SimCLR's and SimSiam's views are the same ops).
-    return BYOLView2Transform(
-        input_size=image_size, cj_prob=recipe.jitter_prob, cj_strength=1.0, cj_bright=recipe.brightness,
+    # BYOLView2Transform exposes every knob of a recipe (SimCLR's, SimSiam's, SwAV's and DINO's crops are the
+    # same ops) but the crop's largest area, which a local crop needs: its crop is then the one lightly's
+    # MultiCropTranform (SwaVTransform) makes, RandomResizedCrop over [min_scale, max_scale].
+    view = BYOLView2Transform(
+        input_size=size, cj_prob=recipe.jitter_prob, cj_strength=1.0, cj_bright=recipe.brightness,
         cj_contrast=recipe.contrast, cj_sat=recipe.saturation, cj_hue=recipe.hue, min_scale=recipe.min_scale,
         random_gray_scale=recipe.grayscale_prob, gaussian_blur=recipe.blur_prob, sigmas=recipe.blur_sigma,
         solarization_prob=recipe.solarize_prob, hf_prob=recipe.hflip_prob,
         normalize={"mean": list(mean), "std": list(std)},
     )
+    if recipe.max_scale < 1:
+        view.transform.transforms[0] = T.RandomResizedCrop(size, scale=(recipe.min_scale, recipe.max_scale))
+    return view
 
 
 class PILViewDataset(torch.utils.data.Dataset):
-    """Both views of one image through lightly's PIL transforms (for DataLoader workers)."""
+    """Every view (one per recipe, each at its size) of one image through lightly's PIL transforms (for
+    DataLoader workers)."""
 
     def __init__(self, images: Tensor, recipes, image_size: int, channels: int, mean, std):
         self.images = images
-        self.transforms = [lightly_transform(adapt(r, image_size, channels), image_size, mean, std) for r in recipes]
+        self.transforms = [lightly_transform(adapt(r, image_size, channels), r.size or image_size, mean, std)
+                           for r in recipes]
 
     def __len__(self) -> int:
         return len(self.images)

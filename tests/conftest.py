@@ -9,6 +9,19 @@ from byol_bench.tune_runner import quiet_ray
 # A trial small enough for unit tests: synthetic data, a few steps, a short probe.
 TINY = dict(dataset="synthetic", subset=256, test_subset=100, batch_size=64, epochs=2, probe_epochs=5,
             hidden_dim=64, projection_dim=32, knn_k=20, threads=1)
+# The method-specific knobs of a tiny trial: memory banks no larger than the smallest pretraining set the tests
+# use (128 images), fewer prototypes, and two local crops. Barlow Twins' loss, a sum over every pair of
+# projection dimensions, moves the weights some 20 times as far per step as the others' at the same lr: at a
+# twentieth of it, a trial of two steps neither leaves its BatchNorm statistics behind (its projections would
+# read as collapsed) nor its float noise above the others' (the DDP equivalence test compares weights).
+TINY_METHOD_KNOBS = {"moco": {"memory_bank_size": 128}, "nnclr": {"memory_bank_size": 128},
+                     "dino": {"prototypes": 256, "local_crops": 2}, "swav": {"prototypes": 64, "local_crops": 2},
+                     "barlowtwins": {"lr": 0.003}}
+
+
+def tiny(method: str, **overrides) -> dict:
+    """TINY's knobs for a trial of ``method``, with its tiny method-specific knobs and ``overrides``."""
+    return {**TINY, "method": method, **TINY_METHOD_KNOBS.get(method, {}), **overrides}
 
 
 @functools.lru_cache(maxsize=None)
@@ -38,8 +51,8 @@ def pretrained(knobs: dict, break_method=None):
 
 @pytest.fixture
 def tiny_config():
-    def build(**overrides):
-        return make_config({**TINY, **overrides})
+    def build(method: str = "byol", **overrides):
+        return make_config(tiny(method, **overrides))
 
     return build
 

@@ -1,77 +1,105 @@
+import copy
+
 import pytest
 import torch
 
 from byol_bench.backbones import build_backbone
-from byol_bench.methods import METHODS, uses_momentum
-from byol_bench.views import TensorViews
 from byol_bench.data import make_synthetic
+from byol_bench.methods import METHODS, uses_momentum
+from byol_bench.train import view_recipes
+from byol_bench.views import TensorViews
+
+MOMENTUM_METHODS = sorted(name for name, method in METHODS.items() if uses_momentum(method))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread, as the suite's tiny trials use: the steps here are too small to share out."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SIZE = 16  # px: small images keep ten methods' steps cheap
 
 
 def _method(name, cfg):
     torch.manual_seed(0)
-    backbone, dim = build_backbone("small-cnn", 3, 32)
+    backbone, dim = build_backbone("small-cnn", 3, SIZE)
     return METHODS[name](backbone, dim, cfg)
 
 
-def _fixed_views(seed=0):
-    images, _ = make_synthetic(64, seed=seed)
-    views = TensorViews(METHODS["simclr"].views, 32, 3, (0.5,) * 3, (0.25,) * 3, seed=seed, device="cpu")
-    return views(images)
+def _fixed_views(cfg, seed=0):
+    """One seeded batch of the views ``cfg``'s method trains on (a multi-crop method's local crops included)."""
+    images, _ = make_synthetic(32, seed=seed, image_size=SIZE)
+    return TensorViews(view_recipes(cfg, SIZE), SIZE, 3, (0.5,) * 3, (0.25,) * 3, seed=seed, device="cpu")(images)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_loss_falls_on_a_fixed_batch(name, tiny_config):
-    method = _method(name, tiny_config(method=name))
-    view0, view1 = _fixed_views()
+    cfg = tiny_config(method=name)
+    method, views = _method(name, cfg), _fixed_views(cfg)
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
     losses = []
-    for _ in range(15):
-        loss = method(view0, view1)
+    for _ in range(10):
+        loss = method(*views)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         if uses_momentum(method):
             method.update_target(0.99)
         losses.append(loss.item())
-    assert losses[-1] < losses[0] - 0.05, losses
+    # A memory (MoCo's queue, NNCLR's support set) starts with random entries: its loss is read from the second
+    # step on, when the memory holds the batch's own.
+    first = 1 if "memory_bank_size" in METHODS[name].knobs else 0
+    assert losses[-1] < losses[first] - 0.05, losses
 
 
 def _params(module):
     return [p.detach().clone() for p in module.parameters()]
 
 
-def test_byol_target_gets_no_gradient_and_follows_the_ema(tiny_config):
-    method = _method("byol", tiny_config(method="byol"))
-    view0, view1 = _fixed_views()
-    target_before = _params(method.target_backbone)
-    method(view0, view1).backward()
-    assert all(p.grad is None for p in method.target_backbone.parameters())
-    assert all(p.grad is None for p in method.target_projection_head.parameters())
+def _target(method):
+    return [*method.target_backbone.parameters(), *method.target_projection_head.parameters()]
+
+
+@pytest.mark.parametrize("name", MOMENTUM_METHODS)
+def test_a_target_network_gets_no_gradient_and_moves_only_by_the_ema(name, tiny_config):
+    cfg = tiny_config(method=name)
+    method = _method(name, cfg)
+    target_before = [p.detach().clone() for p in _target(method)]
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
+    method(*_fixed_views(cfg)).backward()
+    optimizer.step()
+    assert all(p.grad is None for p in _target(method))
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.backbone.parameters())
+    assert all(torch.equal(now, before) for now, before in zip(_target(method), target_before))  # the step left it
     with torch.no_grad():  # move the online network so that the EMA has something to follow
         for p in method.backbone.parameters():
             p.add_(1.0)
-    online = _params(method.backbone)
+    online = [*_params(method.backbone), *_params(method.projection_head)]
     method.update_target(0.9)
-    for target, before, now in zip(method.target_backbone.parameters(), target_before, online):
+    for target, before, now in zip(_target(method), target_before, online):
         torch.testing.assert_close(target.detach(), 0.9 * before + 0.1 * now)
 
 
-def test_byols_target_update_equals_lightlys_module_by_module(tiny_config):
-    import copy
-
+@pytest.mark.parametrize("name", MOMENTUM_METHODS)
+def test_a_target_update_equals_lightlys_module_by_module(name, tiny_config):
     from lightly.models.utils import update_momentum
 
-    method = _method("byol", tiny_config(method="byol"))
+    method = _method(name, tiny_config(method=name))
     with torch.no_grad():
         for p in method.parameters():
             p.add_(torch.randn_like(p))  # online and target apart
-    reference = copy.deepcopy(method)
+    reference = copy.deepcopy(method.state_dict())
     method.update_target(0.99)
-    update_momentum(reference.backbone, reference.target_backbone, m=0.99)
-    update_momentum(reference.projection_head, reference.target_projection_head, m=0.99)
-    for (name, got), expected in zip(method.state_dict().items(), reference.state_dict().values()):
-        assert torch.equal(got, expected), name
+    twin = _method(name, tiny_config(method=name))
+    twin.load_state_dict(reference)
+    update_momentum(twin.backbone, twin.target_backbone, m=0.99)
+    update_momentum(twin.projection_head, twin.target_projection_head, m=0.99)
+    for (key, got), expected in zip(method.state_dict().items(), twin.state_dict().values()):
+        assert torch.equal(got, expected), key
 
 
 @pytest.mark.parametrize("tau, expect", [(1.0, "frozen"), (0.0, "copy")])
@@ -88,11 +116,11 @@ def test_byol_momentum_endpoints(tau, expect, tiny_config):
 
 
 def test_simsiam_stop_gradient_switch_controls_the_target_branch(tiny_config):
-    view0, view1 = _fixed_views()
     grads = {}
     for stop in (True, False):
-        method = _method("simsiam", tiny_config(method="simsiam", stop_gradient=stop))
-        method(view0, view1).backward()
+        cfg = tiny_config(method="simsiam", stop_gradient=stop)
+        method = _method("simsiam", cfg)
+        method(*_fixed_views(cfg)).backward()
         grads[stop] = method.projection_head.layers[0].weight.grad.clone()  # reached by both branches
     assert not torch.allclose(grads[True], grads[False])
 
@@ -100,11 +128,24 @@ def test_simsiam_stop_gradient_switch_controls_the_target_branch(tiny_config):
 def test_the_evaluated_backbone_is_byols_online_one(tiny_config):
     """The evaluation reads ``method.backbone``: for BYOL it must be the network SGD trains, not the EMA
     target (lightly#1471)."""
-    method = _method("byol", tiny_config(method="byol"))
+    cfg = tiny_config(method="byol")
+    method = _method("byol", cfg)
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
     before = _params(method.backbone)
-    method(*_fixed_views()).backward()
+    method(*_fixed_views(cfg)).backward()
     optimizer.step()
     assert any(not torch.equal(now, then) for now, then in zip(_params(method.backbone), before))
     assert all(p.requires_grad for p in method.backbone.parameters())
     assert not any(p.requires_grad for p in method.target_backbone.parameters())
+
+
+@pytest.mark.parametrize("name, bank", [("moco", "criterion.memory_bank"), ("nnclr", "support_set")])
+def test_a_memory_bank_fills_with_the_batch_and_is_kept_in_checkpoints(name, bank, tiny_config):
+    """MoCo's queue takes both views' keys per step, NNCLR's support set one view's projections; both are in
+    the state_dict, so that a resumed trial goes on with what it had queued."""
+    cfg = tiny_config(method=name)
+    method = _method(name, cfg)
+    method(*_fixed_views(cfg))
+    state = method.state_dict()
+    assert state[f"{bank}.bank"].shape == (128, 32)
+    assert state[f"{bank}.bank_ptr"].item() == (2 * 32 if name == "moco" else 32)

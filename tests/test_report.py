@@ -21,6 +21,7 @@ import pytest
 from byol_bench.cli import main
 from byol_bench.config import make_config, resolved_config
 from byol_bench.errors import UserError
+from byol_bench.methods import METHODS
 from byol_bench.report import write_comparison, write_report
 from byol_bench.report.figures import (accuracy_vs_batch_size, accuracy_vs_compute, byol_vs_momentum, heatmap,
                                        method_palette, pareto_front, throughput_vs_batch_size, training_curves)
@@ -47,10 +48,10 @@ def fake_result(knobs: dict, status: str = "ok", offset: float = 0.0) -> dict:
     history = [{"epoch": epoch, "loss": 2.0 / epoch + rng.normal(0, 0.01), "lr": 0.06, "images_per_s": speed,
                 "epoch_time_s": 5000 / speed, "knn_top1": accuracy - 0.1 / epoch,
                 "momentum": 0.99 if knobs["method"] == "byol" else None} for epoch in (1, 2, 3)]
-    metrics = {"knn_top1": accuracy, "knn_top5": accuracy + 0.15, "linear_top1": accuracy + 0.02,
-               "linear_top5": accuracy + 0.16, "images_per_s": speed, "step_time_median_s": batch / speed,
-               "data_wait_fraction": 0.1, "peak_memory_bytes": 2e8 * batch / 64, "pretrain_time_s": 3 * 5000 / speed,
-               "final_loss": history[-1]["loss"]}
+    metrics = {"knn_top1": accuracy, "knn_top1_best": accuracy + 0.01, "knn_top5": accuracy + 0.15,
+               "linear_top1": accuracy + 0.02, "linear_top5": accuracy + 0.16, "images_per_s": speed,
+               "step_time_median_s": batch / speed, "data_wait_fraction": 0.1, "peak_memory_bytes": 2e8 * batch / 64,
+               "pretrain_time_s": 3 * 5000 / speed, "final_loss": history[-1]["loss"]}
     if status == "diverged":
         history[-1]["loss"] = float("inf")
         metrics = {**{key: None for key in metrics}, "pretrain_time_s": 40.0, "final_loss": float("inf")}
@@ -232,6 +233,34 @@ def test_published_anchors_stand_next_to_our_numbers(sweep):
     row = anchors.iloc[0]
     assert row["published"] == "86.9" and row["source"] == ANCHOR["source"] and row["n"] == str(len(ours))
     assert abs(mean_and_std(row["ours"])[0] - ours["knn_top1"].mean() * 100) <= 0.05
+
+
+def test_anchors_are_compared_with_the_metric_they_name(tmp_path):
+    """lightly reports the best epoch's kNN accuracy (knn_top1_best), an anchor may also give the final epoch's
+    (knn_top1): each is set beside our number of that name, and the row says which."""
+    folder = write_sweep(tmp_path / "anchors", planned_trials(methods=("byol",), batch_sizes=(128,)))
+    manifest = json.loads(read(folder / "manifest.json"))
+    manifest["anchors"] = [{**ANCHOR, "source": "final"},
+                           {"method": "byol", "batch_size": 128, "knn_top1_best": 0.868, "source": "best"}]
+    write_json(folder / "manifest.json", manifest)
+    write_report(folder)
+    anchors = markdown_table(read(folder / "report.md"), "Published numbers next to ours").set_index("source")
+    assert anchors.loc["final", "metric"] == "kNN top-1, final epoch (%)"
+    assert anchors.loc["best", "metric"] == "kNN top-1, best epoch (%)" and anchors.loc["best", "published"] == "86.8"
+    trials = pd.read_parquet(folder / "trials.parquet")
+    for source, column in (("final", "knn_top1"), ("best", "knn_top1_best")):
+        assert abs(mean_and_std(anchors.loc[source, "ours"])[0] - trials[column].mean() * 100) <= 0.05, source
+
+
+def test_ten_methods_have_ten_colours_of_their_own_in_every_report():
+    """Apart from each other and from the floors' grey, and each method's the same whatever else a report holds;
+    legends and tables list the methods in the registry's order."""
+    everyone = method_palette(list(METHODS))
+    assert list(everyone) == list(METHODS) and len(set(everyone.values())) == len(METHODS)
+    assert not any(len(set(colour[1:])) == 1 for colour in everyone.values() if colour != "#000000")  # no grey
+    assert method_palette(["swav", "simclr"]) == {"simclr": everyone["simclr"], "swav": everyone["swav"]}
+    older = method_palette(["byol", "mystery"])  # a method no longer registered still gets a colour of its own
+    assert older["mystery"] not in everyone.values()
 
 
 def test_trials_that_did_not_finish_are_listed_with_their_error(sweep):

@@ -40,10 +40,13 @@ def test_method_specific_axes_cross_only_the_methods_that_read_them(tmp_path):
 
 @pytest.mark.parametrize("preset, trials", [
     ("quick", 4 + 2 + 2),  # BYOL x 2 schedules x 2 batch sizes, SimCLR and SimSiam x 2 batch sizes
-    ("cifar10-resnet18", 3 * 2 * 3),  # 3 methods x 2 batch sizes x 3 seeds (one momentum schedule)
-    ("imagenette-resnet18", 3),
+    ("cifar10-resnet18", 3 * 2 * 3),  # 3 methods x 2 batch sizes x 3 seeds
+    ("imagenette-resnet18", 6),  # BYOL, SimCLR, SimSiam, VICReg, DINO, SwAV
+    ("methods-cifar10", 10),  # every method once
     ("imagenet100-resnet18", 3),
     ("byol-ablation", 4 * 7 * 2),  # 4 target decay rates x 7 batch sizes x 2 seeds
+    ("fashion-mnist-resnet18", 3 * 3),  # 3 methods x 3 seeds
+    ("gpu-check", 3),  # one trial per method
 ])
 def test_presets_dry_run_to_the_expected_trial_count(preset, trials, capsys):
     assert main(["sweep", str(PRESETS / f"{preset}.yaml"), "--dry-run"]) == 0

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -9,8 +10,9 @@ from byol_bench.cli import main
 from byol_bench.data import data_root, find_fashion_mnist
 from byol_bench.evaluate import collapse_rank
 from byol_bench.config import make_config
+from byol_bench.methods import METHODS
 from byol_bench.train import measure_floors, run_trial, setup
-from conftest import TINY, pretrained, simsiam_trial
+from conftest import TINY, pretrained, simsiam_trial, tiny
 
 TINY_FLAGS = [arg for key, value in TINY.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
 
@@ -110,3 +112,33 @@ def test_a_compiled_trial_trains_as_the_eager_one_and_times_its_compile_apart():
     assert eager_state.compile_time_s == 0 and compiled_state.compile_time_s > 0
     # 4 steps, every one timed (timing_warmup_steps 0) but the one that compiled
     assert len(eager_state.step_times) == 4 and len(compiled_state.step_times) == 3
+
+
+@pytest.mark.parametrize("method", [name for name in METHODS if name not in ("byol", "simclr", "simsiam")])
+def test_each_new_method_runs_a_trial_that_writes_a_complete_result(method):
+    """One epoch of two steps, with the kNN monitor every epoch: the result has every section, the method's
+    own knobs filled with its defaults and the others' left empty, and the best epoch's kNN accuracy."""
+    knobs = tiny(method, subset=128, epochs=1, knn_monitor_every=1, timing_warmup_steps=0)
+    result = run_trial(make_config(knobs), log=lambda line: None)
+    assert result["status"] == "ok", result["status"]
+    config, metrics = result["config"], result["metrics"]
+    assert all(config[key] is not None for key in METHODS[method].knobs if key not in ("predictor_hidden_dim",
+                                                                                       "local_crop_size"))
+    assert config["stop_gradient"] is None and (config["momentum_schedule"] is None) != ("momentum_schedule" in METHODS[method].knobs)
+    assert [row["epoch"] for row in result["history"]] == [1] and math.isfinite(result["history"][0]["loss"])
+    for key in ("knn_top1", "knn_top5", "linear_top1", "linear_top5"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["knn_top1_best"] == max(row["knn_top1"] for row in result["history"]) == metrics["knn_top1"]
+    assert metrics["effective_rank"] > 0 and metrics["images_per_s"] > 0 and metrics["flops_per_image"] > 0
+    assert {"random_init_knn_top1", "random_init_linear_top1"} <= result["baselines"].keys()
+
+
+def test_the_best_epoch_knn_is_recorded_only_when_the_monitor_runs_every_epoch(tiny_config):
+    every_other = run_trial(tiny_config(method="simclr", knn_monitor_every=2), log=lambda line: None)
+    assert "knn_top1" in every_other["history"][1] and every_other["metrics"]["knn_top1_best"] is None
+
+
+def test_lr_scaling_none_keeps_the_learning_rate_at_every_batch_size(tiny_config):
+    """lightly's SimSiam benchmark: lr 0.06 at batch 512 as at 128; the default scales it linearly."""
+    assert tiny_config(method="simsiam", batch_size=256, lr_scaling="none").peak_lr == 0.06
+    assert tiny_config(method="simsiam", batch_size=256).peak_lr == pytest.approx(0.12)

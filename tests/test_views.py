@@ -1,8 +1,18 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
+from byol_bench.config import make_config
 from byol_bench.methods import METHODS
+from byol_bench.train import view_recipes
 from byol_bench.views import Draws, PILViewDataset, TensorViews, ViewRecipe, adapt, augment
+
+
+# One method per distinct set of recipes the views tests run: MoCo's views are SimSiam's, NNCLR's and DCL's
+# SimCLR's, Barlow Twins' BYOL's, and VICReg's use BYOL's ops at other strengths; DINO's and SwAV's bring
+# local crops.
+RECIPES_OF = ["byol", "simclr", "simsiam", "dino", "swav"]
 
 
 def _images(n, channels, size, seed=0):
@@ -14,7 +24,7 @@ def _draws(n, seed=0):
 
 
 @pytest.mark.parametrize("channels, size", [(1, 28), (3, 32), (3, 64)])
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", RECIPES_OF)
 def test_views_have_the_right_shape_and_range(channels, size, method):
     mean, std = (0.5,) * channels, (0.25,) * channels
     views = TensorViews(METHODS[method].views, size, channels, mean, std, seed=0, device="cpu")
@@ -41,14 +51,15 @@ def test_random_parameters_differ_per_sample():
     assert len(distinct) == 32
 
 
-@pytest.mark.parametrize("method", ["byol", "simclr"])
+@pytest.mark.parametrize("method", ["byol", "simclr", "dino"])
 def test_a_batch_split_across_ranks_gets_the_views_of_one_worker(method):
-    recipes = METHODS[method].views
+    recipes = view_recipes(make_config({"method": method}), 40)  # DINO's: 2 global crops and 6 local ones
     images = _images(16, 3, 40)
     whole = TensorViews(recipes, 40, 3, (0.5,) * 3, (0.25,) * 3, seed=3, device="cpu")(images)
     shares = [TensorViews(recipes, 40, 3, (0.5,) * 3, (0.25,) * 3, seed=3, device="cpu", rank=rank, world_size=4)(
         images[rank * 4 : (rank + 1) * 4]) for rank in range(4)]
-    for view in range(2):
+    assert len(whole) == len(recipes)
+    for view in range(len(recipes)):
         torch.testing.assert_close(torch.cat([share[view] for share in shares]), whole[view], atol=1e-5, rtol=0)
 
 
@@ -96,10 +107,10 @@ def test_pil_reference_path_gives_the_same_shapes(channels):
     assert view0.min() >= -2 - 1e-5 and view0.max() <= 2 + 1e-5
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", RECIPES_OF)
 def test_tensor_views_match_lightlys_pil_views_in_distribution(method):
-    """Same recipe, two implementations: pixel mean and std, per-image contrast and colourfulness agree
-    (dropping the colour jitter moves the std by ~0.3, always-grayscale the colourfulness by ~0.17)."""
+    """Same recipe, two implementations: pixel mean and std, per-image contrast and colourfulness agree, also for
+    a local crop (dropping the colour jitter moves the std by ~0.3, always-grayscale the colourfulness by ~0.17)."""
     from byol_bench.data import make_synthetic
 
     import random
@@ -107,7 +118,8 @@ def test_tensor_views_match_lightlys_pil_views_in_distribution(method):
     import numpy as np
 
     images, _ = make_synthetic(800, seed=0)
-    recipes = METHODS[method].views
+    local_crop = {"local_crops": 1} if "local_crops" in METHODS[method].knobs else {}
+    recipes = view_recipes(make_config({"method": method, **local_crop}), 32)
     mean, std = (0.5,) * 3, (0.25,) * 3
     tensor_views = TensorViews(recipes, 32, 3, mean, std, seed=0, device="cpu")(images)
     random.seed(0), np.random.seed(0), torch.manual_seed(0)  # lightly's transforms draw from all three
@@ -115,9 +127,44 @@ def test_tensor_views_match_lightlys_pil_views_in_distribution(method):
     pil_pairs = [pil[i] for i in range(len(images))]
     for index, tensor_view in enumerate(tensor_views):
         pil_view = torch.stack([pair[index] for pair in pil_pairs])
+        assert tensor_view.shape == pil_view.shape
         assert abs(tensor_view.mean() - pil_view.mean()) < 0.06
         assert abs(tensor_view.std() - pil_view.std()) < 0.08
         contrast = lambda v: v.flatten(1).std(1).mean()  # noqa: E731 - the average within-image spread
         colourfulness = lambda v: v.std(dim=1).mean()  # noqa: E731 - spread across channels: 0 for gray
         assert abs(contrast(tensor_view) - contrast(pil_view)) < 0.08
         assert abs(colourfulness(tensor_view) - colourfulness(pil_view)) < 0.04
+
+
+@pytest.mark.parametrize("method", ["dino", "swav"])
+def test_multi_crop_views_come_in_their_counts_and_sizes_in_range(method):
+    cfg = make_config({"method": method, "local_crops": 3, "local_crop_size": 12})
+    recipes = view_recipes(cfg, 32)
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    tensor_views = TensorViews(recipes, 32, 3, mean, std, seed=0, device="cpu")(_images(8, 3, 32))
+    pil_views = PILViewDataset(_images(2, 3, 32), recipes, 32, 3, mean, std)[0]
+    for views, batch in ((tensor_views, (8,)), (pil_views, ())):
+        assert [tuple(view.shape) for view in views] == [(*batch, 3, 32, 32)] * 2 + [(*batch, 3, 12, 12)] * 3
+        assert all(view.min() >= -2 - 1e-5 and view.max() <= 2 + 1e-5 for view in views)  # normalised from [0, 1]
+    assert len(view_recipes(make_config({"method": method, "local_crops": 0}), 32)) == 2  # lightly's CIFAR-10 setting
+    assert [r.size for r in view_recipes(make_config({"method": method}), 28)][2:] == [14] * 6  # the defaults
+
+
+@pytest.mark.parametrize("path", ["tensor", "pil"])
+@pytest.mark.parametrize("method", ["dino", "swav"])
+def test_local_crops_are_smaller_regions_of_the_image(method, path):
+    """On images whose pixels are their own x coordinate, a crop's range of values is the width it spans: a
+    local crop (area at most max_scale of the image's, aspect at most 4/3) spans at most sqrt(max_scale * 4/3)
+    of it, a global one usually much more."""
+    plain = dict(hflip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
+    recipes = [replace(recipe, **plain) for recipe in view_recipes(make_config({"method": method, "local_crops": 1}), 32)]
+    ramp = torch.linspace(0, 255, 32).round().to(torch.uint8).expand(64, 3, 32, 32).contiguous()
+    if path == "tensor":
+        views = TensorViews(recipes, 32, 3, (0.0,) * 3, (1.0,) * 3, seed=0, device="cpu")(ramp)
+    else:
+        dataset = PILViewDataset(ramp, recipes, 32, 3, (0.0,) * 3, (1.0,) * 3)
+        views = [torch.stack(crops) for crops in zip(*(dataset[i] for i in range(len(ramp))))]
+    spans = [view.flatten(1).amax(1) - view.flatten(1).amin(1) for view in views]
+    local = METHODS[method].local_view
+    assert spans[2].max() <= (local.max_scale * 4 / 3) ** 0.5 + 0.02
+    assert spans[0].mean() > spans[2].mean() + 0.2 and spans[1].mean() > spans[2].mean() + 0.2

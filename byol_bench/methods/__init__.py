@@ -1,24 +1,44 @@
 """The method registry: a new method is one file in this folder and one line here.
 
-A method is an ``nn.Module`` whose ``forward(view0, view1)`` returns the training loss (so that DDP
-can wrap it), with a ``backbone`` (the part evaluated), a ``projection_head`` (whose output the
-collapse indicators watch), ``views`` (two ``ViewRecipe``) and ``knobs`` (the method-specific config
-keys it reads, so that a sweep crosses them only with this method). A method with a target network
-lists ``momentum_schedule`` in its knobs and has ``update_target(momentum)``; a loss that compares
-samples across the batch gathers them from every rank itself (lightly's ``gather_distributed``).
+A method is an ``nn.Module`` whose ``forward(*views)`` returns the training loss of one batch of views (so
+that DDP can wrap it), with a ``backbone`` (the part evaluated), a ``projection_head`` (whose output the
+collapse indicators watch), ``views`` (the recipes of its two global views) and ``knobs`` (the
+method-specific config keys it reads, each with the method's default; None where the method derives it
+from other knobs), so that a sweep crosses them only with this method. A multi-crop method reads
+``local_crops`` and ``local_crop_size`` and has a ``local_view`` recipe: its forward gets the two global
+views, then the local crops. A method with a target network reads ``momentum_schedule`` and has
+``update_target(momentum)``; a loss or memory that spans the batch covers the whole global batch in a DDP
+trial (lightly's ``gather_distributed``), so that every rank computes what one worker would.
 """
 
+from byol_bench.methods.barlowtwins import BarlowTwins
 from byol_bench.methods.byol import BYOL
+from byol_bench.methods.dcl import DCL
+from byol_bench.methods.dino import DINO
+from byol_bench.methods.moco import MoCo
+from byol_bench.methods.nnclr import NNCLR
 from byol_bench.methods.simclr import SimCLR
 from byol_bench.methods.simsiam import SimSiam
+from byol_bench.methods.swav import SwAV
+from byol_bench.methods.vicreg import VICReg
 
 METHODS = {
     "byol": BYOL,
     "simclr": SimCLR,
     "simsiam": SimSiam,
+    "moco": MoCo,
+    "barlowtwins": BarlowTwins,
+    "vicreg": VICReg,
+    "nnclr": NNCLR,
+    "dcl": DCL,
+    "dino": DINO,
+    "swav": SwAV,
 }
-
 
 
 def uses_momentum(method) -> bool:
     return "momentum_schedule" in method.knobs
+
+
+def multi_crop(method) -> bool:
+    return "local_crops" in method.knobs

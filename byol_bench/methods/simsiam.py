@@ -2,19 +2,25 @@
 
 import torch.nn as nn
 from lightly.loss import NegativeCosineSimilarity
-from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
+from lightly.models.modules.heads import ProjectionHead, SimSiamPredictionHead, SimSiamProjectionHead
 
 from byol_bench.views import ViewRecipe
 
 
 class SimSiam(nn.Module):
     views = (ViewRecipe(min_scale=0.2, saturation=0.4, blur_prob=0.5),) * 2  # lightly's SimSiamTransform
-    knobs = ("predictor_hidden_dim", "stop_gradient")  # the method-specific config keys it reads
+    # The method-specific config keys it reads, with its defaults (None: derived from other knobs).
+    knobs = {"predictor_hidden_dim": None, "stop_gradient": True, "projection_layers": 3}
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg):
         super().__init__()
         self.backbone = backbone
-        self.projection_head = SimSiamProjectionHead(feature_dim, cfg.hidden_dim, cfg.projection_dim)
+        if cfg.projection_layers == 3:  # the paper's
+            self.projection_head = SimSiamProjectionHead(feature_dim, cfg.hidden_dim, cfg.projection_dim)
+        else:  # lightly's CIFAR-10 benchmark: two layers, each with BatchNorm
+            self.projection_head = ProjectionHead([
+                (feature_dim, cfg.hidden_dim, nn.BatchNorm1d(cfg.hidden_dim), nn.ReLU()),
+                (cfg.hidden_dim, cfg.projection_dim, nn.BatchNorm1d(cfg.projection_dim), None)])
         # The paper's bottleneck predictor: narrower than the projection by default.
         predictor_hidden = cfg.predictor_hidden_dim or cfg.projection_dim // 2
         self.prediction_head = SimSiamPredictionHead(cfg.projection_dim, predictor_hidden, cfg.projection_dim)

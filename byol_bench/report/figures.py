@@ -40,10 +40,26 @@ def save(folder: Path, name: str, title: str, caption: str, figure) -> Figure:
     return Figure(name, title, caption, buffer.getvalue())
 
 
+# One colour per registered method, in the registry's order: apart for colour-blind readers and legible on white.
+# seaborn's colorblind palette without its grey (the floors' colour), pale yellow, pale pink and tan (too close to
+# the others), and brown, black, magenta and dark purple in their place.
+METHOD_COLOURS = ("#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#8c564b", "#56b4e9", "#000000", "#e7298a",
+                  "#591e71")
+
+
 def method_palette(methods) -> dict:
-    """One colour per method, the same in every figure: the registry's order first, then any other."""
-    order = [method for method in METHODS if method in set(methods)] + sorted(set(methods) - set(METHODS))
-    return dict(zip(order, sns.color_palette("colorblind", len(order))))
+    """One colour per method, the same in every figure and every report: a registered method's by its place in
+    the registry; any other method (from an older results folder) one of its own after them."""
+    registered = [method for method in METHODS if method in set(methods)]
+    others = sorted(set(methods) - set(METHODS))
+    colours = [*METHOD_COLOURS, *sns.color_palette("husl", len(METHODS) + len(others))[len(METHODS):]]
+    position = {method: index for index, method in enumerate([*METHODS, *others])}
+    return {method: colours[position[method]] for method in [*registered, *others]}
+
+
+def hue_order(palette: dict, frame: pd.DataFrame) -> list:
+    """The methods drawn in ``frame``, in the palette's (the registry's) order: legends list them so."""
+    return [method for method in palette if method in set(frame["method"])]
 
 
 def _legend_outside(ax) -> None:
@@ -73,7 +89,7 @@ def _per_batch_size(finished: pd.DataFrame, panels: dict, palette: dict):
     batch_sizes = sorted(finished["global_batch_size"].unique())
     for index, (ax, (column, (label, scale))) in enumerate(zip(axes[0], panels.items())):
         sns.lineplot(finished.assign(value=finished[column] * scale), x="global_batch_size", y="value", hue="method",
-                     style="momentum_schedule", palette=palette, markers=True, dashes=True, errorbar="sd",
+                     hue_order=hue_order(palette, finished), style="momentum_schedule", palette=palette, markers=True, dashes=True, errorbar="sd",
                      err_style="bars", legend=index == len(panels) - 1, ax=ax)
         ax.set_xscale("log", base=2)
         ax.set_xticks(batch_sizes, [str(size) for size in batch_sizes])
@@ -141,7 +157,8 @@ def accuracy_vs_compute(results: Results, palette: dict):
     groups["accuracy"] *= 100
     front = groups[pareto_front(groups["hours"], groups["accuracy"])].sort_values("hours")
     figure, ax = plt.subplots(figsize=(7, 4.5))
-    sns.scatterplot(groups, x="hours", y="accuracy", hue="method", style="momentum_schedule", palette=palette, s=70, ax=ax)
+    sns.scatterplot(groups, x="hours", y="accuracy", hue="method", hue_order=hue_order(palette, groups),
+                    style="momentum_schedule", palette=palette, s=70, ax=ax)
     ax.plot(front["hours"], front["accuracy"], drawstyle="steps-post", color="0.35", linestyle="--", label="Pareto front")
     ax.scatter(front["hours"], front["accuracy"], s=220, facecolors="none", edgecolors="0.35")
     for row in front.itertuples():
@@ -160,8 +177,8 @@ def accuracy_vs_compute(results: Results, palette: dict):
 
 
 def training_curves(results: Results, palette: dict):
-    """Loss (and the kNN monitor in %, where it ran, with the kNN floors) per epoch: a column per method,
-    a row per curve."""
+    """Loss (and the kNN monitor in %, where it ran, with the kNN floors) per epoch: a row per method, a
+    column per curve."""
     if results.epochs["loss"].notna().sum() == 0:
         return "no per-epoch rows (epochs.parquet, or the trial JSON's history, is missing or empty)"
     curves = {"loss": "training loss"}
@@ -172,12 +189,14 @@ def training_curves(results: Results, palette: dict):
     long = (epochs.melt(id_vars=["trial_id", "method", "setting", "epoch"], value_vars=list(curves),
                         var_name="curve", value_name="value").dropna(subset=["value"]))
     long["curve"] = long["curve"].map(curves)
-    grid = sns.relplot(long, kind="line", x="epoch", y="value", row="curve", col="method", hue="method", style="setting",
-                       palette=palette, markers=True, errorbar="sd", height=2.8, aspect=1.3,
+    methods = hue_order(palette, long)
+    grid = sns.relplot(long, kind="line", x="epoch", y="value", row="method", row_order=methods, col="curve",
+                       col_order=list(curves.values()), hue="method", hue_order=methods, style="setting",
+                       palette=palette, markers=True, errorbar="sd", height=2.2, aspect=1.8,
                        facet_kws={"sharey": False, "margin_titles": True})
     grid.set_titles(row_template="{row_name}", col_template="{col_name}")
     grid.set_ylabels("")
-    for (curve, method), ax in grid.axes_dict.items():
+    for (method, curve), ax in grid.axes_dict.items():
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if curve == curves.get("knn_top1"):
             draw_floors(ax, results.trials[results.trials["method"] == method], "knn_top1")
@@ -190,8 +209,11 @@ def heatmap(results: Results, rows: str, columns: str):
     table = finished.pivot_table(index=rows, columns=columns, values="knn_top1", aggfunc="mean") * 100
     if table.size < 2:
         return f"needs finished trials at two or more values of {rows} or {columns}"
+    if rows == "method":  # the registry's order, as in every other figure
+        table = table.reindex(hue_order(method_palette(table.index), table.index.to_frame()))
     figure, ax = plt.subplots(figsize=(2 + 1.1 * table.shape[1], 1.5 + 0.6 * table.shape[0]))
     sns.heatmap(table, annot=True, fmt=".1f", cmap="viridis", cbar_kws={"label": "mean kNN top-1 (%)"}, ax=ax)
     ax.set(xlabel=columns, ylabel=rows)
+    ax.tick_params(axis="y", rotation=0)  # method names read across
     figure.tight_layout()
     return figure
