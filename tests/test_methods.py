@@ -149,3 +149,14 @@ def test_a_memory_bank_fills_with_the_batch_and_is_kept_in_checkpoints(name, ban
     state = method.state_dict()
     assert state[f"{bank}.bank"].shape == (128, 32)
     assert state[f"{bank}.bank_ptr"].item() == (2 * 32 if name == "moco" else 32)
+
+
+def test_a_method_trains_with_its_own_optimizer_unless_one_is_given():
+    from byol_bench.config import make_config
+
+    barlow = make_config({"method": "barlowtwins"})
+    assert (barlow.optimizer, barlow.lr, barlow.weight_decay) == ("lars", 0.1, 1.5e-6)
+    given = make_config({"method": "barlowtwins", "optimizer": "sgd", "lr": 0.2})
+    assert (given.optimizer, given.lr, given.weight_decay) == ("sgd", 0.2, 1.5e-6)  # each knob apart
+    simclr = make_config({"method": "simclr"})
+    assert (simclr.optimizer, simclr.lr, simclr.weight_decay) == ("sgd", 0.06, 5e-4)

@@ -8,7 +8,10 @@ from other knobs), so that a sweep crosses them only with this method. A multi-c
 ``local_crops`` and ``local_crop_size`` and has a ``local_view`` recipe: its forward gets the two global
 views, then the local crops. A method with a target network reads ``momentum_schedule`` and has
 ``update_target(momentum)``; a loss or memory that spans the batch covers the whole global batch in a DDP
-trial (lightly's ``gather_distributed``), so that every rank computes what one worker would.
+trial (lightly's ``gather_distributed``), so that every rank computes what one worker would. A method that
+the suite's optimizer defaults (SGD at lr 0.06 x batch/128, weight decay 5e-4) do not train (Barlow Twins
+collapses, VICReg diverges) has lightly's benchmark settings for it in ``trains_with``: the optimizer knobs
+a trial of it takes unless they are given.
 """
 
 from byol_bench.methods.barlowtwins import BarlowTwins
