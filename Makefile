@@ -37,8 +37,10 @@ demo: data
 	  mv results/quick results/quick-$$(date +%Y%m%d-%H%M%S); fi
 	$(BIN)/byol-bench sweep benchmarks/sweeps/quick.yaml $$( [ -d results/quick/tune ] && echo --resume )
 
+# Two test files at a time (most tests train on one thread); a file's tests share its fixtures.
+TEST_WORKERS ?= 2
 test: data browser
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 # Micro-benchmarks of the hot paths. `bench` saves a run; `bench-compare` fails when a median is
 # slower than the last saved run by more than BENCH_TOLERANCE.

@@ -106,7 +106,7 @@ def _drive_ddp_trial(trial: PlannedTrial, floors: dict | None, worker_resources:
 
 
 def _run_name(trial_id: str) -> str:
-    """A folder name for a trial's Ray Train run: readable, and unique by a hash of the whole id."""
+    """A folder name for a trial (Tune's) and its Ray Train run: readable, and unique by a hash of the whole id."""
     readable = re.sub(r"[^\w.=-]+", "_", trial_id)[:80]
     return f"{readable}-{hashlib.sha1(trial_id.encode()).hexdigest()[:8]}"
 
@@ -367,13 +367,23 @@ def _tuner(sweep: Sweep, planned: list[PlannedTrial], floors: dict, ray_storage:
     return tune.Tuner(
         runnable,
         param_space=param_space(planned),
-        tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent),
+        tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent,
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=TUNE_FOLDER, storage_path=ray_storage, verbose=1 if verbose else 0,  # 1: Tune's boxed tables
             callbacks=[_progress_callback(planned), *tracking.callbacks(sweep.name)],
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
+
+
+def _trial_name(trial) -> str:
+    """A trial's name in Tune's and the trackers' views (MLflow and W&B runs): its id in the tables."""
+    return trial.config["trial_id"]
+
+
+def _trial_dirname(trial) -> str:
+    return _run_name(trial.config["trial_id"])
 
 
 def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resume: bool = False,

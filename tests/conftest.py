@@ -1,4 +1,3 @@
-import functools
 import os
 
 import pytest
@@ -18,17 +17,6 @@ TINY_METHOD_KNOBS = {"moco": {"memory_bank_size": 128}, "nnclr": {"memory_bank_s
 def tiny(method: str, **overrides) -> dict:
     """TINY's knobs for a trial of ``method``, with its tiny method-specific knobs and ``overrides``."""
     return {**TINY, "method": method, **TINY_METHOD_KNOBS.get(method, {}), **overrides}
-
-
-@functools.lru_cache(maxsize=None)
-def simsiam_trial(seed: int, stop_gradient: bool = True) -> dict:
-    """A real short SimSiam trial on Fashion-MNIST (without stop-gradient it collapses), run once per
-    session: the collapse test and the planted-regression test share them."""
-    from byol_bench.train import run_trial
-
-    return run_trial(make_config(dict(
-        method="simsiam", dataset="fashion-mnist", subset=2000, test_subset=500, batch_size=64, epochs=4, lr=0.2,
-        probe_epochs=10, threads=2, seed=seed, stop_gradient=stop_gradient)), log=lambda line: None)
 
 
 def pretrained(knobs: dict, break_method=None):

@@ -1,14 +1,16 @@
+import functools
 import json
 
 import pytest
 
 from byol_bench.cli import main
 from byol_bench.compare import Tolerances, compare_runs, load_run, save_baseline, to_markdown
-from byol_bench.errors import UserError
 from byol_bench.config import make_config, resolved_config
 from byol_bench.data import data_root, find_fashion_mnist
+from byol_bench.errors import UserError
+from byol_bench.evaluate import collapse_rank
 from byol_bench.results import trial_row, write_json, write_tables
-from conftest import simsiam_trial
+from byol_bench.train import run_trial
 
 AXES = ["method", "batch_size", "momentum_schedule", "seed"]
 
@@ -138,7 +140,29 @@ def test_an_unknown_baseline_is_a_user_error(tmp_path):
         load_run("no-such-baseline", tmp_path)
 
 
-@pytest.mark.skipif(find_fashion_mnist(data_root(None)) is None, reason="Fashion-MNIST is not installed (make data)")
+FASHION_MNIST = pytest.mark.skipif(find_fashion_mnist(data_root(None)) is None,
+                                   reason="Fashion-MNIST is not installed (make data)")
+
+
+@functools.lru_cache(maxsize=None)
+def simsiam_trial(seed: int, stop_gradient: bool = True) -> dict:
+    """A real short SimSiam trial on Fashion-MNIST (without stop-gradient it collapses), run once per
+    session: the collapse test and the planted-regression test share them. One thread: the suite runs
+    two test files at a time on two cores."""
+    return run_trial(make_config(dict(
+        method="simsiam", dataset="fashion-mnist", subset=2000, test_subset=500, batch_size=64, epochs=4, lr=0.2,
+        probe_epochs=10, threads=1, seed=seed, stop_gradient=stop_gradient)), log=lambda line: None)
+
+
+@FASHION_MNIST
+def test_simsiam_without_stop_gradient_is_flagged_as_collapsed():
+    collapsed, healthy = simsiam_trial(0, stop_gradient=False), simsiam_trial(0)
+    assert collapsed["status"] == "collapsed" and healthy["status"] == "ok"
+    assert collapsed["metrics"]["effective_rank"] < collapse_rank(128) < healthy["metrics"]["effective_rank"]
+    assert collapsed["metrics"]["knn_top1"] is not None  # a collapsed trial keeps its numbers for the tables
+
+
+@FASHION_MNIST
 def test_a_planted_regression_is_caught_and_a_rerun_with_other_seeds_is_not(tmp_path):
     """Real trials: SimSiam, then SimSiam with its stop-gradient removed by config (it collapses)."""
     def sweep(name, seeds, **changes):

@@ -52,7 +52,7 @@ def test_mlflow_holds_one_run_per_trial_with_its_knobs_history_and_final_metrics
     for run in runs:
         trial_id = run.data.params["trial_id"]
         row = trials.loc[trial_id]
-        assert run.info.status == "FINISHED"
+        assert run.info.status == "FINISHED" and run.info.run_name == trial_id
         assert run.data.params == {"trial_id": trial_id, **{key: str(value) for key, value in planned[trial_id].items()}}
         assert [step for step, _ in steps(client, run, "loss")] == EPOCH_STEPS
         assert [step for step, _ in steps(client, run, "lr")] == EPOCH_STEPS
