@@ -20,7 +20,8 @@ def test_hot_path(benchmark):
 
 
 def _make(target, tmp_path, delay):
-    env = {**os.environ, "PLANTED_DELAY": str(delay)}
+    # A pytest session of its own: without the xdist worker's variables, which would switch benchmarks off.
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}, "PLANTED_DELAY": str(delay)}
     return subprocess.run(["make", "-s", "-C", str(REPO), target, f"BENCH_PATHS={tmp_path / 'bench_planted.py'}",
                            f"BENCH_STORAGE={tmp_path / 'storage'}"], capture_output=True, text=True, env=env, timeout=300)
 

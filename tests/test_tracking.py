@@ -67,7 +67,7 @@ def test_mlflow_holds_one_run_per_trial_with_its_knobs_history_and_final_metrics
 def test_tensorboard_event_files_hold_each_trials_history(tracked):
     folder, planned, trials = tracked
     seen = set()
-    for trial_folder in (folder / "tune").glob("trainable_*"):
+    for trial_folder in (params.parent for params in (folder / "tune").glob("*/params.json")):
         trial_id = json.loads((trial_folder / "params.json").read_text())["trial_id"]
         events = EventAccumulator(str(trial_folder))
         events.Reload()
