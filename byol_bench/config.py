@@ -76,16 +76,16 @@ class TrialConfig:
     # optimisation
     batch_size: int = knob(256, "images per step per worker: the global batch is batch_size x workers", above=0)
     epochs: int = knob(4, "pretraining epochs", above=0)
-    # Barlow Twins and VICReg train with their own optimizer, lr and weight decay (lightly's), each unless given.
-    optimizer: str = knob("sgd", "the pretraining optimizer (Barlow Twins and VICReg: lars)",
+    # A method may train with its own optimizer, lr and weight decay (its `trains_with`), each unless given.
+    optimizer: str = knob("sgd", "the pretraining optimizer (Barlow Twins and VICReg: their own, lars)",
                           choices=("sgd", "lars", "adam"))
     lr: float = knob(0.06, f"the learning rate at batch {LR_REFERENCE_BATCH}, scaled with the global batch by "
-                     "lr_scaling (Barlow Twins 0.1, VICReg 0.15)", above=0)
+                     "lr_scaling (Barlow Twins and VICReg: their own)", above=0)
     lr_scaling: str = knob("linear", f"linear: lr x global batch / {LR_REFERENCE_BATCH}; none: lr at every batch size "
                            "(lightly's SimSiam benchmark)", choices=("linear", "none"))
     lr_schedule: str = knob("cosine", "the learning rate after warm-up", choices=("cosine", "constant"))
     lr_warmup_epochs: float = knob(0.0, "epochs of linear learning-rate warm-up", at_least=0)
-    weight_decay: float = knob(5e-4, "the optimizer's weight decay (Barlow Twins 1.5e-6, VICReg 1e-4)", at_least=0)
+    weight_decay: float = knob(5e-4, "the optimizer's weight decay (Barlow Twins and VICReg: their own)", at_least=0)
     sgd_momentum: float = knob(0.9, "the optimizer's momentum (SGD and LARS)", at_least=0)
     # evaluation
     knn_k: int = knob(200, "neighbours the kNN classifier weighs", above=0)

@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from byol_bench.methods import METHODS  # noqa: E402
 from byol_bench.report.load import GROUP, Results  # noqa: E402
 from byol_bench.report.render import Figure  # noqa: E402
-from byol_bench.report.tables import distinct  # noqa: E402
+from byol_bench.report.tables import distinct, in_registry_order  # noqa: E402
 
 # The floors each accuracy is read against: a method that does not beat them has learned nothing useful.
 FLOOR_LINES = {"knn_top1": {"random_init_knn_top1": "random-init kNN", "raw_pixels_knn_top1": "raw-pixel kNN"},
@@ -50,16 +50,11 @@ METHOD_COLOURS = ("#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#8c564
 def method_palette(methods) -> dict:
     """One colour per method, the same in every figure and every report: a registered method's by its place in
     the registry; any other method (from an older results folder) one of its own after them."""
-    registered = [method for method in METHODS if method in set(methods)]
-    others = sorted(set(methods) - set(METHODS))
+    order = in_registry_order(methods)
+    others = [method for method in order if method not in METHODS]
     colours = [*METHOD_COLOURS, *sns.color_palette("husl", len(METHODS) + len(others))[len(METHODS):]]
     position = {method: index for index, method in enumerate([*METHODS, *others])}
-    return {method: colours[position[method]] for method in [*registered, *others]}
-
-
-def hue_order(palette: dict, frame: pd.DataFrame) -> list:
-    """The methods drawn in ``frame``, in the palette's (the registry's) order: legends list them so."""
-    return [method for method in palette if method in set(frame["method"])]
+    return {method: colours[position[method]] for method in order}
 
 
 def _legend_outside(ax) -> None:
@@ -89,7 +84,8 @@ def _per_batch_size(finished: pd.DataFrame, panels: dict, palette: dict):
     batch_sizes = sorted(finished["global_batch_size"].unique())
     for index, (ax, (column, (label, scale))) in enumerate(zip(axes[0], panels.items())):
         sns.lineplot(finished.assign(value=finished[column] * scale), x="global_batch_size", y="value", hue="method",
-                     hue_order=hue_order(palette, finished), style="momentum_schedule", palette=palette, markers=True, dashes=True, errorbar="sd",
+                     hue_order=in_registry_order(finished["method"]), style="momentum_schedule", palette=palette,
+                     markers=True, dashes=True, errorbar="sd",
                      err_style="bars", legend=index == len(panels) - 1, ax=ax)
         ax.set_xscale("log", base=2)
         ax.set_xticks(batch_sizes, [str(size) for size in batch_sizes])
@@ -157,7 +153,7 @@ def accuracy_vs_compute(results: Results, palette: dict):
     groups["accuracy"] *= 100
     front = groups[pareto_front(groups["hours"], groups["accuracy"])].sort_values("hours")
     figure, ax = plt.subplots(figsize=(7, 4.5))
-    sns.scatterplot(groups, x="hours", y="accuracy", hue="method", hue_order=hue_order(palette, groups),
+    sns.scatterplot(groups, x="hours", y="accuracy", hue="method", hue_order=in_registry_order(groups["method"]),
                     style="momentum_schedule", palette=palette, s=70, ax=ax)
     ax.plot(front["hours"], front["accuracy"], drawstyle="steps-post", color="0.35", linestyle="--", label="Pareto front")
     ax.scatter(front["hours"], front["accuracy"], s=220, facecolors="none", edgecolors="0.35")
@@ -189,7 +185,7 @@ def training_curves(results: Results, palette: dict):
     long = (epochs.melt(id_vars=["trial_id", "method", "setting", "epoch"], value_vars=list(curves),
                         var_name="curve", value_name="value").dropna(subset=["value"]))
     long["curve"] = long["curve"].map(curves)
-    methods = hue_order(palette, long)
+    methods = in_registry_order(long["method"])
     grid = sns.relplot(long, kind="line", x="epoch", y="value", row="method", row_order=methods, col="curve",
                        col_order=list(curves.values()), hue="method", hue_order=methods, style="setting",
                        palette=palette, markers=True, errorbar="sd", height=2.2, aspect=1.8,
@@ -210,7 +206,7 @@ def heatmap(results: Results, rows: str, columns: str):
     if table.size < 2:
         return f"needs finished trials at two or more values of {rows} or {columns}"
     if rows == "method":  # the registry's order, as in every other figure
-        table = table.reindex(hue_order(method_palette(table.index), table.index.to_frame()))
+        table = table.reindex(in_registry_order(table.index))
     figure, ax = plt.subplots(figsize=(2 + 1.1 * table.shape[1], 1.5 + 0.6 * table.shape[0]))
     sns.heatmap(table, annot=True, fmt=".1f", cmap="viridis", cbar_kws={"label": "mean kNN top-1 (%)"}, ax=ax)
     ax.set(xlabel=columns, ylabel=rows)

@@ -105,7 +105,8 @@ def per_group(results: Results, columns: dict) -> pd.DataFrame:
     trials finished. The methods come in the registry's order (the figures' legends list them so).
     """
     rows, ddp = [], results.trials["workers"].max() > 1
-    groups = sorted(results.trials.groupby(GROUP, sort=True), key=lambda item: registry_position(item[0][0]))
+    order = in_registry_order(results.trials["method"])
+    groups = sorted(results.trials.groupby(GROUP, sort=True), key=lambda item: order.index(item[0][0]))
     for (method, batch, schedule, workers), group in groups:
         finished = group[group["status"] == "ok"]
         row = {"method": method, "batch size": batch, "momentum schedule": schedule, **({"workers": workers} if ddp else {}),
@@ -116,9 +117,11 @@ def per_group(results: Results, columns: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def registry_position(method: str) -> int:
-    """A registered method's place in the registry; any other method after them all."""
-    return list(METHODS).index(method) if method in METHODS else len(METHODS)
+def in_registry_order(methods) -> list:
+    """The distinct ``methods``: the registered ones in the registry's order, then any other (from an older
+    results folder) by name. Every table, legend and colour of a report lists methods so."""
+    names = set(methods)
+    return [method for method in METHODS if method in names] + sorted(names - set(METHODS))
 
 
 def floor_table(results: Results) -> pd.DataFrame:
