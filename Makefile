@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test data browser bench bench-compare clean-venv
 
-# (Re)build the virtual environment when it is missing or older than pyproject.toml.
+# (Re)build the virtual environment when it is missing or older than pyproject.toml. --no-compile: each
+# module is compiled on its first import, not all of torch's, Ray's and MLflow's up front (half the install).
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-compile -e '.[test]'
 	@touch $@
 
 # A Debian package, installed where this can (as root with apt-get); elsewhere nothing happens.
@@ -24,8 +25,8 @@ endef
 # Fashion-MNIST, the default data set: on disk already, else Debian's package, else torchvision's
 # download (users with internet).
 data: $(STAMP)
-	@$(BIN)/byol-bench data fashion-mnist --offline >/dev/null 2>&1 || { $(call apt_install,dataset-fashion-mnist); }
-	@$(BIN)/byol-bench data fashion-mnist
+	@$(BIN)/byol-bench data fashion-mnist --offline 2>/dev/null || { $(call apt_install,dataset-fashion-mnist); \
+	  $(BIN)/byol-bench data fashion-mnist; }
 
 # Headless Chromium for the report's browser test (it skips without one).
 browser:
@@ -37,10 +38,11 @@ demo: data
 	  mv results/quick results/quick-$$(date +%Y%m%d-%H%M%S); fi
 	$(BIN)/byol-bench sweep benchmarks/sweeps/quick.yaml $$( [ -d results/quick/tune ] && echo --resume )
 
-# Two test files at a time (most tests train on one thread); a file's tests share its fixtures.
+# Two test files at a time (most tests train on one thread), the longest first (tests/conftest.py); a file's
+# tests share its fixtures.
 TEST_WORKERS ?= 2
 test: data browser
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 # Micro-benchmarks of the hot paths. `bench` saves a run; `bench-compare` fails when a median is
 # slower than the last saved run by more than BENCH_TOLERANCE.

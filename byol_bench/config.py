@@ -62,8 +62,8 @@ class TrialConfig:
                                 "null: $BYOL_BENCH_DATA, else ~/.cache/byol-bench/data")
     subset: int | None = knob(None, "a seeded, stratified subset of the train split; null: all of it", above=0)
     test_subset: int | None = knob(None, "a seeded, stratified subset of the test split; null: all of it", above=0)
-    image_size: int | None = knob(None, "imagefolder's decode size (null: 64); other data sets keep their native size",
-                                  above=0)
+    image_size: int | None = knob(None, "imagefolder's decode size (null: 64) or synthetic's drawing size (null: 32); "
+                                  "other data sets keep their native size", above=0)
     views: str = knob("method", "the recipe of the two global views: the method's own (method), or another "
                       "method's for all, e.g. simclr (a multi-crop method keeps its own local crops)")
     crop_min_scale: float | None = knob(None, "the global views' random-resized crop's smallest area fraction, at "
@@ -230,9 +230,9 @@ def validate(cfg: TrialConfig) -> None:
     if cfg.crop_min_scale is not None and cfg.crop_min_scale > 1:
         raise UserError(f"crop_min_scale {cfg.crop_min_scale} is above 1; give an area fraction in (0, 1]")
     native_size = DATASETS[cfg.dataset].image_size
-    if cfg.dataset != "imagefolder" and cfg.image_size not in (None, native_size):
+    if not DATASETS[cfg.dataset].any_size and cfg.image_size not in (None, native_size):
         raise UserError(f"image_size {cfg.image_size}: {cfg.dataset} is used at its native {native_size} px; "
-                        "leave image_size out (it resizes imagefolder data only)")
+                        "leave image_size out (it sizes imagefolder and synthetic data only)")
     if cfg.dataset == "imagefolder" and not cfg.data_dir:
         raise UserError("dataset imagefolder needs --data-dir (the root of a <class>/<image> tree)")
     if cfg.test_subset is not None and cfg.test_subset < cfg.workers:

@@ -49,7 +49,7 @@ class ImageData:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    image_size: int  # native size; imagefolder images are resized to the trial's image_size
+    image_size: int  # native size, or the default size of a data set that is made at any size
     channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -57,6 +57,7 @@ class DatasetSpec:
     load: Callable[[Path, int, bool], tuple]
     description: str
     sizes: tuple[int, int, int] | None = None  # (pretrain, train, test) images; None: known only once loaded
+    any_size: bool = False  # decoded (imagefolder) or drawn (synthetic) at the trial's image_size
 
 
 def data_root(data_dir: str | None) -> Path:
@@ -229,8 +230,8 @@ def make_synthetic(count: int, seed: int, image_size: int = 32) -> tuple[Tensor,
 
 
 def _load_synthetic(root: Path, image_size: int, download: bool):
-    train_images, train_labels = make_synthetic(2000, seed=0)
-    test_images, test_labels = make_synthetic(500, seed=1)
+    train_images, train_labels = make_synthetic(2000, seed=0, image_size=image_size)
+    test_images, test_labels = make_synthetic(500, seed=1, image_size=image_size)
     return train_images, train_labels, test_images, test_labels, None
 
 
@@ -244,8 +245,9 @@ DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(32, 3, CIFAR10_MEAN, CIFAR10_STD, _cifar("CIFAR10"), "CIFAR-10, 60k 32 px", (50000, 50000, 10000)),
     "cifar100": DatasetSpec(32, 3, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), _cifar("CIFAR100"), "CIFAR-100, 60k 32 px", (50000, 50000, 10000)),
     "stl10": DatasetSpec(96, 3, (0.4408, 0.4279, 0.3867), (0.2682, 0.2610, 0.2686), _load_stl10, "STL-10, 96 px; pretrains on unlabeled+train", (105000, 5000, 8000)),
-    "imagefolder": DatasetSpec(64, 3, IMAGENET_MEAN, IMAGENET_STD, _load_imagefolder, "any root/<class>/<image> tree (--data-dir)"),
-    "synthetic": DatasetSpec(32, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), _load_synthetic, "generated gratings for tests; not a benchmark", (2000, 2000, 500)),
+    "imagefolder": DatasetSpec(64, 3, IMAGENET_MEAN, IMAGENET_STD, _load_imagefolder, "any root/<class>/<image> tree (--data-dir)", any_size=True),
+    "synthetic": DatasetSpec(32, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), _load_synthetic, "generated gratings for tests; not a benchmark", (2000, 2000, 500),
+                             any_size=True),
 }
 
 

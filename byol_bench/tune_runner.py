@@ -206,8 +206,8 @@ def _start_ray(address: str | None, verbose: bool):
     if ray.is_initialized():  # e.g. a test session's cluster
         return ray, False
     try:
-        if address is None:
-            ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=verbose)
+        if address is None:  # "local": a new cluster of our own, never one that another process started here
+            ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=verbose)
         else:
             ray.init(address=address, logging_level="WARNING", log_to_driver=verbose)
     except (ConnectionError, RuntimeError, ValueError) as error:

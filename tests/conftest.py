@@ -5,8 +5,20 @@ import pytest
 from byol_bench.config import make_config
 from byol_bench.tune_runner import quiet_ray
 
-# A trial small enough for unit tests: synthetic data, a few steps, a short probe.
-TINY = dict(dataset="synthetic", subset=256, test_subset=100, batch_size=64, epochs=2, probe_epochs=5,
+# The files of the longest tests (real trials, Ray sweeps) first: pytest-xdist hands out whole files in
+# collection order (the Makefile's --no-loadscope-reorder), and a long file handed out last would end the run alone.
+LONGEST_FIRST = ("test_compare.py", "test_distributed.py", "test_sweep.py", "test_tracking.py", "test_trial.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        return LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
+
+
+# A trial small enough for unit tests: synthetic data at 16 px, a few steps, a short probe.
+TINY = dict(dataset="synthetic", image_size=16, subset=256, test_subset=100, batch_size=64, epochs=2, probe_epochs=5,
             hidden_dim=64, projection_dim=32, knn_k=20, threads=1)
 # The method-specific knobs of a tiny trial: memory banks no larger than the smallest pretraining set the tests
 # use (128 images), fewer prototypes, and two local crops.
@@ -54,6 +66,6 @@ def ray_cluster(tmp_path_factory):
     quiet_fast_ray()
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()

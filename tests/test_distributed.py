@@ -23,9 +23,9 @@ from byol_bench.tune_runner import run_sweep
 from conftest import TINY, pretrained, quiet_fast_ray, tiny
 
 # Two steps of a global batch of 64 images: pretraining alone, the weights are what is compared.
-# NCHW: the memory layout is not under test, and NHWC convolutions' float noise would blur the
-# difference a missing gather makes.
-SPLIT = dict(subset=128, epochs=1, timing_warmup_steps=0, channels_last=False)
+# NCHW and 32 px: the memory layout is not under test, and NHWC convolutions' float noise, or at 16 px
+# LARS's (Barlow Twins' bias steps), would blur the difference a missing gather makes.
+SPLIT = dict(subset=128, epochs=1, timing_warmup_steps=0, channels_last=False, image_size=32)
 
 
 def _barlow_twins_per_rank(method):
@@ -226,6 +226,11 @@ def test_a_sweep_runs_across_two_ray_nodes_into_one_results_folder(tmp_path):
         run = subprocess.run([script, "sweep", str(path), "--results-dir", str(tmp_path / "results"),
                               "--address", address], capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        # Without --address a sweep starts a cluster of its own, even while this one runs on the same machine.
+        private = subprocess.run([sys.executable, "-c", "from byol_bench.tune_runner import _start_ray; "
+                                  "print(_start_ray(None, False)[0].get_runtime_context().gcs_address)"],
+                                 capture_output=True, text=True, timeout=120)
+        assert private.returncode == 0 and private.stdout.strip() not in ("", address), private.stderr[-3000:]
     finally:
         cluster.shutdown()
     folder = tmp_path / "results" / "nodes"

@@ -15,7 +15,7 @@ from byol_bench.sweep import expand, load_sweep
 from byol_bench.tune_runner import run_sweep
 
 PRESETS = Path(__file__).resolve().parent.parent / "benchmarks" / "sweeps"
-TINY_TRIAL = dict(dataset="synthetic", subset=256, test_subset=100, epochs=2, probe_epochs=5, hidden_dim=64,
+TINY_TRIAL = dict(dataset="synthetic", image_size=16, subset=256, test_subset=100, epochs=2, probe_epochs=5, hidden_dim=64,
                   projection_dim=32, knn_k=20)
 
 
@@ -117,31 +117,45 @@ def _mid_run(experiment: Path) -> list:
             (path.parent / "result.json").read_text(errors="replace")]
 
 
-@pytest.mark.parametrize("interrupt", ["ctrl-c", "kill-9"])
-def test_an_interrupted_sweep_resumes_only_its_missing_trials(interrupt, tmp_path):
-    path = write_sweep(tmp_path, "resumable", {"method": ["simclr"], "seed": [0, 1]}, max_concurrent=1,
+def _stop_when_part_way(process: subprocess.Popen, experiment: Path, finished: int, stop) -> tuple[dict, str]:
+    """Wait until ``finished`` trials have finished and the next has checkpointed part-way, then ``stop(process)``;
+    returns the finished trials' results as the stopped sweep left them, and its console output."""
+    deadline = time.time() + 300
+    while time.time() < deadline and not (len(_finished_results(experiment)) == finished and _mid_run(experiment)):
+        time.sleep(0.2)
+    assert len(_finished_results(experiment)) == finished and _mid_run(experiment), "the sweep never reached the point to stop it"
+    time.sleep(2.5)  # past the next save of Tune's experiment state (every 2 s), which records that checkpoint
+    stop(process)
+    output, _ = process.communicate(timeout=120)
+    done = _finished_results(experiment)
+    assert len(done) == finished, output
+    return done, output
+
+
+def _kill_everything(process: subprocess.Popen) -> None:
+    """The driver and everything it started die at once, as on a crashed or rebooted machine."""
+    os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_an_interrupted_sweep_resumes_only_its_missing_trials(tmp_path):
+    """Killed outright (SIGKILL) with one trial done and one part-way, resumed, interrupted again by Ctrl-C
+    with two done and the third part-way, resumed again: every part-way trial continues from its checkpoint,
+    no finished trial is rerun, and the three trials end as three rows."""
+    path = write_sweep(tmp_path, "resumable", {"method": ["simclr"], "seed": [0, 1, 2]}, max_concurrent=1,
                        trial={"epochs": 5, "subset": 512, "batch_size": 32})
     results, experiment = tmp_path / "results", tmp_path / "results" / "resumable" / "tune"
-    first = _bench("sweep", str(path), "--results-dir", str(results), start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (_finished_results(experiment) and _mid_run(experiment)):
-        time.sleep(0.2)  # stop once one trial has finished and the next has checkpointed part-way
-    assert _finished_results(experiment) and _mid_run(experiment), "the sweep never reached the point to stop it"
-    time.sleep(2.5)  # past the next save of Tune's experiment state (every 2 s), which records that checkpoint
-    if interrupt == "ctrl-c":
-        first.send_signal(signal.SIGINT)
-        output, _ = first.communicate(timeout=120)
-        assert first.returncode == 130 and "--resume" in output
-    else:  # the driver and everything it started die at once, as on a crashed or rebooted machine
-        os.killpg(first.pid, signal.SIGKILL)
-        first.communicate(timeout=60)
-    done_before = _finished_results(experiment)
-    assert len(done_before) == 1
-    second = _bench("sweep", str(path), "--results-dir", str(results), "--resume")
-    output, _ = second.communicate(timeout=300)
-    assert second.returncode == 0, output
+    sweep = ["sweep", str(path), "--results-dir", str(results)]
+    done, _ = _stop_when_part_way(_bench(*sweep, start_new_session=True), experiment, 1, _kill_everything)
+    resumed = _bench(*sweep, "--resume")
+    done_again, output = _stop_when_part_way(resumed, experiment, 2, lambda process: process.send_signal(signal.SIGINT))
+    assert resumed.returncode == 130 and "--resume" in output  # Ctrl-C: exit 130, saying how to go on
+    assert "resumed at epoch" in output
+    assert done_again.items() >= done.items()  # the first run's finished trial kept its result
+    last = _bench(*sweep, "--resume")
+    output, _ = last.communicate(timeout=300)
+    assert last.returncode == 0, output
     assert "resumed at epoch" in output  # the part-way trial continued from its checkpoint
     trials = pd.read_parquet(results / "resumable" / "trials.parquet")
-    assert len(trials) == 2 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
-    for trial_id, result_json in done_before.items():  # a finished trial kept its result: it was not rerun
+    assert len(trials) == 3 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
+    for trial_id, result_json in done_again.items():  # a finished trial kept its result: it was not rerun
         assert trials.set_index("trial_id").loc[trial_id, "time"] == json.loads(result_json)["provenance"]["time"]
