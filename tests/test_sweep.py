@@ -121,9 +121,11 @@ def _stop_when_part_way(process: subprocess.Popen, experiment: Path, finished: i
     """Wait until ``finished`` trials have finished and the next has checkpointed part-way, then ``stop(process)``;
     returns the finished trials' results as the stopped sweep left them, and its console output."""
     deadline = time.time() + 300
-    while time.time() < deadline and not (len(_finished_results(experiment)) == finished and _mid_run(experiment)):
+    while not (len(_finished_results(experiment)) == finished and _mid_run(experiment)):
+        if time.time() > deadline or process.poll() is not None:
+            process.kill()
+            pytest.fail(f"the sweep never reached the point to stop it:\n{process.communicate()[0][-3000:]}")
         time.sleep(0.2)
-    assert len(_finished_results(experiment)) == finished and _mid_run(experiment), "the sweep never reached the point to stop it"
     time.sleep(2.5)  # past the next save of Tune's experiment state (every 2 s), which records that checkpoint
     stop(process)
     output, _ = process.communicate(timeout=120)
@@ -142,7 +144,7 @@ def test_an_interrupted_sweep_resumes_only_its_missing_trials(tmp_path):
     with two done and the third part-way, resumed again: every part-way trial continues from its checkpoint,
     no finished trial is rerun, and the three trials end as three rows."""
     path = write_sweep(tmp_path, "resumable", {"method": ["simclr"], "seed": [0, 1, 2]}, max_concurrent=1,
-                       trial={"epochs": 5, "subset": 512, "batch_size": 32})
+                       trial={"epochs": 8, "subset": 512, "batch_size": 32})
     results, experiment = tmp_path / "results", tmp_path / "results" / "resumable" / "tune"
     sweep = ["sweep", str(path), "--results-dir", str(results)]
     done, _ = _stop_when_part_way(_bench(*sweep, start_new_session=True), experiment, 1, _kill_everything)
