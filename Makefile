@@ -6,14 +6,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test data browser bench bench-compare clean-venv
 
-# (Re)build the virtual environment when it is missing or older than pyproject.toml. pip compiles the
-# installed modules one by one; compileall does it on every core (a few files in packages' test data never
-# compile, as pip also ignores).
+# Python compiles each module of the venv once, on its first import, instead of pip compiling all of torch's,
+# Ray's and MLflow's up front (half the install): so the byte code must be written, whatever the shell says.
+unexport PYTHONDONTWRITEBYTECODE
+
+# (Re)build the virtual environment when it is missing or older than pyproject.toml.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --no-compile -e '.[test]'
-	@$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
 	@touch $@
 
 # A Debian package, installed where this can (as root with apt-get); elsewhere nothing happens.
