@@ -229,9 +229,9 @@ def validate(cfg: TrialConfig) -> None:
         raise UserError(f"device '{cfg.device}' is not valid; give auto, cpu, cuda or cuda:N")
     if cfg.crop_min_scale is not None and cfg.crop_min_scale > 1:
         raise UserError(f"crop_min_scale {cfg.crop_min_scale} is above 1; give an area fraction in (0, 1]")
-    native_size = DATASETS[cfg.dataset].image_size
-    if not DATASETS[cfg.dataset].any_size and cfg.image_size not in (None, native_size):
-        raise UserError(f"image_size {cfg.image_size}: {cfg.dataset} is used at its native {native_size} px; "
+    spec = DATASETS[cfg.dataset]
+    if not spec.any_size and cfg.image_size not in (None, spec.image_size):
+        raise UserError(f"image_size {cfg.image_size}: {cfg.dataset} is used at its native {spec.image_size} px; "
                         "leave image_size out (it sizes imagefolder and synthetic data only)")
     if cfg.dataset == "imagefolder" and not cfg.data_dir:
         raise UserError("dataset imagefolder needs --data-dir (the root of a <class>/<image> tree)")
@@ -241,7 +241,7 @@ def validate(cfg: TrialConfig) -> None:
     if cfg.subset is not None and cfg.global_batch_size > cfg.subset:
         raise UserError(f"global batch {cfg.global_batch_size} (batch_size x workers) is larger than subset {cfg.subset}; "
                         "lower the batch size or raise the subset")
-    sizes = DATASETS[cfg.dataset].sizes
+    sizes = spec.sizes
     pretrain = None
     if sizes is not None:  # known before loading: fail now, not minutes into a sweep
         pretrain, train, test = sizes
@@ -250,7 +250,7 @@ def validate(cfg: TrialConfig) -> None:
                                           ("global batch", cfg.global_batch_size, pretrain)):
             if requested is not None and requested > available:
                 raise UserError(f"{key} {requested} is larger than {cfg.dataset}'s {available} images; give at most {available}")
-    _validate_method_knobs(cfg, cfg.image_size or native_size, pretrain)
+    _validate_method_knobs(cfg, cfg.image_size or spec.image_size, pretrain)
 
 
 def _validate_method_knobs(cfg: TrialConfig, image_size: int, pretrain_images: int | None) -> None:

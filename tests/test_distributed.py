@@ -23,8 +23,8 @@ from byol_bench.tune_runner import run_sweep
 from conftest import TINY, pretrained, quiet_fast_ray, tiny
 
 # Two steps of a global batch of 64 images: pretraining alone, the weights are what is compared.
-# NCHW and 32 px: the memory layout is not under test, and NHWC convolutions' float noise, or at 16 px
-# LARS's (Barlow Twins' bias steps), would blur the difference a missing gather makes.
+# NCHW and 32 px: the memory layout is not under test, and NHWC convolutions' float noise, or Barlow Twins'
+# at 16 px, would blur the difference a missing gather makes.
 SPLIT = dict(subset=128, epochs=1, timing_warmup_steps=0, channels_last=False, image_size=32)
 
 

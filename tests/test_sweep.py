@@ -13,10 +13,11 @@ import yaml
 from byol_bench.cli import main
 from byol_bench.sweep import expand, load_sweep
 from byol_bench.tune_runner import run_sweep
+from conftest import TINY
 
 PRESETS = Path(__file__).resolve().parent.parent / "benchmarks" / "sweeps"
-TINY_TRIAL = dict(dataset="synthetic", image_size=16, subset=256, test_subset=100, epochs=2, probe_epochs=5, hidden_dim=64,
-                  projection_dim=32, knn_k=20)
+# conftest's TINY trial, with the sweep's batch sizes and Ray's threads (one per CPU) left to each test.
+TINY_TRIAL = {key: value for key, value in TINY.items() if key not in ("batch_size", "threads")}
 
 
 def write_sweep(folder: Path, name: str, axes: dict, **extra) -> Path:
