@@ -106,16 +106,23 @@ def _bench(*args, **kwargs):
     return subprocess.Popen([script, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
+def _result_lines(trial: Path) -> list[str]:
+    """The complete lines of a trial folder's result.json; none before Tune writes it, which can be after the
+    trial's first checkpoint appears."""
+    path = trial / "result.json"
+    return path.read_text(errors="replace").split("\n")[:-1] if path.exists() else []
+
+
 def _finished_results(experiment: Path) -> dict:
     """trial_id -> its final result JSON, for the trials Tune has recorded as finished."""
     return {json.loads(line)["config"]["trial_id"]: json.loads(line)["result_json"]
-            for path in experiment.glob("*/result.json") for line in path.read_text().splitlines() if '"result_json"' in line}
+            for trial in experiment.glob("*") for line in _result_lines(trial) if '"result_json"' in line}
 
 
 def _mid_run(experiment: Path) -> list:
-    """Trial folders with a checkpoint but no final result: trials stopped part-way."""
-    return [path for path in experiment.glob("*/checkpoint_*") if '"result_json"' not in
-            (path.parent / "result.json").read_text(errors="replace")]
+    """Trial folders with a checkpoint and a recorded result, but no final one: trials stopped part-way."""
+    return [trial for trial in {path.parent for path in experiment.glob("*/checkpoint_*")}
+            if (lines := _result_lines(trial)) and not any('"result_json"' in line for line in lines)]
 
 
 def _stop_when_part_way(process: subprocess.Popen, experiment: Path, finished: int, stop) -> tuple[dict, str]:
