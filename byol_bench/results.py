@@ -21,6 +21,19 @@ FLOORS = ("random_init_knn_top1", "random_init_knn_top5", "random_init_linear_to
           "raw_pixels_knn_top1", "raw_pixels_knn_top5")
 RUN_FIELDS = ("device", "global_batch_size", "pretrain_images", "train_images", "test_images", "total_steps", "peak_lr")
 PROVENANCE_FIELDS = ("device_name", "threads", "git_revision", "torch", "lightly", "hostname", "time")
+NOT_READ = "-"  # an axis's value in a trial whose method does not read that knob (SimCLR's momentum schedule)
+
+
+def setting_axes(axes) -> list[str]:
+    """The sweep axes that tell settings apart: every one but seed, whose trials are one setting's samples."""
+    return [axis for axis in axes if axis != "seed"]
+
+
+def axis_values(trials: pd.DataFrame, axis: str) -> pd.Series:
+    """An axis column as a key to group or show trials by: NOT_READ where the trial's method does not read it, and
+    whole numbers as integers (a column with gaps holds them as floats, and a CSV baseline reads them back so)."""
+    return trials[axis].astype(object).map(lambda value: NOT_READ if pd.isna(value) else
+                                           int(value) if isinstance(value, float) and value.is_integer() else value)
 
 
 def trial_row(trial_id: str, config: dict, status: str, result: dict | None = None, error: str | None = None) -> dict:
@@ -120,10 +133,12 @@ def write_tables(folder: Path, trials: list[dict], epochs: list[dict]) -> tuple[
     return trial_table, epoch_table
 
 
-def summary(trial_table: pd.DataFrame) -> str:
-    """The final table a sweep prints: axes, status, accuracy against the floor, speed."""
-    columns = ["method", "batch_size", "momentum_schedule", "seed", "status", "knn_top1", "linear_top1",
-               "random_init_knn_top1", "images_per_s", "pretrain_time_s"]
-    view = trial_table[columns].sort_values(["method", "batch_size", "momentum_schedule", "seed"], na_position="first")
-    view["momentum_schedule"] = view["momentum_schedule"].fillna("-")
+def summary(trial_table: pd.DataFrame, axes) -> str:
+    """The final table a sweep prints: its settings (method, batch size, momentum schedule and the sweep's other
+    axes), seed, status, accuracy against the floor, speed."""
+    keys = ["method", "batch_size", "momentum_schedule"]
+    keys += [axis for axis in setting_axes(axes) if axis not in keys] + ["seed"]
+    columns = ["status", "knn_top1", "linear_top1", "random_init_knn_top1", "images_per_s", "pretrain_time_s"]
+    view = trial_table[keys + columns].sort_values(keys, na_position="first")
+    view = view.assign(**{key: axis_values(view, key) for key in keys})
     return view.to_string(index=False, float_format=lambda v: f"{v:.3f}" if abs(v) < 10 else f"{v:.0f}")

@@ -432,7 +432,7 @@ def _finish(sweep: Sweep, planned: list[PlannedTrial], grid, folder: Path, manif
     counts = trial_table["status"].value_counts().to_dict()
     manifest.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), complete=not counts.get("incomplete"))
     write_json(folder / "manifest.json", manifest)
-    print(summary(trial_table))
+    print(summary(trial_table, sweep.axes))
     print(f"results: {folder}/trials.parquet, epochs.parquet, manifest.json")
     from byol_bench.report import write_report  # plotting libraries load only once there is something to plot
 

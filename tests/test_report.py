@@ -26,7 +26,7 @@ from byol_bench.report import write_comparison, write_report
 from byol_bench.report.figures import (accuracy_vs_batch_size, accuracy_vs_compute, byol_vs_momentum, heatmap,
                                        method_palette, pareto_front, throughput_vs_batch_size, training_curves)
 from byol_bench.report.load import load_results
-from byol_bench.results import epoch_rows, trial_row, write_json, write_tables
+from byol_bench.results import epoch_rows, summary, trial_row, write_json, write_tables
 
 FIXED = {"dataset": "fashion-mnist", "backbone": "small-cnn", "subset": 5000, "test_subset": 2000, "epochs": 3, "threads": 1}
 FIGURES = ("accuracy_vs_batch_size", "byol_vs_momentum", "throughput_vs_batch_size", "accuracy_vs_compute",
@@ -83,7 +83,8 @@ def planned_trials(methods=("byol", "simclr"), batch_sizes=(64, 128), seeds=(0, 
     return planned
 
 
-def write_sweep(folder: Path, planned, outcomes: dict | None = None, offset: float = 0.0) -> Path:
+def write_sweep(folder: Path, planned, outcomes: dict | None = None, offset: float = 0.0,
+                axes=("method", "batch_size")) -> Path:
     """A results folder as run_sweep leaves it; ``outcomes`` maps trial ids to failed/diverged/incomplete/missing."""
     outcomes = outcomes or {}
     trials, epochs = [], []
@@ -101,7 +102,7 @@ def write_sweep(folder: Path, planned, outcomes: dict | None = None, offset: flo
             trials.append(trial_row(trial_id, resolved, outcome, error=error))
     write_tables(folder, trials, epochs)
     write_json(folder / "manifest.json", {
-        "sweep": folder.name, "description": "A hand-built sweep for the report tests.", "axes": ["method", "batch_size"],
+        "sweep": folder.name, "description": "A hand-built sweep for the report tests.", "axes": list(axes),
         "fixed": FIXED, "resources": {"cpu": 1, "gpu": 0}, "anchors": [ANCHOR],
         "grid": [{"trial_id": trial_id, "knobs": knobs} for trial_id, knobs in planned],
         "started": "2025-01-01T00:00:00", "finished": "2025-01-01T01:00:00",
@@ -490,6 +491,44 @@ def test_trials_that_differ_only_in_workers_are_separate_settings(tmp_path):
     assert set(trials["global_batch_size"]) == {128}
     settings = results.epochs.groupby("setting")["trial_id"].nunique().to_dict()
     assert settings == {"batch 128, cosine:0.99-1.0": 3, "batch 128, cosine:0.99-1.0, 2 workers": 1}  # curves apart
+
+
+def test_trials_that_differ_in_any_other_axis_are_separate_settings(tmp_path):
+    """A sweep over the learning rate and SimCLR's temperature: each value its own row, curve and point, never
+    averaged with the other as if it were a seed; a method that does not read the temperature shows '-'."""
+    axes = ("method", "batch_size", "lr", "temperature", "seed")
+    planned = []
+    for method, batch, lr, temperature, seed in itertools.product(("byol", "simclr"), (64, 128), (0.2, 0.4),
+                                                                  (0.1, 0.5), (0, 1)):
+        knobs = {**FIXED, "method": method, "batch_size": batch, "lr": lr, "seed": seed}
+        if method == "simclr":
+            knobs["temperature"] = temperature
+        elif temperature == 0.5:
+            continue
+        planned.append((",".join(f"{axis}={knobs[axis]}" for axis in axes if axis in knobs), knobs))
+    folder = write_sweep(tmp_path / "knobs", planned, axes=axes)
+    write_report(folder)
+    markdown = read(folder / "report.md")
+    assert "## Results per method × batch size × momentum schedule × lr × temperature" in markdown
+    accuracy = markdown_table(markdown, "Accuracy").set_index(["method", "batch size", "lr", "temperature"])
+    trials = pd.read_parquet(folder / "trials.parquet")
+    trials["temperature"] = trials["temperature"].astype(object).fillna("-")
+    expected = trials.groupby(["method", "batch_size", "lr", "temperature"])["knn_top1"].mean() * 100
+    assert len(accuracy) == len(expected) == 12 and set(accuracy["n"]) == {"2"}
+    for (method, batch, lr, temperature), mean in expected.items():
+        shown = accuracy.loc[(method, str(batch), str(lr), str(temperature)), "kNN top-1 (%)"]
+        assert abs(mean_and_std(shown)[0] - mean) <= 0.05
+    results = load_results(folder)
+    assert results.epochs.groupby("setting")["trial_id"].nunique().to_dict()[
+        "batch 64, lr 0.4, temperature 0.5"] == 2  # SimCLR's curve for that setting, apart from the others
+    assert results.trials.query("method == 'byol'")["variant"].unique().tolist() == [
+        "cosine:0.99-1.0, lr 0.2", "cosine:0.99-1.0, lr 0.4"]
+    write_comparison(folder, folder)
+    side_by_side = markdown_table(read(folder / "compare-knobs.md"), "A and B per method × batch size × momentum schedule")
+    assert len(side_by_side) == 12 and set(side_by_side["kNN top-1 (%) B − A"]) == {"+0.0"}
+    printed = summary(pd.read_parquet(folder / "trials.parquet"), axes).splitlines()
+    assert printed[0].split()[:6] == ["method", "batch_size", "momentum_schedule", "lr", "temperature", "seed"]
+    assert len(printed) == 1 + len(planned)
 
 
 def test_missing_trials_of_a_sweep_that_leaves_knobs_at_their_defaults_join_their_setting(tmp_path):

@@ -19,8 +19,8 @@ from byol_bench.report import figures
 from byol_bench.report.load import Results, load_results
 from byol_bench.report.render import Figure, Table, write_documents, writable
 from byol_bench.report.tables import (ACCURACY_COLUMNS, COST_COLUMNS, anchor_table, comparison_table, floor_table,
-                                      per_group, protocol, protocol_differences, provenance_table, status_counts,
-                                      unfinished_table)
+                                      axis_label, per_group, protocol, protocol_differences, provenance_table,
+                                      status_counts, unfinished_table)
 
 __all__ = ["write_report", "write_comparison"]
 
@@ -36,7 +36,8 @@ def write_report(source: Path, heatmap_axes: tuple[str, str] = ("method", "globa
     figures_dir = writable(results.report_dir / "figures")
     sections = [
         ("Overview", _overview(results)),
-        ("Results per method × batch size × momentum schedule", _result_tables(results, above)),
+        (" × ".join(["Results per method", "batch size", "momentum schedule", *map(axis_label, results.other_axes)]),
+         _result_tables(results, above)),
         ("Trials that did not finish", [Table("Failed, diverged, incomplete and missing trials", unfinished, above)
                                         if len(unfinished) else "Every trial finished."]),
         ("Regression checks", _regression_checks(results.report_dir)),
@@ -93,7 +94,7 @@ def _figures(results: Results, folder: Path, rows: str, columns: str) -> list[Fi
                      f"kNN and linear top-1 per method against batch size (log2); {seeds}; {floors}",
                      figures.accuracy_vs_batch_size(results, palette)),
         figures.save(folder, "byol_vs_momentum", "BYOL accuracy vs momentum schedule",
-                     f"BYOL's kNN and linear top-1 per momentum schedule, a shade per batch size; {seeds}; {floors}",
+                     f"BYOL's kNN and linear top-1 per momentum schedule, a shade per batch size (and other knobs); {seeds}; {floors}",
                      figures.byol_vs_momentum(results, palette)),
         figures.save(folder, "throughput_vs_batch_size", "Throughput vs batch size",
                      f"training images/s per method against batch size (log2); {seeds}",

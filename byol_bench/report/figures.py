@@ -16,7 +16,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from byol_bench.methods import METHODS  # noqa: E402
-from byol_bench.report.load import GROUP, Results  # noqa: E402
+from byol_bench.report.load import Results  # noqa: E402
 from byol_bench.report.render import Figure  # noqa: E402
 from byol_bench.report.tables import distinct, in_registry_order  # noqa: E402
 
@@ -76,15 +76,15 @@ def draw_floors(ax, trials: pd.DataFrame, accuracy: str) -> None:
 
 
 def _per_batch_size(finished: pd.DataFrame, panels: dict, palette: dict):
-    """A panel per ``{column: (label, scale)}`` against the global batch (log2), a line per method and momentum
-    schedule; the floors in the accuracy panels."""
+    """A panel per ``{column: (label, scale)}`` against the global batch (log2), a line per method and variant
+    (momentum schedule, workers, the sweep's other axes); the floors in the accuracy panels."""
     if finished["global_batch_size"].nunique() < 2:
         return f"needs finished trials at two or more batch sizes (found {distinct(finished, 'global_batch_size', 'none')})"
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels) + 2, 4), squeeze=False)
     batch_sizes = sorted(finished["global_batch_size"].unique())
     for index, (ax, (column, (label, scale))) in enumerate(zip(axes[0], panels.items())):
         sns.lineplot(finished.assign(value=finished[column] * scale), x="global_batch_size", y="value", hue="method",
-                     hue_order=in_registry_order(finished["method"]), style="momentum_schedule", palette=palette,
+                     hue_order=in_registry_order(finished["method"]), style="variant", palette=palette,
                      markers=True, dashes=True, errorbar="sd",
                      err_style="bars", legend=index == len(panels) - 1, ax=ax)
         ax.set_xscale("log", base=2)
@@ -108,27 +108,30 @@ def throughput_vs_batch_size(results: Results, palette: dict):
 
 
 def byol_vs_momentum(results: Results, palette: dict):
-    """BYOL's accuracy per momentum schedule, a shade of BYOL's colour per batch size."""
+    """BYOL's accuracy per momentum schedule, a shade of BYOL's colour per batch size (and other knobs)."""
     byol = results.finished[results.finished["method"] == "byol"]
     if byol.empty:
         return "no finished BYOL trials"
     if byol["momentum_schedule"].nunique() < 2:
         return ("needs finished BYOL trials with two or more momentum schedules "
                 f"(found {distinct(byol, 'momentum_schedule')})")
-    batch_sizes = [str(size) for size in sorted(byol["global_batch_size"].unique())]
-    # Shades of BYOL's own colour, so that the method keeps its colour; one shade per batch size.
-    shades = dict(zip(batch_sizes, sns.dark_palette(palette["byol"], len(batch_sizes) + 1, reverse=True)))
+    # One shade of BYOL's own colour per batch (and other knobs), so that the method keeps its colour.
+    byol = byol.sort_values(["global_batch_size", "other_knobs"])
+    byol = byol.assign(batch=[f"{batch}, {knobs}" if knobs else str(batch)
+                              for batch, knobs in zip(byol["global_batch_size"], byol["other_knobs"])])
+    batches = list(dict.fromkeys(byol["batch"]))
+    shades = dict(zip(batches, sns.dark_palette(palette["byol"], len(batches) + 1, reverse=True)))
     schedules = sorted(byol["momentum_schedule"].unique())
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, (column, label) in zip(axes, (("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)"))):
-        sns.pointplot(byol.assign(value=byol[column] * 100, batch=byol["global_batch_size"].astype(str)),
-                      x="momentum_schedule", y="value", order=schedules, hue="batch", hue_order=batch_sizes,
-                      palette=shades, errorbar="sd", dodge=0.2 if len(batch_sizes) > 1 else False,  # seaborn divides by levels - 1
+        sns.pointplot(byol.assign(value=byol[column] * 100),
+                      x="momentum_schedule", y="value", order=schedules, hue="batch", hue_order=batches,
+                      palette=shades, errorbar="sd", dodge=0.2 if len(batches) > 1 else False,  # seaborn divides by levels - 1
                       capsize=0.1, ax=ax)
         ax.set(xlabel="momentum schedule", ylabel=label)
         draw_floors(ax, byol, column)
     axes[0].get_legend().remove()  # the same legend twice: keep the right-hand one
-    axes[1].get_legend().set_title("batch size")
+    axes[1].get_legend().set_title("batch size" + (", knobs" if byol["other_knobs"].any() else ""))
     _legend_outside(axes[1])
     figure.tight_layout()
     return figure
@@ -146,7 +149,7 @@ def pareto_front(cost: pd.Series, value: pd.Series) -> pd.Series:
 
 def accuracy_vs_compute(results: Results, palette: dict):
     """Each setting's mean kNN accuracy against its mean compute, with the Pareto front marked."""
-    groups = (results.finished.groupby(GROUP, as_index=False)
+    groups = (results.finished.groupby([*results.group, "variant"], as_index=False)  # variant: the group's label
               .agg(hours=("compute_hours", "mean"), accuracy=("knn_top1", "mean")).dropna())
     if len(groups) < 2:
         return "needs two or more finished settings with a pretraining time and a kNN accuracy"
@@ -154,7 +157,7 @@ def accuracy_vs_compute(results: Results, palette: dict):
     front = groups[pareto_front(groups["hours"], groups["accuracy"])].sort_values("hours")
     figure, ax = plt.subplots(figsize=(7, 4.5))
     sns.scatterplot(groups, x="hours", y="accuracy", hue="method", hue_order=in_registry_order(groups["method"]),
-                    style="momentum_schedule", palette=palette, s=70, ax=ax)
+                    style="variant", palette=palette, s=70, ax=ax)
     ax.plot(front["hours"], front["accuracy"], drawstyle="steps-post", color="0.35", linestyle="--", label="Pareto front")
     ax.scatter(front["hours"], front["accuracy"], s=220, facecolors="none", edgecolors="0.35")
     for row in front.itertuples():

@@ -11,12 +11,12 @@ import pandas as pd
 
 from byol_bench.config import resolved_config
 from byol_bench.errors import UserError
-from byol_bench.results import FLOORS, METRICS, epoch_rows, trial_row
+from byol_bench.results import FLOORS, METRICS, NOT_READ, axis_values, epoch_rows, setting_axes, trial_row
 
-# One row of every results table. Trials that differ only in their DDP workers (a scaling study at one
-# global batch) are different settings, not seeds of one.
+# One row of every results table: a setting, whose seeds are its samples. Trials that differ only in their DDP
+# workers (a scaling study at one global batch) are different settings, not seeds of one; so are trials that differ
+# in any other axis of the sweep (Results.group adds those).
 GROUP = ["method", "global_batch_size", "momentum_schedule", "workers"]
-NO_SCHEDULE = "-"  # the momentum schedule of a method without a target network
 REQUIRED = ("trial_id", "status", "error", "method", "batch_size", "momentum_schedule", *METRICS, *FLOORS)
 # write_tables copies these trial columns into the epochs table; the trials table's filled-in values replace them.
 EPOCH_AXES = ["method", "batch_size", "momentum_schedule", "seed"]
@@ -33,12 +33,18 @@ class Results:
     trials: pd.DataFrame
     epochs: pd.DataFrame
     manifest: dict
+    group: list[str]  # the columns that make a setting: GROUP, then the sweep's other axes
     compute_unit: str  # "CPU-hours" or "GPU-hours", the unit of the trials' compute_hours column
     compute_basis: str  # how compute_hours was reckoned
 
     @property
     def finished(self) -> pd.DataFrame:
         return self.trials[self.trials["status"] == "ok"]
+
+    @property
+    def other_axes(self) -> list[str]:
+        """The sweep's axes beyond GROUP's (learning rate, temperature, ...), each a column of the tables."""
+        return self.group[len(GROUP):]
 
 
 def load_results(source: Path) -> Results:
@@ -103,20 +109,37 @@ def _results(name: str, source: Path, report_dir: Path, trials: pd.DataFrame, ep
     """The tables with the planned trials that never ran, and the columns the report groups and labels by."""
     trials["workers"] = trials["workers"].fillna(1).astype(int) if "workers" in trials else 1  # tables before DDP
     trials = _with_missing_trials(trials, manifest)
-    trials["momentum_schedule"] = trials["momentum_schedule"].fillna(NO_SCHEDULE)
+    other_axes = [axis for axis in setting_axes(manifest.get("axes") or [])
+                  if axis not in (*GROUP, "batch_size") and axis in trials]
+    trials = trials.assign(**{axis: axis_values(trials, axis) for axis in ["momentum_schedule", *other_axes]})
     trials["global_batch_size"] = _global_batch_size(trials)
-    trials["setting"] = [f"batch {batch}" + ("" if schedule == NO_SCHEDULE else f", {schedule}")
-                         + ("" if workers == 1 else f", {workers} workers")
-                         for batch, schedule, workers in zip(trials["global_batch_size"], trials["momentum_schedule"],
-                                                             trials["workers"])]
+    # Labels of a setting's parts: the figures draw a line, a marker or a shade per distinct label.
+    trials["other_knobs"] = [_other_knobs(trial, other_axes) for trial in trials.to_dict("records")]
+    trials["variant"] = [_label(schedule, knobs) for schedule, knobs in zip(trials["momentum_schedule"],
+                                                                             trials["other_knobs"])]
+    trials["setting"] = [_label(f"batch {batch}", variant)
+                         for batch, variant in zip(trials["global_batch_size"], trials["variant"])]
     hours, unit, basis = _compute_hours(trials, manifest)
     trials["compute_hours"] = hours
     if "loss" not in epochs:  # no per-epoch rows at all
         epochs = pd.DataFrame(columns=["trial_id", "epoch", "loss"])
-    epochs = trials[["trial_id", *GROUP, "setting"]].merge(epochs.drop(columns=EPOCH_AXES, errors="ignore"),
+    group = [*GROUP, *other_axes]
+    epochs = trials[["trial_id", *group, "setting"]].merge(epochs.drop(columns=EPOCH_AXES, errors="ignore"),
                                                            on="trial_id")
     epochs = epochs.replace([np.inf, -np.inf], np.nan)  # a diverged trial's last loss
-    return Results(name, source, report_dir, trials, epochs, manifest, unit, basis)
+    return Results(name, source, report_dir, trials, epochs, manifest, group, unit, basis)
+
+
+def _label(*parts: str) -> str:
+    """The parts that say something, joined; NOT_READ when none does."""
+    return ", ".join(part for part in parts if part and part != NOT_READ) or NOT_READ
+
+
+def _other_knobs(trial: dict, other_axes: list[str]) -> str:
+    """What sets a trial apart beyond its method, batch and momentum schedule: workers and the sweep's other axes
+    ('' when nothing)."""
+    parts = [] if trial["workers"] == 1 else [f"{trial['workers']} workers"]
+    return ", ".join(parts + [f"{axis} {trial[axis]}" for axis in other_axes if trial[axis] != NOT_READ])
 
 
 def _with_missing_trials(trials: pd.DataFrame, manifest: dict) -> pd.DataFrame:

@@ -7,7 +7,7 @@ import pandas as pd
 
 from byol_bench.methods import METHODS
 from byol_bench.report.load import GROUP, Results
-from byol_bench.results import FLOORS
+from byol_bench.results import FLOORS, NOT_READ, axis_values
 
 # label: (column, scale, decimals). Accuracies and fractions are shown in %.
 # kNN top-1 is the final epoch's; the best epoch's is what lightly's benchmarks report (the monitor every epoch).
@@ -98,23 +98,31 @@ def protocol_differences(first: Results, second: Results) -> list[str]:
 
 
 def per_group(results: Results, columns: dict) -> pd.DataFrame:
-    """One row per method × global batch × momentum schedule (× workers, shown when a trial has more than
-    one): mean ± std over its finished seeds.
+    """One row per setting: method × global batch × momentum schedule (× workers, shown when a trial has more
+    than one; × the sweep's other axes): mean ± std over its finished seeds.
 
     Every group appears, also one whose trials all failed; n reads "k of m" when only k of its m
     trials finished. The methods come in the registry's order (the figures' legends list them so).
     """
     rows, ddp = [], results.trials["workers"].max() > 1
     order = in_registry_order(results.trials["method"])
-    groups = sorted(results.trials.groupby(GROUP, sort=True), key=lambda item: order.index(item[0][0]))
-    for (method, batch, schedule, workers), group in groups:
+    groups = sorted(results.trials.groupby(results.group, sort=True), key=lambda item: order.index(item[0][0]))
+    for key, group in groups:
+        setting = dict(zip(results.group, key))
         finished = group[group["status"] == "ok"]
-        row = {"method": method, "batch size": batch, "momentum schedule": schedule, **({"workers": workers} if ddp else {}),
+        row = {"method": setting["method"], "batch size": setting["global_batch_size"],
+               "momentum schedule": setting["momentum_schedule"], **({"workers": setting["workers"]} if ddp else {}),
+               **{axis_label(axis): text(setting[axis]) for axis in results.other_axes},
                "n": str(len(finished)) if len(finished) == len(group) else f"{len(finished)} of {len(group)}"}
         row.update({label: mean_std(finished[column], scale, decimals)
                     for label, (column, scale, decimals) in columns.items()})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def axis_label(axis: str) -> str:
+    """A knob's name as a table's column label."""
+    return axis.replace("_", " ")
 
 
 def in_registry_order(methods) -> list:
@@ -183,10 +191,13 @@ def status_counts(results: Results) -> str:
     return f"{total} trial{'s' if total != 1 else ''}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
 
 
-def _group_means(results: Results) -> pd.DataFrame:
-    """n and the mean of each compared column over the finished seeds, per group."""
+def _group_means(results: Results, group: list[str]) -> pd.DataFrame:
+    """n and the mean of each compared column over the finished seeds, per setting of ``group``'s columns."""
+    finished = results.finished  # an axis of the other source only: as a key, NOT_READ where this table lacks it
+    finished = finished.assign(**{axis: axis_values(finished, axis) if axis in finished else NOT_READ
+                                  for axis in group[len(GROUP):]})
     means = {column: (column, "mean") for column, _, _ in COMPARED.values()}
-    return results.finished.groupby(GROUP).agg(n=("trial_id", "size"), **means)
+    return finished.groupby(group).agg(n=("trial_id", "size"), **means)
 
 
 def _formatted(values: pd.Series, spec: str) -> list[str]:
@@ -194,12 +205,14 @@ def _formatted(values: pd.Series, spec: str) -> list[str]:
 
 
 def comparison_table(first: Results, second: Results, with_deltas: bool = True) -> pd.DataFrame:
-    """Groups matched by method, global batch, momentum schedule and workers: A's and B's means and B − A
-    (left blank without ``with_deltas``)."""
-    both = _group_means(first).merge(_group_means(second), how="outer", left_index=True, right_index=True,
-                                     suffixes=("_a", "_b")).reset_index()
+    """Settings matched by method, global batch, momentum schedule, workers and either sweep's other axes: A's
+    and B's means and B − A (left blank without ``with_deltas``)."""
+    group = [*first.group, *(axis for axis in second.other_axes if axis not in first.group)]
+    both = _group_means(first, group).merge(_group_means(second, group), how="outer", left_index=True,
+                                            right_index=True, suffixes=("_a", "_b")).reset_index()
     table = pd.DataFrame({"method": both["method"], "batch size": both["global_batch_size"],
                           "momentum schedule": both["momentum_schedule"], "workers": both["workers"],
+                          **{axis_label(axis): both[axis].map(text) for axis in group[len(GROUP):]},
                           "n A": both["n_a"].map(text), "n B": both["n_b"].map(text)})
     if (table["workers"] == 1).all():
         table = table.drop(columns="workers")
