@@ -75,6 +75,12 @@ def draw_floors(ax, trials: pd.DataFrame, accuracy: str) -> None:
                     fontsize=8, color="0.3")
 
 
+def _style(trials: pd.DataFrame) -> str:
+    """The column a line's dashes or a point's marker follow: the momentum schedule, or where trials also differ
+    in workers or the sweep's other axes, the whole variant."""
+    return "variant" if trials["other_knobs"].any() else "momentum_schedule"
+
+
 def _per_batch_size(finished: pd.DataFrame, panels: dict, palette: dict):
     """A panel per ``{column: (label, scale)}`` against the global batch (log2), a line per method and variant
     (momentum schedule, workers, the sweep's other axes); the floors in the accuracy panels."""
@@ -84,7 +90,7 @@ def _per_batch_size(finished: pd.DataFrame, panels: dict, palette: dict):
     batch_sizes = sorted(finished["global_batch_size"].unique())
     for index, (ax, (column, (label, scale))) in enumerate(zip(axes[0], panels.items())):
         sns.lineplot(finished.assign(value=finished[column] * scale), x="global_batch_size", y="value", hue="method",
-                     hue_order=in_registry_order(finished["method"]), style="variant", palette=palette,
+                     hue_order=in_registry_order(finished["method"]), style=_style(finished), palette=palette,
                      markers=True, dashes=True, errorbar="sd",
                      err_style="bars", legend=index == len(panels) - 1, ax=ax)
         ax.set_xscale("log", base=2)
@@ -149,7 +155,7 @@ def pareto_front(cost: pd.Series, value: pd.Series) -> pd.Series:
 
 def accuracy_vs_compute(results: Results, palette: dict):
     """Each setting's mean kNN accuracy against its mean compute, with the Pareto front marked."""
-    groups = (results.finished.groupby([*results.group, "variant"], as_index=False)  # variant: the group's label
+    groups = (results.finished.groupby([*results.group, "variant", "other_knobs"], as_index=False)  # + its labels
               .agg(hours=("compute_hours", "mean"), accuracy=("knn_top1", "mean")).dropna())
     if len(groups) < 2:
         return "needs two or more finished settings with a pretraining time and a kNN accuracy"
@@ -157,7 +163,7 @@ def accuracy_vs_compute(results: Results, palette: dict):
     front = groups[pareto_front(groups["hours"], groups["accuracy"])].sort_values("hours")
     figure, ax = plt.subplots(figsize=(7, 4.5))
     sns.scatterplot(groups, x="hours", y="accuracy", hue="method", hue_order=in_registry_order(groups["method"]),
-                    style="variant", palette=palette, s=70, ax=ax)
+                    style=_style(groups), palette=palette, s=70, ax=ax)
     ax.plot(front["hours"], front["accuracy"], drawstyle="steps-post", color="0.35", linestyle="--", label="Pareto front")
     ax.scatter(front["hours"], front["accuracy"], s=220, facecolors="none", edgecolors="0.35")
     for row in front.itertuples():
