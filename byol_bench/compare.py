@@ -1,6 +1,6 @@
 """Regression tracking: a candidate sweep against a stored baseline, group by group, aware of seed noise.
 
-Trials are matched by the sweep's axes except ``seed`` (method, batch size, momentum schedule, ...):
+Trials are matched by the axes of either sweep except ``seed`` (method, batch size, momentum schedule, ...):
 each group's seeds are the samples. Accuracy with at least two seeds on both sides uses Welch's
 t-test and a minimum effect size (``acc_tol`` points): a difference counts only when it is both
 significant and large enough. With one seed, the tolerance alone decides. Throughput and memory are
@@ -23,7 +23,7 @@ from scipy import stats
 
 from byol_bench.errors import UserError
 from byol_bench.report import render
-from byol_bench.results import axis_values, setting_axes, write_json
+from byol_bench.results import axis_values, setting_axes, shown, write_json
 
 BASELINES_DIR = Path("results") / "baselines"
 ACCURACY_METRICS = ("knn_top1", "linear_top1")
@@ -132,15 +132,17 @@ def _status_verdict(base: pd.Series, cand: pd.Series) -> dict:
 
 
 def _groups(trials: pd.DataFrame, axes: list[str]) -> dict[tuple, pd.DataFrame]:
-    """Group key -> the trials of that group that ran to an end; an axis a method does not read shows as NOT_READ."""
+    """Group key -> the trials of that group that ran to an end; an axis a method does not read shows as NOT_READ,
+    an empty one as what it means (NaN would match nothing across the two runs)."""
     ended = trials[trials.status != "incomplete"]
-    ended = ended.assign(**{axis: axis_values(ended, axis) for axis in axes})
+    ended = ended.assign(**{axis: [shown(axis, value) if pd.isna(value) else value
+                                   for value in axis_values(ended, axis)] for axis in axes})
     return {tuple(key): rows for key, rows in ended.groupby(axes)}
 
 
 def compare_runs(baseline: Run, candidate: Run, tol: Tolerances = Tolerances()) -> dict:
     """Verdicts for every group of trials present in both runs, and what could not be matched."""
-    axes = [a for a in setting_axes(baseline.manifest["axes"]) if a in candidate.trials.columns]
+    axes = list(dict.fromkeys(setting_axes([*baseline.manifest["axes"], *candidate.manifest["axes"]])))
     not_ok = [{"run": run.name, "trial_id": row.trial_id, "status": row.status}
               for run in (baseline, candidate) for row in run.trials.itertuples() if row.status != "ok"]
     base_groups, cand_groups = _groups(baseline.trials, axes), _groups(candidate.trials, axes)

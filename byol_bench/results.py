@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from byol_bench.config import KEYS
+from byol_bench.config import KEYS, method_reads
 from byol_bench.errors import UserError
 
 METRICS = ("knn_top1", "knn_top5", "knn_top1_best", "linear_top1", "linear_top5", "embedding_std", "effective_rank",
@@ -22,6 +22,7 @@ FLOORS = ("random_init_knn_top1", "random_init_knn_top5", "random_init_linear_to
 RUN_FIELDS = ("device", "global_batch_size", "pretrain_images", "train_images", "test_images", "total_steps", "peak_lr")
 PROVENANCE_FIELDS = ("device_name", "threads", "git_revision", "torch", "lightly", "hostname", "time")
 NOT_READ = "-"  # an axis's value in a trial whose method does not read that knob (SimCLR's momentum schedule)
+EMPTY_MEANS = {"subset": "all", "test_subset": "all"}  # what an empty (null) knob means, where it is not "null"
 
 
 def setting_axes(axes) -> list[str]:
@@ -30,10 +31,25 @@ def setting_axes(axes) -> list[str]:
 
 
 def axis_values(trials: pd.DataFrame, axis: str) -> pd.Series:
-    """An axis column as a key to group or show trials by: NOT_READ where the trial's method does not read it, and
-    whole numbers as integers (a column with gaps holds them as floats, and a CSV baseline reads them back so)."""
-    return trials[axis].astype(object).map(lambda value: NOT_READ if pd.isna(value) else
-                                           int(value) if isinstance(value, float) and value.is_integer() else value)
+    """An axis column as a key to group trials by (with ``dropna=False``): NOT_READ where the trial's method does
+    not read the knob (or the table lacks it), whole numbers as integers (a column with gaps holds them as floats,
+    and a CSV baseline reads them back so); an empty knob a method reads (subset: all) stays empty."""
+    values = trials[axis] if axis in trials else pd.Series(None, index=trials.index, dtype=object)
+
+    def key(method, value):
+        if not method_reads(method, axis) or axis not in trials:
+            return NOT_READ
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+    return pd.Series([key(method, value) for method, value in zip(trials["method"], values)], index=trials.index,
+                     dtype=object)
+
+
+def shown(axis: str, value) -> str:
+    """An axis value as tables and legends show it: an empty one as what it means, a whole number without '.0'."""
+    if pd.isna(value):
+        return EMPTY_MEANS.get(axis, "null")
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def trial_row(trial_id: str, config: dict, status: str, result: dict | None = None, error: str | None = None) -> dict:
@@ -140,5 +156,5 @@ def summary(trial_table: pd.DataFrame, axes) -> str:
     keys += [axis for axis in setting_axes(axes) if axis not in keys] + ["seed"]
     columns = ["status", "knn_top1", "linear_top1", "random_init_knn_top1", "images_per_s", "pretrain_time_s"]
     view = trial_table[keys + columns].sort_values(keys, na_position="first")
-    view = view.assign(**{key: axis_values(view, key) for key in keys})
+    view = view.assign(**{key: [shown(key, value) for value in axis_values(view, key)] for key in keys})
     return view.to_string(index=False, float_format=lambda v: f"{v:.3f}" if abs(v) < 10 else f"{v:.0f}")

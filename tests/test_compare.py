@@ -15,17 +15,18 @@ from byol_bench.train import run_trial
 AXES = ["method", "batch_size", "momentum_schedule", "seed"]
 
 
-def make_sweep(folder, name, groups, fixed=None):
-    """A sweep folder as a sweep writes it; groups: {(method, batch): [(knn, linear, images_per_s, memory), ...]}."""
+def make_sweep(folder, name, groups, fixed=None, axes=AXES):
+    """A sweep folder as a sweep writes it; groups: {(method, batch, *(knob, value)): [(knn, linear, images_per_s,
+    memory), ...]}."""
     rows = []
-    for (method, batch), seeds in groups.items():
+    for (method, batch, *others), seeds in groups.items():
         for seed, (knn, linear, speed, memory) in enumerate(seeds):
-            knobs = {"method": method, "batch_size": batch, "seed": seed}
-            trial_id = f"method={method},batch_size={batch},seed={seed}"
+            knobs = {"method": method, "batch_size": batch, **dict(others), "seed": seed}
+            trial_id = ",".join(f"{knob}={value}" for knob, value in knobs.items())
             result = {"metrics": {"knn_top1": knn, "linear_top1": linear, "images_per_s": speed, "peak_memory_bytes": memory}}
-            rows.append(trial_row(trial_id, knobs, "ok", result))
+            rows.append(trial_row(trial_id, resolved_config(knobs), "ok", result))
     write_tables(folder / name, rows, [])
-    write_json(folder / name / "manifest.json", {"sweep": name, "axes": AXES, "fixed": fixed or {"epochs": 4}})
+    write_json(folder / name / "manifest.json", {"sweep": name, "axes": axes, "fixed": fixed or {"epochs": 4}})
     return folder / name
 
 
@@ -96,9 +97,23 @@ def test_unmatched_and_unfinished_trials_are_reported_not_crashed_on(tmp_path):
     assert result["protocol_changes"] == {"epochs": [4, 8]}
     markdown = to_markdown(result)
     assert markdown.startswith("# Regression check: cand against base\n")
-    assert "\n| method=byol, batch_size=256, momentum_schedule=- | 3 → 2 | regressed |" in markdown  # a lost trial
+    assert "\n| method=byol, batch_size=256, momentum_schedule=cosine:0.99-1.0 | 3 → 2 | regressed |" in markdown  # a lost trial
     assert "only in the baseline" in markdown and "did not finish" in markdown and "epochs: 4 → 8" in markdown
     assert markdown.rstrip().endswith("Verdict: REGRESSED")
+
+
+def test_settings_are_matched_by_the_axes_of_either_run(tmp_path):
+    """A candidate that adds an lr and a subset axis: its lr 0.4 trials and its subset trials are settings of their
+    own, not more seeds of the baseline's; only lr 0.06 on the whole split (subset null) is compared."""
+    base = make_sweep(tmp_path, "base", {("byol", 256, ("lr", 0.06)): SEEDS})
+    cand = make_sweep(tmp_path, "cand", {("byol", 256, ("lr", 0.06)): SEEDS, ("byol", 256, ("lr", 0.4)): shifted(SEEDS, -0.1),
+                                         ("byol", 256, ("lr", 0.06), ("subset", 5000)): shifted(SEEDS, -0.1)},
+                      axes=[*AXES, "lr", "subset"])
+    result = compare_runs(load_run(base), load_run(cand))
+    assert [(g["group"]["lr"], g["group"]["subset"], g["knn_top1"]["verdict"]) for g in result["groups"]] == [
+        (0.06, "all", "unchanged")]
+    assert sorted((g["lr"], g["subset"]) for g in result["unmatched"]["candidate_only"]) == [(0.06, 5000), (0.4, "all")]
+    assert not result["regressed"]
 
 
 def test_baseline_save_and_the_compare_command(tmp_path, capsys):
@@ -111,7 +126,7 @@ def test_baseline_save_and_the_compare_command(tmp_path, capsys):
     slower = make_sweep(tmp_path, "slower", {("byol", 256): shifted(SEEDS, speed=0.5)})
     assert main(["compare", "v1", str(slower), "--baselines-dir", str(baselines)]) == 1
     out = capsys.readouterr().out
-    assert "| method=byol, batch_size=256, momentum_schedule=- |" in out and "REGRESSED" in out
+    assert "| method=byol, batch_size=256, momentum_schedule=cosine:0.99-1.0 |" in out and "REGRESSED" in out
     assert json.loads((slower / "regression-vs-quick.json").read_text())["regressed"] is True
     report = (slower / "report.html").read_text()  # the candidate's report carries the verdicts
     assert "Against baseline quick" in report and "regressed" in report

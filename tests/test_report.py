@@ -521,14 +521,32 @@ def test_trials_that_differ_in_any_other_axis_are_separate_settings(tmp_path):
     results = load_results(folder)
     assert results.epochs.groupby("setting")["trial_id"].nunique().to_dict()[
         "batch 64, lr 0.4, temperature 0.5"] == 2  # SimCLR's curve for that setting, apart from the others
+    assert results.epochs["lr"].eq(0.06).all()  # the epochs' own lr column, not the axis's
     assert results.trials.query("method == 'byol'")["variant"].unique().tolist() == [
         "cosine:0.99-1.0, lr 0.2", "cosine:0.99-1.0, lr 0.4"]
     write_comparison(folder, folder)
-    side_by_side = markdown_table(read(folder / "compare-knobs.md"), "A and B per method × batch size × momentum schedule")
+    side_by_side = markdown_table(read(folder / "compare-knobs.md"),
+                                  "A and B per method × batch size × momentum schedule × lr × temperature")
     assert len(side_by_side) == 12 and set(side_by_side["kNN top-1 (%) B − A"]) == {"+0.0"}
     printed = summary(pd.read_parquet(folder / "trials.parquet"), axes).splitlines()
     assert printed[0].split()[:6] == ["method", "batch_size", "momentum_schedule", "lr", "temperature", "seed"]
     assert len(printed) == 1 + len(planned)
+
+
+def test_an_empty_knob_on_an_axis_reads_as_what_it_means(tmp_path):
+    """subset: [1000, null] is two settings, the second one on the whole split: 'all' in the tables and the printed
+    summary, never the '-' of a knob the method does not read."""
+    planned = [(f"subset={subset},seed={seed}", {**FIXED, "method": "byol", "subset": subset, "seed": seed})
+               for subset in (1000, None) for seed in (0, 1)]
+    folder = write_sweep(tmp_path / "subsets", planned, axes=("subset", "seed"))
+    write_report(folder)
+    markdown = read(folder / "report.md")
+    assert markdown_table(markdown, "Accuracy")[["subset", "n"]].values.tolist() == [["1000", "2"], ["all", "2"]]
+    assert markdown_table(markdown, "Floors: random-init backbone and raw pixels")["subset"].tolist() == [
+        "1000", "1000", "all", "all"]  # one row per seed
+    assert "train subset 1000, all" in markdown
+    printed = summary(pd.read_parquet(folder / "trials.parquet"), ["subset", "seed"]).splitlines()
+    assert [line.split()[3] for line in printed[1:]] == ["all", "all", "1000", "1000"]  # the empty one first
 
 
 def test_missing_trials_of_a_sweep_that_leaves_knobs_at_their_defaults_join_their_setting(tmp_path):

@@ -19,7 +19,7 @@ from byol_bench.report import figures
 from byol_bench.report.load import Results, load_results
 from byol_bench.report.render import Figure, Table, write_documents, writable
 from byol_bench.report.tables import (ACCURACY_COLUMNS, COST_COLUMNS, anchor_table, comparison_table, floor_table,
-                                      axis_label, per_group, protocol, protocol_differences, provenance_table,
+                                      per_group, protocol, protocol_differences, provenance_table, settings_title,
                                       status_counts, unfinished_table)
 
 __all__ = ["write_report", "write_comparison"]
@@ -36,8 +36,7 @@ def write_report(source: Path, heatmap_axes: tuple[str, str] = ("method", "globa
     figures_dir = writable(results.report_dir / "figures")
     sections = [
         ("Overview", _overview(results)),
-        (" × ".join(["Results per method", "batch size", "momentum schedule", *map(axis_label, results.other_axes)]),
-         _result_tables(results, above)),
+        (settings_title("Results", results.other_axes), _result_tables(results, above)),
         ("Trials that did not finish", [Table("Failed, diverged, incomplete and missing trials", unfinished, above)
                                         if len(unfinished) else "Every trial finished."]),
         ("Regression checks", _regression_checks(results.report_dir)),
@@ -123,7 +122,7 @@ def write_comparison(first: Path, second: Path) -> Path:
         ("Sources", [f"A: {a.source}. {status_counts(a)}. {protocol(a)}",
                      f"B: {b.source}. {status_counts(b)}. {protocol(b)}",
                      "Means over finished seeds; a setting only one side ran shows — on the other."]),
-        ("Side by side", [Table("A and B per method × batch size × momentum schedule",
+        ("Side by side", [Table(settings_title("A and B", dict.fromkeys([*a.other_axes, *b.other_axes])),
                                 comparison_table(a, b, with_deltas=not differences))]),
         ("Trials that did not finish", unfinished or ["Every trial of both finished."]),
     ]

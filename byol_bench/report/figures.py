@@ -122,7 +122,7 @@ def byol_vs_momentum(results: Results, palette: dict):
         return ("needs finished BYOL trials with two or more momentum schedules "
                 f"(found {distinct(byol, 'momentum_schedule')})")
     # One shade of BYOL's own colour per batch (and other knobs), so that the method keeps its colour.
-    byol = byol.sort_values(["global_batch_size", "other_knobs"])
+    byol = byol.sort_values(["global_batch_size", "workers", *results.other_axes])
     byol = byol.assign(batch=[f"{batch}, {knobs}" if knobs else str(batch)
                               for batch, knobs in zip(byol["global_batch_size"], byol["other_knobs"])])
     batches = list(dict.fromkeys(byol["batch"]))
@@ -155,7 +155,7 @@ def pareto_front(cost: pd.Series, value: pd.Series) -> pd.Series:
 
 def accuracy_vs_compute(results: Results, palette: dict):
     """Each setting's mean kNN accuracy against its mean compute, with the Pareto front marked."""
-    groups = (results.finished.groupby([*results.group, "variant", "other_knobs"], as_index=False)  # + its labels
+    groups = (results.finished.groupby([*results.group, "variant", "other_knobs"], as_index=False, dropna=False)
               .agg(hours=("compute_hours", "mean"), accuracy=("knn_top1", "mean")).dropna())
     if len(groups) < 2:
         return "needs two or more finished settings with a pretraining time and a kNN accuracy"

@@ -11,7 +11,8 @@ import pandas as pd
 
 from byol_bench.config import resolved_config
 from byol_bench.errors import UserError
-from byol_bench.results import FLOORS, METRICS, NOT_READ, axis_values, epoch_rows, setting_axes, trial_row
+from byol_bench.results import (FLOORS, METRICS, NOT_READ, axis_values, epoch_rows, setting_axes, shown,
+                                trial_row)
 
 # One row of every results table: a setting, whose seeds are its samples. Trials that differ only in their DDP
 # workers (a scaling study at one global batch) are different settings, not seeds of one; so are trials that differ
@@ -33,7 +34,7 @@ class Results:
     trials: pd.DataFrame
     epochs: pd.DataFrame
     manifest: dict
-    group: list[str]  # the columns that make a setting: GROUP, then the sweep's other axes
+    other_axes: list[str]  # the sweep's axes beyond GROUP's (learning rate, temperature, ...): columns of trials
     compute_unit: str  # "CPU-hours" or "GPU-hours", the unit of the trials' compute_hours column
     compute_basis: str  # how compute_hours was reckoned
 
@@ -42,9 +43,9 @@ class Results:
         return self.trials[self.trials["status"] == "ok"]
 
     @property
-    def other_axes(self) -> list[str]:
-        """The sweep's axes beyond GROUP's (learning rate, temperature, ...), each a column of the tables."""
-        return self.group[len(GROUP):]
+    def group(self) -> list[str]:
+        """The columns that make a setting (group by them with ``dropna=False``: subset null is a setting)."""
+        return [*GROUP, *self.other_axes]
 
 
 def load_results(source: Path) -> Results:
@@ -123,11 +124,10 @@ def _results(name: str, source: Path, report_dir: Path, trials: pd.DataFrame, ep
     trials["compute_hours"] = hours
     if "loss" not in epochs:  # no per-epoch rows at all
         epochs = pd.DataFrame(columns=["trial_id", "epoch", "loss"])
-    group = [*GROUP, *other_axes]
-    epochs = trials[["trial_id", *group, "setting"]].merge(epochs.drop(columns=EPOCH_AXES, errors="ignore"),
+    epochs = trials[["trial_id", *GROUP, "setting"]].merge(epochs.drop(columns=EPOCH_AXES, errors="ignore"),
                                                            on="trial_id")
     epochs = epochs.replace([np.inf, -np.inf], np.nan)  # a diverged trial's last loss
-    return Results(name, source, report_dir, trials, epochs, manifest, group, unit, basis)
+    return Results(name, source, report_dir, trials, epochs, manifest, other_axes, unit, basis)
 
 
 def _label(*parts: str) -> str:
@@ -139,7 +139,7 @@ def _other_knobs(trial: dict, other_axes: list[str]) -> str:
     """What sets a trial apart beyond its method, batch and momentum schedule: workers and the sweep's other axes
     ('' when nothing)."""
     parts = [] if trial["workers"] == 1 else [f"{trial['workers']} workers"]
-    return ", ".join(parts + [f"{axis} {trial[axis]}" for axis in other_axes if trial[axis] != NOT_READ])
+    return ", ".join(parts + [f"{axis} {shown(axis, trial[axis])}" for axis in other_axes if trial[axis] != NOT_READ])
 
 
 def _with_missing_trials(trials: pd.DataFrame, manifest: dict) -> pd.DataFrame:

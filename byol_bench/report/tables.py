@@ -7,7 +7,7 @@ import pandas as pd
 
 from byol_bench.methods import METHODS
 from byol_bench.report.load import GROUP, Results
-from byol_bench.results import FLOORS, NOT_READ, axis_values
+from byol_bench.results import EMPTY_MEANS, FLOORS, axis_values, shown
 
 # label: (column, scale, decimals). Accuracies and fractions are shown in %.
 # kNN top-1 is the final epoch's; the best epoch's is what lightly's benchmarks report (the monitor every epoch).
@@ -30,7 +30,6 @@ PROVENANCE_COLUMNS = ["device_name", "threads", "git_revision", "torch", "lightl
 PROTOCOL_KNOBS = {"dataset": "data set", "subset": "train subset", "test_subset": "test subset", "backbone": "backbone",
                   "epochs": "pretraining epochs", "knn_k": "kNN k", "knn_t": "kNN T", "probe_epochs": "probe epochs",
                   "probe_lr": "probe lr"}
-EMPTY_MEANS = {"subset": "all", "test_subset": "all"}  # no subset: the whole split
 # The floors depend on the data and the backbone's seeded initialisation, not on the method or the batch...
 FLOOR_SETTING = {"dataset": "data set", "subset": "subset", "backbone": "backbone", "seed": "seed"}
 # ...and on the evaluation, whose knobs get a column where the trials differ in them.
@@ -74,9 +73,12 @@ def distinct(trials: pd.DataFrame, column: str, empty: str = "—") -> str:
 
 
 def protocol_value(results: Results, column: str) -> str:
-    """A knob's values over the finished trials (over all trials when none finished)."""
+    """A knob's values over the finished trials (over all trials when none finished), the empty value (subset:
+    all) among them where some trials left the knob empty."""
     trials = results.finished if not results.finished.empty else results.trials
-    return distinct(trials, column, EMPTY_MEANS.get(column, "—"))
+    empty = EMPTY_MEANS.get(column, "—")
+    values = distinct(trials, column, empty)
+    return f"{values}, {empty}" if column in trials and trials[column].isna().any() and values != empty else values
 
 
 def protocol(results: Results) -> str:
@@ -106,13 +108,14 @@ def per_group(results: Results, columns: dict) -> pd.DataFrame:
     """
     rows, ddp = [], results.trials["workers"].max() > 1
     order = in_registry_order(results.trials["method"])
-    groups = sorted(results.trials.groupby(results.group, sort=True), key=lambda item: order.index(item[0][0]))
+    groups = sorted(results.trials.groupby(results.group, sort=True, dropna=False),
+                    key=lambda item: order.index(item[0][0]))
     for key, group in groups:
         setting = dict(zip(results.group, key))
         finished = group[group["status"] == "ok"]
         row = {"method": setting["method"], "batch size": setting["global_batch_size"],
                "momentum schedule": setting["momentum_schedule"], **({"workers": setting["workers"]} if ddp else {}),
-               **{axis_label(axis): text(setting[axis]) for axis in results.other_axes},
+               **{axis_label(axis): shown(axis, setting[axis]) for axis in results.other_axes},
                "n": str(len(finished)) if len(finished) == len(group) else f"{len(finished)} of {len(group)}"}
         row.update({label: mean_std(finished[column], scale, decimals)
                     for label, (column, scale, decimals) in columns.items()})
@@ -123,6 +126,11 @@ def per_group(results: Results, columns: dict) -> pd.DataFrame:
 def axis_label(axis: str) -> str:
     """A knob's name as a table's column label."""
     return axis.replace("_", " ")
+
+
+def settings_title(start: str, other_axes) -> str:
+    """'<start> per method × batch size × momentum schedule', × each of the sweeps' other axes."""
+    return " × ".join([f"{start} per method", "batch size", "momentum schedule", *map(axis_label, other_axes)])
 
 
 def in_registry_order(methods) -> list:
@@ -191,13 +199,12 @@ def status_counts(results: Results) -> str:
     return f"{total} trial{'s' if total != 1 else ''}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
 
 
-def _group_means(results: Results, group: list[str]) -> pd.DataFrame:
-    """n and the mean of each compared column over the finished seeds, per setting of ``group``'s columns."""
-    finished = results.finished  # an axis of the other source only: as a key, NOT_READ where this table lacks it
-    finished = finished.assign(**{axis: axis_values(finished, axis) if axis in finished else NOT_READ
-                                  for axis in group[len(GROUP):]})
+def _group_means(results: Results, other_axes: list[str]) -> pd.DataFrame:
+    """n and the mean of each compared column over the finished seeds, per setting of GROUP and ``other_axes``
+    (an axis of the other source only is a key here too: this source's values of that knob)."""
+    finished = results.finished.assign(**{axis: axis_values(results.finished, axis) for axis in other_axes})
     means = {column: (column, "mean") for column, _, _ in COMPARED.values()}
-    return finished.groupby(group).agg(n=("trial_id", "size"), **means)
+    return finished.groupby([*GROUP, *other_axes], dropna=False).agg(n=("trial_id", "size"), **means)
 
 
 def _formatted(values: pd.Series, spec: str) -> list[str]:
@@ -207,12 +214,12 @@ def _formatted(values: pd.Series, spec: str) -> list[str]:
 def comparison_table(first: Results, second: Results, with_deltas: bool = True) -> pd.DataFrame:
     """Settings matched by method, global batch, momentum schedule, workers and either sweep's other axes: A's
     and B's means and B − A (left blank without ``with_deltas``)."""
-    group = [*first.group, *(axis for axis in second.other_axes if axis not in first.group)]
-    both = _group_means(first, group).merge(_group_means(second, group), how="outer", left_index=True,
-                                            right_index=True, suffixes=("_a", "_b")).reset_index()
+    other_axes = list(dict.fromkeys([*first.other_axes, *second.other_axes]))
+    both = _group_means(first, other_axes).merge(_group_means(second, other_axes), how="outer", left_index=True,
+                                                 right_index=True, suffixes=("_a", "_b")).reset_index()
     table = pd.DataFrame({"method": both["method"], "batch size": both["global_batch_size"],
                           "momentum schedule": both["momentum_schedule"], "workers": both["workers"],
-                          **{axis_label(axis): both[axis].map(text) for axis in group[len(GROUP):]},
+                          **{axis_label(axis): [shown(axis, value) for value in both[axis]] for axis in other_axes},
                           "n A": both["n_a"].map(text), "n B": both["n_b"].map(text)})
     if (table["workers"] == 1).all():
         table = table.drop(columns="workers")
