@@ -2,16 +2,17 @@
 fails when a median got slower than the last saved run by more than the tolerance.
 
 Fixed inputs, so that two runs measure the same work: a training step per method with its default views
-(DINO's and SwAV's local crops included; small CNN at 28 px, ResNet-18 at 32 px), the weighted kNN against
-a 50k x 512 bank, the linear probe on cached features, and the two-view augmentation (batched tensors and
-lightly's PIL transforms).
+(DINO's and SwAV's local crops included; small CNN at 28 px, ResNet-18 at 32 px), feature extraction for the
+evaluation (the CPU's default batch and the GPU's), the weighted kNN against a 50k x 512 bank, the linear probe
+on cached features, and the two-view augmentation (batched tensors and lightly's PIL transforms).
 """
 
 import pytest
 import torch
 
 from byol_bench.config import make_config
-from byol_bench.evaluate import ProbeRecipe, knn_predict, linear_probe
+from byol_bench.evaluate import (EXTRACT_BATCH, EXTRACT_BATCH_ELSEWHERE, ProbeRecipe, extract_features, knn_predict,
+                                 linear_probe)
 from byol_bench.methods import METHODS, uses_momentum
 from byol_bench.train import build_method, build_optimizer, train_step, view_recipes
 from byol_bench.views import PILViewDataset, TensorViews
@@ -45,6 +46,18 @@ def test_training_step(benchmark, method, setup):
 
     step()  # allocate once outside the timing
     benchmark.pedantic(step, rounds=5 if backbone_name == "small-cnn" else 3, iterations=1)
+
+
+@pytest.mark.parametrize("batch", [EXTRACT_BATCH["cpu"], EXTRACT_BATCH_ELSEWHERE], ids=["cpu-batch", "gpu-batch"])
+@pytest.mark.parametrize("setup", sorted(STEP_SETUPS))
+def test_feature_extraction(benchmark, setup, batch):
+    backbone_name, channels, size, _ = STEP_SETUPS[setup]
+    torch.manual_seed(0)
+    cfg = make_config({"method": "byol", "backbone": backbone_name})
+    backbone = build_method(cfg, channels, size, torch.device("cpu")).backbone  # channels_last, as trials run it
+    images = _images(2048 if backbone_name == "small-cnn" else 512, channels, size)
+    benchmark.pedantic(extract_features, args=(backbone, images, (0.5,) * channels, (0.25,) * channels, "cpu", batch),
+                       rounds=3, iterations=1)
 
 
 def test_knn_50k_bank(benchmark):
