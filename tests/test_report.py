@@ -510,6 +510,7 @@ def test_trials_that_differ_in_any_other_axis_are_separate_settings(tmp_path):
     write_report(folder)
     markdown = read(folder / "report.md")
     assert "## Results per method × batch size × momentum schedule × lr × temperature" in markdown
+    assert "method × global_batch_size; averaged over seeds, momentum schedule, lr, temperature" in markdown  # heatmap
     accuracy = markdown_table(markdown, "Accuracy").set_index(["method", "batch size", "lr", "temperature"])
     trials = pd.read_parquet(folder / "trials.parquet")
     trials["temperature"] = trials["temperature"].astype(object).fillna("-")

@@ -18,9 +18,9 @@ from byol_bench.errors import UserError
 from byol_bench.report import figures
 from byol_bench.report.load import Results, load_results
 from byol_bench.report.render import Figure, Table, write_documents, writable
-from byol_bench.report.tables import (ACCURACY_COLUMNS, COST_COLUMNS, anchor_table, comparison_table, floor_table,
-                                      per_group, protocol, protocol_differences, provenance_table, settings_title,
-                                      status_counts, unfinished_table)
+from byol_bench.report.tables import (ACCURACY_COLUMNS, COST_COLUMNS, anchor_table, axis_label, comparison_table,
+                                      floor_table, per_group, protocol, protocol_differences, provenance_table,
+                                      settings_title, status_counts, unfinished_table)
 
 __all__ = ["write_report", "write_comparison"]
 
@@ -106,9 +106,17 @@ def _figures(results: Results, folder: Path, rows: str, columns: str) -> list[Fi
                      "training loss per epoch and, where --knn-monitor-every was set, the kNN monitor's top-1 (%) "
                      "with the kNN floors; mean and ±1 std over seeds", figures.training_curves(results, palette)),
         figures.save(folder, "heatmap", f"Mean kNN top-1: {rows} × {columns}",
-                     f"mean kNN top-1 (%) over finished trials, {rows} × {columns}",
+                     f"mean kNN top-1 (%) over finished trials, {rows} × {columns}; "
+                     f"{_averaged_over(results, rows, columns)}",
                      figures.heatmap(results, rows, columns)),
     ]
+
+
+def _averaged_over(results: Results, *shown_axes: str) -> str:
+    """What a cell of a figure that shows only ``shown_axes`` averages over: the seeds and the settings' other
+    columns that vary."""
+    hidden = [column for column in results.group if column not in shown_axes and results.finished[column].nunique() > 1]
+    return "averaged over seeds" + "".join(f", {axis_label(column)}" for column in hidden)
 
 
 def write_comparison(first: Path, second: Path) -> Path:
