@@ -97,7 +97,8 @@ def test_unmatched_and_unfinished_trials_are_reported_not_crashed_on(tmp_path):
     assert result["protocol_changes"] == {"epochs": [4, 8]}
     markdown = to_markdown(result)
     assert markdown.startswith("# Regression check: cand against base\n")
-    assert "\n| method=byol, batch_size=256, momentum_schedule=cosine:0.99-1.0 | 3 → 2 | regressed |" in markdown  # a lost trial
+    lost_trial = "\n| method=byol, batch_size=256, momentum_schedule=cosine:0.99-1.0 | 3 → 2 | regressed |"
+    assert lost_trial in markdown
     assert "only in the baseline" in markdown and "did not finish" in markdown and "epochs: 4 → 8" in markdown
     assert markdown.rstrip().endswith("Verdict: REGRESSED")
 
@@ -106,7 +107,8 @@ def test_settings_are_matched_by_the_axes_of_either_run(tmp_path):
     """A candidate that adds an lr and a subset axis: its lr 0.4 trials and its subset trials are settings of their
     own, not more seeds of the baseline's; only lr 0.06 on the whole split (subset null) is compared."""
     base = make_sweep(tmp_path, "base", {("byol", 256, ("lr", 0.06)): SEEDS})
-    cand = make_sweep(tmp_path, "cand", {("byol", 256, ("lr", 0.06)): SEEDS, ("byol", 256, ("lr", 0.4)): shifted(SEEDS, -0.1),
+    cand = make_sweep(tmp_path, "cand", {("byol", 256, ("lr", 0.06)): SEEDS,
+                                         ("byol", 256, ("lr", 0.4)): shifted(SEEDS, -0.1),
                                          ("byol", 256, ("lr", 0.06), ("subset", 5000)): shifted(SEEDS, -0.1)},
                       axes=[*AXES, "lr", "subset"])
     result = compare_runs(load_run(base), load_run(cand))

@@ -93,7 +93,8 @@ def _figures(results: Results, folder: Path, rows: str, columns: str) -> list[Fi
                      f"kNN and linear top-1 per method against batch size (log2); {seeds}; {floors}",
                      figures.accuracy_vs_batch_size(results, palette)),
         figures.save(folder, "byol_vs_momentum", "BYOL accuracy vs momentum schedule",
-                     f"BYOL's kNN and linear top-1 per momentum schedule, a shade per batch size (and other knobs); {seeds}; {floors}",
+                     f"BYOL's kNN and linear top-1 per momentum schedule, a shade per batch size (and other knobs); "
+                     f"{seeds}; {floors}",
                      figures.byol_vs_momentum(results, palette)),
         figures.save(folder, "throughput_vs_batch_size", "Throughput vs batch size",
                      f"training images/s per method against batch size (log2); {seeds}",

@@ -132,7 +132,8 @@ def byol_vs_momentum(results: Results, palette: dict):
     for ax, (column, label) in zip(axes, (("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)"))):
         sns.pointplot(byol.assign(value=byol[column] * 100),
                       x="momentum_schedule", y="value", order=schedules, hue="batch", hue_order=batches,
-                      palette=shades, errorbar="sd", dodge=0.2 if len(batches) > 1 else False,  # seaborn divides by levels - 1
+                      palette=shades, errorbar="sd",
+                      dodge=0.2 if len(batches) > 1 else False,  # seaborn divides by levels - 1
                       capsize=0.1, ax=ax)
         ax.set(xlabel="momentum schedule", ylabel=label)
         draw_floors(ax, byol, column)
