@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from byol_bench.config import make_config
-from byol_bench.evaluate import (EXTRACT_BATCH, EXTRACT_BATCH_ELSEWHERE, ProbeRecipe, extract_features, knn_predict,
+from byol_bench.evaluate import (CPU_EXTRACT_BATCH, EXTRACT_BATCH, ProbeRecipe, extract_features, knn_predict,
                                  linear_probe)
 from byol_bench.methods import METHODS, uses_momentum
 from byol_bench.train import build_method, build_optimizer, train_step, view_recipes
@@ -48,7 +48,7 @@ def test_training_step(benchmark, method, setup):
     benchmark.pedantic(step, rounds=5 if backbone_name == "small-cnn" else 3, iterations=1)
 
 
-@pytest.mark.parametrize("batch", [EXTRACT_BATCH["cpu"], EXTRACT_BATCH_ELSEWHERE], ids=["cpu-batch", "gpu-batch"])
+@pytest.mark.parametrize("batch", [CPU_EXTRACT_BATCH, EXTRACT_BATCH], ids=["cpu-batch", "gpu-batch"])
 @pytest.mark.parametrize("setup", sorted(STEP_SETUPS))
 def test_feature_extraction(benchmark, setup, batch):
     backbone_name, channels, size, _ = STEP_SETUPS[setup]

@@ -23,7 +23,7 @@ from scipy import stats
 
 from byol_bench.errors import UserError
 from byol_bench.report import render
-from byol_bench.results import axis_values, setting_axes, shown, write_json
+from byol_bench.results import axis_values, setting_axes, write_json
 
 BASELINES_DIR = Path("results") / "baselines"
 ACCURACY_METRICS = ("knn_top1", "linear_top1")
@@ -132,11 +132,9 @@ def _status_verdict(base: pd.Series, cand: pd.Series) -> dict:
 
 
 def _groups(trials: pd.DataFrame, axes: list[str]) -> dict[tuple, pd.DataFrame]:
-    """Group key -> the trials of that group that ran to an end; an axis a method does not read shows as NOT_READ,
-    an empty one as what it means (NaN would match nothing across the two runs)."""
+    """Group key -> the trials of that group that ran to an end, keyed by ``axis_values``."""
     ended = trials[trials.status != "incomplete"]
-    ended = ended.assign(**{axis: [shown(axis, value) if pd.isna(value) else value
-                                   for value in axis_values(ended, axis)] for axis in axes})
+    ended = ended.assign(**{axis: axis_values(ended, axis) for axis in axes})
     return {tuple(key): rows for key, rows in ended.groupby(axes)}
 
 

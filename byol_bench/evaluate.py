@@ -19,8 +19,7 @@ from byol_bench.views import normalize
 KNN_MAX_SIMILARITIES = 1 << 25  # elements of one test-chunk x bank similarity block (128 MiB in fp32)
 # Images per forward when extracting features: on a CPU a smaller batch's activations stay in its caches, which is
 # faster per image (benchmarks/test_hot_paths.py::test_feature_extraction measures both); a GPU wants large batches.
-EXTRACT_BATCH = {"cpu": 128}
-EXTRACT_BATCH_ELSEWHERE = 512
+CPU_EXTRACT_BATCH, EXTRACT_BATCH = 128, 512
 
 
 @dataclass(frozen=True)
@@ -40,8 +39,8 @@ PROBE_METHOD = {"classifier": "linear", "optimizer": "AdamW", "schedule": "cosin
 @torch.no_grad()
 def extract_features(backbone: nn.Module, images: Tensor, mean, std, device, batch_size: int | None = None) -> Tensor:
     """Features of un-augmented images (uint8 on any device) in eval mode, returned on ``device``; by default
-    ``batch_size`` is the device type's EXTRACT_BATCH."""
-    batch_size = batch_size or EXTRACT_BATCH.get(torch.device(device).type, EXTRACT_BATCH_ELSEWHERE)
+    ``batch_size`` images per forward: CPU_EXTRACT_BATCH on a CPU, else EXTRACT_BATCH."""
+    batch_size = batch_size or (CPU_EXTRACT_BATCH if torch.device(device).type == "cpu" else EXTRACT_BATCH)
     was_training = backbone.training
     backbone.eval()
     chunks = []

@@ -31,25 +31,21 @@ def setting_axes(axes) -> list[str]:
 
 
 def axis_values(trials: pd.DataFrame, axis: str) -> pd.Series:
-    """An axis column as a key to group trials by (with ``dropna=False``): NOT_READ where the trial's method does
-    not read the knob (or the table lacks it), whole numbers as integers (a column with gaps holds them as floats,
-    and a CSV baseline reads them back so); an empty knob a method reads (subset: all) stays empty."""
-    values = trials[axis] if axis in trials else pd.Series(None, index=trials.index, dtype=object)
+    """An axis column as keys to group, match and show trials by: NOT_READ where the trial's method does not read
+    the knob (or the table lacks it), an empty knob as what it means (subset: all; NaN would match nothing), whole
+    numbers as integers (a column with gaps holds them as floats, and a CSV baseline reads them back so)."""
+    if axis not in trials:
+        return pd.Series(NOT_READ, index=trials.index, dtype=object)
 
     def key(method, value):
-        if not method_reads(method, axis) or axis not in trials:
+        if not method_reads(method, axis):
             return NOT_READ
+        if pd.isna(value):
+            return EMPTY_MEANS.get(axis, "null")
         return int(value) if isinstance(value, float) and value.is_integer() else value
 
-    return pd.Series([key(method, value) for method, value in zip(trials["method"], values)], index=trials.index,
-                     dtype=object)
-
-
-def shown(axis: str, value) -> str:
-    """An axis value as tables and legends show it: an empty one as what it means, a whole number without '.0'."""
-    if pd.isna(value):
-        return EMPTY_MEANS.get(axis, "null")
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    return pd.Series([key(method, value) for method, value in zip(trials["method"], trials[axis])],
+                     index=trials.index, dtype=object)
 
 
 def trial_row(trial_id: str, config: dict, status: str, result: dict | None = None, error: str | None = None) -> dict:
@@ -156,5 +152,5 @@ def summary(trial_table: pd.DataFrame, axes) -> str:
     keys += [axis for axis in setting_axes(axes) if axis not in keys] + ["seed"]
     columns = ["status", "knn_top1", "linear_top1", "random_init_knn_top1", "images_per_s", "pretrain_time_s"]
     view = trial_table[keys + columns].sort_values(keys, na_position="first")
-    view = view.assign(**{key: [shown(key, value) for value in axis_values(view, key)] for key in keys})
+    view = view.assign(**{key: axis_values(view, key) for key in keys})
     return view.to_string(index=False, float_format=lambda v: f"{v:.3f}" if abs(v) < 10 else f"{v:.0f}")

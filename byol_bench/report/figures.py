@@ -121,11 +121,11 @@ def byol_vs_momentum(results: Results, palette: dict):
     if byol["momentum_schedule"].nunique() < 2:
         return ("needs finished BYOL trials with two or more momentum schedules "
                 f"(found {distinct(byol, 'momentum_schedule')})")
-    # One shade of BYOL's own colour per batch (and other knobs), so that the method keeps its colour.
-    byol = byol.sort_values(["global_batch_size", "workers", *results.other_axes])
+    # One shade of BYOL's own colour per batch (and other knobs), so that the method keeps its colour; in the
+    # settings' order (numbers as numbers: 512 before 1024).
     byol = byol.assign(batch=[f"{batch}, {knobs}" if knobs else str(batch)
                               for batch, knobs in zip(byol["global_batch_size"], byol["other_knobs"])])
-    batches = list(dict.fromkeys(byol["batch"]))
+    batches = [rows["batch"].iloc[0] for _, rows in byol.groupby(["global_batch_size", "workers", *results.other_axes])]
     shades = dict(zip(batches, sns.dark_palette(palette["byol"], len(batches) + 1, reverse=True)))
     schedules = sorted(byol["momentum_schedule"].unique())
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -156,7 +156,7 @@ def pareto_front(cost: pd.Series, value: pd.Series) -> pd.Series:
 
 def accuracy_vs_compute(results: Results, palette: dict):
     """Each setting's mean kNN accuracy against its mean compute, with the Pareto front marked."""
-    groups = (results.finished.groupby([*results.group, "variant", "other_knobs"], as_index=False, dropna=False)
+    groups = (results.finished.groupby([*results.group, "variant", "other_knobs"], as_index=False)
               .agg(hours=("compute_hours", "mean"), accuracy=("knn_top1", "mean")).dropna())
     if len(groups) < 2:
         return "needs two or more finished settings with a pretraining time and a kNN accuracy"

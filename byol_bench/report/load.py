@@ -11,8 +11,7 @@ import pandas as pd
 
 from byol_bench.config import resolved_config
 from byol_bench.errors import UserError
-from byol_bench.results import (FLOORS, METRICS, NOT_READ, axis_values, epoch_rows, setting_axes, shown,
-                                trial_row)
+from byol_bench.results import FLOORS, METRICS, NOT_READ, axis_values, epoch_rows, setting_axes, trial_row
 
 # One row of every results table: a setting, whose seeds are its samples. Trials that differ only in their DDP
 # workers (a scaling study at one global batch) are different settings, not seeds of one; so are trials that differ
@@ -44,7 +43,7 @@ class Results:
 
     @property
     def group(self) -> list[str]:
-        """The columns that make a setting (group by them with ``dropna=False``: subset null is a setting)."""
+        """The columns that make a setting."""
         return [*GROUP, *self.other_axes]
 
 
@@ -139,7 +138,7 @@ def _other_knobs(trial: dict, other_axes: list[str]) -> str:
     """What sets a trial apart beyond its method, batch and momentum schedule: workers and the sweep's other axes
     ('' when nothing)."""
     parts = [] if trial["workers"] == 1 else [f"{trial['workers']} workers"]
-    return ", ".join(parts + [f"{axis} {shown(axis, trial[axis])}" for axis in other_axes if trial[axis] != NOT_READ])
+    return ", ".join(parts + [f"{axis} {trial[axis]}" for axis in other_axes if trial[axis] != NOT_READ])
 
 
 def _with_missing_trials(trials: pd.DataFrame, manifest: dict) -> pd.DataFrame:

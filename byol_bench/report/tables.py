@@ -7,7 +7,7 @@ import pandas as pd
 
 from byol_bench.methods import METHODS
 from byol_bench.report.load import GROUP, Results
-from byol_bench.results import EMPTY_MEANS, FLOORS, axis_values, shown
+from byol_bench.results import EMPTY_MEANS, FLOORS, axis_values
 
 # label: (column, scale, decimals). Accuracies and fractions are shown in %.
 # kNN top-1 is the final epoch's; the best epoch's is what lightly's benchmarks report (the monitor every epoch).
@@ -73,12 +73,9 @@ def distinct(trials: pd.DataFrame, column: str, empty: str = "—") -> str:
 
 
 def protocol_value(results: Results, column: str) -> str:
-    """A knob's values over the finished trials (over all trials when none finished), the empty value (subset:
-    all) among them where some trials left the knob empty."""
+    """A knob's values over the finished trials (over all trials when none finished)."""
     trials = results.finished if not results.finished.empty else results.trials
-    empty = EMPTY_MEANS.get(column, "—")
-    values = distinct(trials, column, empty)
-    return f"{values}, {empty}" if column in trials and trials[column].isna().any() and values != empty else values
+    return distinct(trials, column, EMPTY_MEANS.get(column, "—"))
 
 
 def protocol(results: Results) -> str:
@@ -108,14 +105,13 @@ def per_group(results: Results, columns: dict) -> pd.DataFrame:
     """
     rows, ddp = [], results.trials["workers"].max() > 1
     order = in_registry_order(results.trials["method"])
-    groups = sorted(results.trials.groupby(results.group, sort=True, dropna=False),
-                    key=lambda item: order.index(item[0][0]))
+    groups = sorted(results.trials.groupby(results.group, sort=True), key=lambda item: order.index(item[0][0]))
     for key, group in groups:
         setting = dict(zip(results.group, key))
         finished = group[group["status"] == "ok"]
         row = {"method": setting["method"], "batch size": setting["global_batch_size"],
                "momentum schedule": setting["momentum_schedule"], **({"workers": setting["workers"]} if ddp else {}),
-               **{axis_label(axis): shown(axis, setting[axis]) for axis in results.other_axes},
+               **{axis_label(axis): text(setting[axis]) for axis in results.other_axes},
                "n": str(len(finished)) if len(finished) == len(group) else f"{len(finished)} of {len(group)}"}
         row.update({label: mean_std(finished[column], scale, decimals)
                     for label, (column, scale, decimals) in columns.items()})
@@ -204,7 +200,7 @@ def _group_means(results: Results, other_axes: list[str]) -> pd.DataFrame:
     (an axis of the other source only is a key here too: this source's values of that knob)."""
     finished = results.finished.assign(**{axis: axis_values(results.finished, axis) for axis in other_axes})
     means = {column: (column, "mean") for column, _, _ in COMPARED.values()}
-    return finished.groupby([*GROUP, *other_axes], dropna=False).agg(n=("trial_id", "size"), **means)
+    return finished.groupby([*GROUP, *other_axes]).agg(n=("trial_id", "size"), **means)
 
 
 def _formatted(values: pd.Series, spec: str) -> list[str]:
@@ -219,7 +215,7 @@ def comparison_table(first: Results, second: Results, with_deltas: bool = True) 
                                                  right_index=True, suffixes=("_a", "_b")).reset_index()
     table = pd.DataFrame({"method": both["method"], "batch size": both["global_batch_size"],
                           "momentum schedule": both["momentum_schedule"], "workers": both["workers"],
-                          **{axis_label(axis): [shown(axis, value) for value in both[axis]] for axis in other_axes},
+                          **{axis_label(axis): both[axis].map(text) for axis in other_axes},
                           "n A": both["n_a"].map(text), "n B": both["n_b"].map(text)})
     if (table["workers"] == 1).all():
         table = table.drop(columns="workers")
