@@ -96,8 +96,9 @@ class TrialConfig:
     probe_lr: float = knob(0.01, "the linear probe's learning rate", above=0)
     # execution (each speed switch is recorded with the result)
     device: str = knob("auto", "auto, cpu, cuda or cuda:N")
-    precision: str = knob("fp32", "bf16: autocast for the training step (evaluation stays fp32)",
-                          choices=("fp32", "bf16"))
+    precision: str = knob("auto", "the training step's: bf16 (autocast; evaluation stays fp32), fp32, or auto: bf16 "
+                          "where the hardware multiplies bf16 natively (a CPU with AMX-BF16, a CUDA GPU with bf16), "
+                          "fp32 elsewhere", choices=("auto", "fp32", "bf16"))
     channels_last: bool = knob(True, "NHWC for the model and the views: the layout oneDNN and cuDNN convolve fastest")
     compile: bool | str = knob("auto", "torch.compile the training loss: true, false, or auto (on for CUDA trials "
                                f"of at least {COMPILE_MIN_STEPS} steps, where it pays back its compile time)")

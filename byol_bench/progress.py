@@ -6,9 +6,11 @@ Plain Python, fed by ``tune_runner``'s Tune callback; ``train.run_trial`` prints
 
 from __future__ import annotations
 
+import heapq
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 SUMMARY_EVERY_S = 30.0
@@ -38,41 +40,90 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
+@dataclass
+class TrialTimes:
+    """What the progress has seen of one trial: its epochs' seconds, and when it started, last reported and ended."""
+
+    method: str
+    epochs: int
+    done: int = 0  # epochs done, a resumed trial's earlier ones included
+    epoch_s: list[float] = field(default_factory=list)  # each epoch seen here, as the trial measured it
+    started: float | None = None  # when it was first seen running
+    last: float | None = None  # its latest epoch (or start)
+    overhead_s: float | None = None  # once it ended here: its wall time beyond its epochs (set-up, evaluation)
+
+
 class SweepProgress:
     """Turns a sweep's results into lines: ``epoch_line`` per epoch, ``result_line`` per finished trial,
     and every ``SUMMARY_EVERY_S`` seconds how many trials are done, running, pending and failed, with
-    the time so far and an estimate of the time left (from the epochs done, the way trials have gone)."""
+    the time so far and an estimate of the time left (``time_left``)."""
 
-    def __init__(self, epochs_by_trial: dict[str, int], print_line: Callable[[str], None] | None = None,
+    def __init__(self, trials: dict[str, tuple[str, int]], print_line: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic):
-        self.epochs_by_trial = epochs_by_trial
-        self.epochs_done = dict.fromkeys(epochs_by_trial, 0)
+        """``trials``: each planned trial's id -> (method, epochs)."""
+        self.trials = {trial_id: TrialTimes(method, epochs) for trial_id, (method, epochs) in trials.items()}
         self.print = print_line or (lambda line: print(line, file=sys.stderr, flush=True))
         self.clock, self.start = clock, clock()
-        self.last_summary = self.start
+        self.last_summary, self.slots = self.start, 1
 
     def result(self, trial_id: str, result: dict) -> None:
         """A trial reported: an epoch row, or (with ``result_json``) its final result."""
+        trial, now = self.trials[trial_id], self.clock()
         if "result_json" in result:
-            self.epochs_done[trial_id] = self.epochs_by_trial[trial_id]
+            if trial.started is not None and trial.done == len(trial.epoch_s):  # every epoch of it ran here
+                trial.overhead_s = now - trial.started - sum(trial.epoch_s)
+            trial.done, trial.last = trial.epochs, now
             self.print(result_line(trial_id, json.loads(result["result_json"])))
         elif "epoch" in result:
-            if self.epochs_done[trial_id] == 0 and result["epoch"] > 1:  # its first epoch here: a checkpoint's next
+            if trial.done == 0 and result["epoch"] > 1:  # its first epoch here: a checkpoint's next
                 self.print(f"{trial_id}: resumed at epoch {result['epoch']} from its checkpoint")
-            self.epochs_done[trial_id] = result["epoch"]
-            self.print(epoch_line(trial_id, result, self.epochs_by_trial[trial_id]))
+            if "epoch_time_s" in result:
+                trial.epoch_s.append(result["epoch_time_s"])
+            trial.done, trial.last = result["epoch"], now
+            self.print(epoch_line(trial_id, result, trial.epochs))
 
     def tick(self, statuses: dict[str, str]) -> None:
         """Called often with each trial's status (done, running, pending, failed): prints the summary when due."""
         now = self.clock()
+        running = [trial_id for trial_id, status in statuses.items() if status == "running"]
+        for trial_id in running:
+            trial = self.trials[trial_id]
+            if trial.started is None:
+                trial.started = trial.last = now
+        self.slots = max(self.slots, len(running))
         if now - self.last_summary >= SUMMARY_EVERY_S:
             self.last_summary = now
             self.print(self.summary(statuses))
 
     def summary(self, statuses: dict[str, str]) -> str:
         counts = {state: sum(1 for s in statuses.values() if s == state) for state in ("done", "running", "pending", "failed")}
-        elapsed = self.clock() - self.start
-        done, total = sum(self.epochs_done.values()), sum(self.epochs_by_trial.values())
-        left = f"about {_duration(elapsed * (total - done) / done)} left" if done else "time left not known yet"
+        elapsed, left = self.clock() - self.start, self.time_left(statuses)
+        estimate = f"about {_duration(left)} left" if left is not None else "time left not known yet"
         return (f"sweep: {counts['done']} done, {counts['running']} running, {counts['pending']} pending, "
-                f"{counts['failed']} failed of {len(self.epochs_by_trial)}; {_duration(elapsed)} so far, {left}")
+                f"{counts['failed']} failed of {len(self.trials)}; {_duration(elapsed)} so far, {estimate}")
+
+    def time_left(self, statuses: dict[str, str]) -> float | None:
+        """Seconds until the last trial ends: each unfinished trial's work left (its epochs left at its measured
+        seconds per epoch, else its method's, else any trial's; plus the set-up and evaluation that ended trials
+        took beyond their epochs), the running trials' first, then the pending ones as slots free up (as many
+        slots as trials were seen running at once). None before any epoch was measured."""
+        measured = [s for trial in self.trials.values() for s in trial.epoch_s]
+        if not measured:
+            return None
+        overheads = [trial.overhead_s for trial in self.trials.values() if trial.overhead_s is not None]
+        overhead = sum(overheads) / len(overheads) if overheads else 0.0
+        now = self.clock()
+
+        def work_left(trial: TrialTimes) -> float:
+            own = trial.epoch_s or [s for other in self.trials.values() if other.method == trial.method
+                                    for s in other.epoch_s] or measured
+            return (trial.epochs - trial.done) * sum(own) / len(own) + overhead
+
+        running = [max(0.0, work_left(self.trials[t]) - (now - (self.trials[t].last or now)))
+                   for t, status in statuses.items() if status == "running"]
+        pending = [work_left(self.trials[t]) for t, status in statuses.items() if status == "pending"]
+        free_at = running + [0.0] * max(0, self.slots - len(running))  # when each slot is next free
+        heapq.heapify(free_at)
+        for seconds in pending:  # Tune starts the pending trials in order, each on the first slot to free up
+            heapq.heappush(free_at, heapq.heappop(free_at) + seconds)
+        return max(free_at, default=0.0)

@@ -19,7 +19,7 @@ METRICS = ("knn_top1", "knn_top5", "knn_top1_best", "linear_top1", "linear_top5"
            "flops_per_image", "peak_flops_per_s", "mfu", "final_loss")
 FLOORS = ("random_init_knn_top1", "random_init_knn_top5", "random_init_linear_top1", "random_init_linear_top5",
           "raw_pixels_knn_top1", "raw_pixels_knn_top5")
-RUN_FIELDS = ("device", "global_batch_size", "pretrain_images", "train_images", "test_images", "total_steps", "peak_lr")
+RUN_FIELDS = ("device", "precision", "global_batch_size", "pretrain_images", "train_images", "test_images", "total_steps", "peak_lr")
 PROVENANCE_FIELDS = ("device_name", "threads", "git_revision", "torch", "lightly", "hostname", "time")
 NOT_READ = "-"  # an axis's value in a trial whose method does not read that knob (SimCLR's momentum schedule)
 EMPTY_MEANS = {"subset": "all", "test_subset": "all"}  # what an empty (null) knob means, where it is not "null"
@@ -53,7 +53,7 @@ def trial_row(trial_id: str, config: dict, status: str, result: dict | None = No
 
     ``config`` is the trial's resolved config (``config.resolved_config``): a method-specific key the method
     does not read (SimCLR's momentum schedule, say) is empty rather than a default that was never used.
-    The run facts follow the config, so ``device`` holds the device the trial ran on, not ``auto``.
+    The run facts follow the config, so ``device`` and ``precision`` hold what the trial ran with, not ``auto``.
     """
     row = {"trial_id": trial_id, "status": status, "error": error}
     row.update({key: config.get(key) for key in KEYS})

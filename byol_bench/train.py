@@ -28,7 +28,8 @@ from byol_bench.data import ImageData, load_data
 from byol_bench.distributed import rank, sync_batchnorm, world_size
 from byol_bench.errors import UserError
 from byol_bench.evaluate import PROBE_METHOD, Evaluator, collapse_rank
-from byol_bench.instrument import PeakMemory, StepClock, images_per_second, measured_peak_flops, timed
+from byol_bench.instrument import (PeakMemory, StepClock, cpu_has_amx_bf16, images_per_second, measured_peak_flops,
+                                   timed)
 from byol_bench.methods import METHODS, multi_crop, uses_momentum
 from byol_bench.progress import epoch_line, result_line
 from byol_bench.provenance import provenance
@@ -73,6 +74,15 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device '{name}' asked for, but PyTorch sees no CUDA device here; use --device cpu")
     return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The training step's precision: as asked, or for "auto" bf16 where the device multiplies bf16 natively
+    (a CUDA GPU that supports it, a CPU with AMX-BF16) and fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_amx_bf16()
+    return "bf16" if native else "fp32"
 
 
 def memory_format(cfg: TrialConfig) -> torch.memory_format:
@@ -199,7 +209,8 @@ def train_step(cfg: TrialConfig, model: nn.Module, optimizer: torch.optim.Optimi
     for group in optimizer.param_groups:
         group["lr"] = lr
     views = [view.contiguous(memory_format=memory_format(cfg)) for view in views]
-    with torch.autocast(views[0].device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+    device = views[0].device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(cfg.precision, device) == "bf16"):
         loss = model(*views)  # autocast around the forward pass only, as PyTorch's AMP recipe has it
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -366,7 +377,8 @@ def trial_result(cfg: TrialConfig, data: ImageData, device: torch.device, state:
     floors and provenance."""
     step_times, data_times = state.step_times, state.data_times
     images_per_s = images_per_second(cfg.global_batch_size, step_times)
-    peak_flops = measured_peak_flops(device, torch.bfloat16 if cfg.precision == "bf16" else torch.float32,
+    precision = resolve_precision(cfg.precision, device)
+    peak_flops = measured_peak_flops(device, torch.bfloat16 if precision == "bf16" else torch.float32,
                                      torch.get_num_threads())
     steps_per_epoch = len(data.pretrain_images) // cfg.global_batch_size
     monitored = [row["knn_top1"] for row in state.history if "knn_top1" in row]
@@ -396,7 +408,7 @@ def trial_result(cfg: TrialConfig, data: ImageData, device: torch.device, state:
                 "global_batch_size": cfg.global_batch_size, "steps_per_epoch": steps_per_epoch,
                 "total_steps": cfg.epochs * steps_per_epoch, "peak_lr": cfg.peak_lr,
                 "lr_warmup_steps": round(cfg.lr_warmup_epochs * steps_per_epoch), "timed_steps": len(step_times),
-                "compiled": compiles(cfg, device, cfg.epochs * steps_per_epoch),
+                "compiled": compiles(cfg, device, cfg.epochs * steps_per_epoch), "precision": precision,
                 "probe_recipe": {**asdict(probe), **PROBE_METHOD}},
         "history": state.history,
         "metrics": metrics,

@@ -333,11 +333,12 @@ def _progress_callback(planned: list[PlannedTrial]):
 
     from byol_bench.progress import SweepProgress
 
-    epochs = {p.trial_id: make_config(p.knobs).epochs for p in planned}
+    configs = {p.trial_id: make_config(p.knobs) for p in planned}
+    trials = {trial_id: (cfg.method, cfg.epochs) for trial_id, cfg in configs.items()}
 
     class Progress(tune.Callback):
         def setup(self, **info) -> None:
-            self.progress = SweepProgress(epochs)
+            self.progress = SweepProgress(trials)
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
             self.progress.result(trial.config["trial_id"], result)

@@ -86,7 +86,8 @@ def protocol(results: Results) -> str:
     return (f"Protocol: data set {value('dataset')} (train subset {value('subset')}, test subset "
             f"{value('test_subset')}), backbone {value('backbone')}, {value('epochs')} pretraining epochs; "
             f"kNN k = {value('knn_k')}, T = {value('knn_t')}; linear probe {value('probe_epochs')} epochs at lr "
-            f"{value('probe_lr')} on frozen features; device {value('device')} ({value('device_name')}).")
+            f"{value('probe_lr')} on frozen features; device {value('device')} ({value('device_name')}), training step in "
+            f"{value('precision')}.")
 
 
 def protocol_differences(first: Results, second: Results) -> list[str]:
