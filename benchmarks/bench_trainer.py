@@ -57,7 +57,7 @@ from byol_bench.provenance import provenance
 from byol_bench.schedules import learning_rate, parse_momentum_schedule
 from byol_bench.instrument import matrix_product_flops, synchronize
 from byol_bench.train import (build_method, build_optimizer, counted_train_step, make_batches, resolve_device,
-                              train_step)
+                              resolve_precision, train_step)
 from byol_bench.views import PILViewDataset
 
 
@@ -156,7 +156,7 @@ def bench_training(cfg, args, data, device) -> dict:
         "step alone": TrainingLoop(cfg, data, device, one_batch_forever(cfg, data, device), total_steps),
     }
     flops_per_image = loops["suite"].flops_per_image()
-    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+    dtype = torch.bfloat16 if resolve_precision(cfg.precision, device) == "bf16" else torch.float32
     speeds, peaks = {name: [] for name in loops}, []
     for round_index in range(args.rounds):
         # Alternate: suite, step alone, plain, suite, ... The peak is timed each round too, before the plain loop's
@@ -259,7 +259,8 @@ def bench_probe(cfg, args, data, device) -> dict:
 
 
 def print_table(cfg, args, device, training: dict, probe: dict | None) -> None:
-    switches = [cfg.precision, "channels_last" if cfg.channels_last else "NCHW"] + (["compile"] if cfg.compile else [])
+    precision = resolve_precision(cfg.precision, device)
+    switches = [precision, "channels_last" if cfg.channels_last else "NCHW"] + (["compile"] if cfg.compile else [])
     print(f"training throughput: {cfg.method}, {cfg.dataset} ({training['pretrain_images']} images), {cfg.backbone}, "
           f"batch {cfg.batch_size}, {torch.get_num_threads()} threads, {device}, {' + '.join(switches)}; "
           f"{args.rounds} rounds x {args.steps} timed steps, alternating")
@@ -274,7 +275,7 @@ def print_table(cfg, args, device, training: dict, probe: dict | None) -> None:
           f"{max(per_round):8.2f}   (min/max: per-round ratios)")
     print(f"  {'ratio suite / step alone':34} {training['ratio_suite_over_step_alone']:12.2f}   (the cost of making views)")
     print(f"  {'FLOP bound':34} {training['flop_bound_images_per_s']:12.0f}   "
-          f"({training['flops_per_image'] / 1e6:.0f} MFLOP per image at a {cfg.precision} matrix-product peak of "
+          f"({training['flops_per_image'] / 1e6:.0f} MFLOP per image at a {precision} matrix-product peak of "
           f"{training['peak_flops_per_s']['max'] / 1e9:.0f} GFLOP/s, the best round's)")
     print(f"  {'suite / FLOP bound (MFU)':34} {100 * training['suite_mfu']:11.1f}%")
     print(f"  {'step alone / FLOP bound':34} {100 * training['step_alone_mfu']:11.1f}%   (what the kernels allow)")
@@ -303,7 +304,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--plain-workers", type=int, default=1,
                         help="DataLoader workers of the plain loop (1 on a 2-core CPU; more on a GPU machine)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="the suite's and the plain loop's step")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="the suite's and the plain loop's step (auto: as a trial resolves it)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="NHWC model and views, for both contenders")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training loss")

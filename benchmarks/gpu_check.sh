@@ -78,14 +78,14 @@ part pytest 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 part sweep 240 python3 -m byol_bench.cli sweep "$sweep" --results-dir "$out" --storage "file://$scratch/ray" --verbose
 # The trainer benchmark: the suite (tensor views + step), the step alone and the plain lightly loop, each the
 # longer with --compile, since each of the three compiles its own model.
-for variant in "bf16:--precision bf16" "bf16-compile:--precision bf16 --compile" "fp32:" "fp32-nchw:--no-channels-last"; do
+for variant in "bf16:--precision bf16" "bf16-compile:--precision bf16 --compile" "fp32:--precision fp32" "fp32-nchw:--precision fp32 --no-channels-last"; do
   name=bench-${variant%%:*}
   # shellcheck disable=SC2086  # the variant's flags are words
   part "$name" "$([[ $name == *compile ]] && echo 240 || echo 120)" python3 benchmarks/bench_trainer.py \
     --device "$device" --dataset synthetic --backbone resnet18 --batch-size 512 --subset 2000 --threads 8 \
     --plain-workers 8 --steps 10 --rounds 3 --skip-probe ${variant#*:} "${shrink_bench[@]}" --out "$out/$name.json"
 done
-for variant in "fp32:--compile false" "bf16:--precision bf16 --compile false" "bf16-compile:--precision bf16 --compile true"; do
+for variant in "fp32:--precision fp32 --compile false" "bf16:--precision bf16 --compile false" "bf16-compile:--precision bf16 --compile true"; do
   name=trial-byol512-${variant%%:*}
   # shellcheck disable=SC2086
   part "$name" "$([[ $name == *compile ]] && echo 180 || echo 90)" python3 -m byol_bench.cli train --method byol \
@@ -126,7 +126,7 @@ print("\n| trial | status | precision | compiled | compile (s) | images/s | step
 for path in (path for path in results if path.stem.startswith("trial-")):
     r = json.loads(path.read_text())
     m = r["metrics"]
-    print(f"| {path.stem} | {r['status']} | {r['config']['precision']} | {r['run']['compiled']} "
+    print(f"| {path.stem} | {r['status']} | {r['run']['precision']} | {r['run']['compiled']} "
           f"| {f(m.get('compile_time_s'), '.1f')} | {f(m['images_per_s'], '.0f')} | {f(m['step_time_median_s'], '.4f')} "
           f"| {f(m['data_wait_fraction'], '.2f')} | {f(m['peak_memory_bytes'], '.0f', 2**20)} | {f(m['mfu'], '.3f')} "
           f"| {f(m['knn_top1'], '.3f')} | {f(r['baselines'].get('random_init_knn_top1'), '.3f')} |")

@@ -15,7 +15,7 @@ import torch
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_has_amx_bf16() -> bool:
+def cpu_has_amx_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU has AMX-BF16 tiles that oneDNN may use: the one CPU feature that makes bf16 convolutions
     faster than fp32 (AVX2 and AVX-512 alone run them slower). ``ONEDNN_MAX_CPU_ISA`` below AMX (how an AVX2
     machine is emulated) rules them out, as it does for oneDNN."""
@@ -23,8 +23,8 @@ def cpu_has_amx_bf16() -> bool:
     if cap != "DEFAULT" and "AMX" not in cap:
         return False
     try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in cpuinfo)
+        with open(cpuinfo) as lines:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in lines)
     except OSError:  # not Linux: no way to tell without a private torch API, so the safe choice
         return False
 

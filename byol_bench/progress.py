@@ -35,6 +35,10 @@ def result_line(name: str, result: dict) -> str:
     return line + f", {metrics['images_per_s'] or 0:.0f} img/s, pretrained in {metrics['pretrain_time_s']:.0f} s"
 
 
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
 def _duration(seconds: float) -> str:
     minutes, seconds = divmod(round(seconds), 60)
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
@@ -48,9 +52,9 @@ class TrialTimes:
     epochs: int
     done: int = 0  # epochs done, a resumed trial's earlier ones included
     epoch_s: list[float] = field(default_factory=list)  # each epoch seen here, as the trial measured it
-    started: float | None = None  # when it was first seen running
-    last: float | None = None  # its latest epoch (or start)
-    overhead_s: float | None = None  # once it ended here: its wall time beyond its epochs (set-up, evaluation)
+    last: float | None = None  # when it was first seen running, then when it last reported
+    setup_s: float | None = None  # seen here: from its start to its first epoch, beyond that epoch's time
+    evaluation_s: float | None = None  # seen here: from its last epoch to its result
 
 
 class SweepProgress:
@@ -70,14 +74,16 @@ class SweepProgress:
         """A trial reported: an epoch row, or (with ``result_json``) its final result."""
         trial, now = self.trials[trial_id], self.clock()
         if "result_json" in result:
-            if trial.started is not None and trial.done == len(trial.epoch_s):  # every epoch of it ran here
-                trial.overhead_s = now - trial.started - sum(trial.epoch_s)
+            if trial.epoch_s:  # its last epoch was seen here
+                trial.evaluation_s = now - trial.last
             trial.done, trial.last = trial.epochs, now
             self.print(result_line(trial_id, json.loads(result["result_json"])))
         elif "epoch" in result:
             if trial.done == 0 and result["epoch"] > 1:  # its first epoch here: a checkpoint's next
                 self.print(f"{trial_id}: resumed at epoch {result['epoch']} from its checkpoint")
             if "epoch_time_s" in result:
+                if result["epoch"] == 1 and trial.last is not None:
+                    trial.setup_s = max(0.0, now - trial.last - result["epoch_time_s"])
                 trial.epoch_s.append(result["epoch_time_s"])
             trial.done, trial.last = result["epoch"], now
             self.print(epoch_line(trial_id, result, trial.epochs))
@@ -88,8 +94,8 @@ class SweepProgress:
         running = [trial_id for trial_id, status in statuses.items() if status == "running"]
         for trial_id in running:
             trial = self.trials[trial_id]
-            if trial.started is None:
-                trial.started = trial.last = now
+            if trial.last is None:
+                trial.last = now
         self.slots = max(self.slots, len(running))
         if now - self.last_summary >= SUMMARY_EVERY_S:
             self.last_summary = now
@@ -104,23 +110,25 @@ class SweepProgress:
 
     def time_left(self, statuses: dict[str, str]) -> float | None:
         """Seconds until the last trial ends: each unfinished trial's work left (its epochs left at its measured
-        seconds per epoch, else its method's, else any trial's; plus the set-up and evaluation that ended trials
-        took beyond their epochs), the running trials' first, then the pending ones as slots free up (as many
-        slots as trials were seen running at once). None before any epoch was measured."""
+        seconds per epoch, else its method's, else any trial's; its set-up unless it has begun training, and its
+        evaluation, as long as other trials' took), less the time since it last reported; the running trials'
+        first, then the pending ones as slots free up (as many slots as trials were seen running at once).
+        None before any epoch was measured."""
         measured = [s for trial in self.trials.values() for s in trial.epoch_s]
         if not measured:
             return None
-        overheads = [trial.overhead_s for trial in self.trials.values() if trial.overhead_s is not None]
-        overhead = sum(overheads) / len(overheads) if overheads else 0.0
+        setup, evaluation = (mean([getattr(trial, name) for trial in self.trials.values()
+                                   if getattr(trial, name) is not None]) for name in ("setup_s", "evaluation_s"))
         now = self.clock()
 
         def work_left(trial: TrialTimes) -> float:
             own = trial.epoch_s or [s for other in self.trials.values() if other.method == trial.method
                                     for s in other.epoch_s] or measured
-            return (trial.epochs - trial.done) * sum(own) / len(own) + overhead
+            started = trial.last if trial.last is not None else now
+            return ((setup if trial.done == 0 else 0.0) + (trial.epochs - trial.done) * mean(own) + evaluation
+                    - (now - started))
 
-        running = [max(0.0, work_left(self.trials[t]) - (now - (self.trials[t].last or now)))
-                   for t, status in statuses.items() if status == "running"]
+        running = [max(0.0, work_left(self.trials[t])) for t, status in statuses.items() if status == "running"]
         pending = [work_left(self.trials[t]) for t, status in statuses.items() if status == "pending"]
         free_at = running + [0.0] * max(0, self.slots - len(running))  # when each slot is next free
         heapq.heapify(free_at)

@@ -24,7 +24,7 @@ from byol_bench.config import TrialConfig, floor_setting, make_config
 from byol_bench.errors import UserError
 from byol_bench.provenance import git_revision, versions
 from byol_bench.results import check_writable, epoch_rows, summary, trial_row, write_json, write_tables
-from byol_bench.sweep import PlannedTrial, Sweep, expand
+from byol_bench.sweep import PlannedTrial, Sweep, expand, run_order
 from byol_bench.tracking import Tracking, check_tracking, param_space
 
 TUNE_FOLDER = "tune"  # Ray Tune's experiment folder inside results/<sweep>/
@@ -367,7 +367,7 @@ def _tuner(sweep: Sweep, planned: list[PlannedTrial], floors: dict, ray_storage:
         return tune.Tuner.restore(experiment, trainable=runnable, resume_errored=True)
     return tune.Tuner(
         runnable,
-        param_space=param_space(planned),
+        param_space=param_space(run_order(planned)),
         tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent,
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(

@@ -132,3 +132,34 @@ def test_lr_scaling_none_keeps_the_learning_rate_at_every_batch_size(tiny_config
     """lightly's SimSiam benchmark: lr 0.06 at batch 512 as at 128; the default scales it linearly."""
     assert tiny_config(method="simsiam", batch_size=256, lr_scaling="none").peak_lr == 0.06
     assert tiny_config(method="simsiam", batch_size=256).peak_lr == pytest.approx(0.12)
+
+
+def test_precision_auto_is_bf16_only_where_the_cpu_has_amx_that_onednn_may_use(monkeypatch, tmp_path):
+    import torch
+
+    from byol_bench import instrument, train
+
+    cpuinfo = tmp_path / "cpuinfo"
+    for flags, isa_cap, expected in (("avx2 avx512f amx_bf16 amx_tile", None, True), ("avx2 fma avx512_bf16", None, False),
+                                     ("avx512f amx_bf16", "AVX2", False), ("amx_bf16", "avx512_core_amx", True)):
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: fpu {flags}\n")
+        if isa_cap:  # how an AVX2 machine is emulated: oneDNN then uses no AMX either
+            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa_cap)
+        else:
+            monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        instrument.cpu_has_amx_bf16.cache_clear()
+        assert instrument.cpu_has_amx_bf16(str(cpuinfo)) is expected, (flags, isa_cap)
+    instrument.cpu_has_amx_bf16.cache_clear()
+    cpu = torch.device("cpu")
+    for amx, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(train, "cpu_has_amx_bf16", lambda: amx)
+        assert train.resolve_precision("auto", cpu) == expected
+        assert train.resolve_precision("fp32", cpu) == "fp32" and train.resolve_precision("bf16", cpu) == "bf16"
+
+
+def test_a_trial_records_the_precision_it_resolved_to(tiny_config):
+    from byol_bench.train import resolve_precision
+
+    result = run_trial(tiny_config(epochs=1), log=lambda line: None)
+    assert result["config"]["precision"] == "auto"
+    assert result["run"]["precision"] == resolve_precision("auto", __import__("torch").device("cpu"))
