@@ -13,7 +13,8 @@ from byol_bench.errors import UserError
 from byol_bench.results import check_writable, write_json, write_json_or_fallback
 
 DESCRIPTION = """\
-Benchmark self-supervised learning methods for vision (BYOL, SimCLR, SimSiam): accuracy above the
+Benchmark self-supervised learning methods for vision (BYOL, SimCLR, SimSiam, MoCo, Barlow Twins,
+VICReg, NNCLR, DCL, DINO, SwAV): accuracy above the
 random-init and raw-pixel floors, speed and memory, over grids of trials that Ray Tune runs on this
 machine or on a cluster.
 

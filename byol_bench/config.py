@@ -15,7 +15,7 @@ from byol_bench.errors import UserError, did_you_mean, unknown
 
 LR_REFERENCE_BATCH = 128  # lr is given for this batch size and scaled linearly (Goyal et al.), unless lr_scaling is none
 # compile "auto": the fewest training steps for which torch.compile pays back its compile time on a GPU
-# (README, "On a GPU", has the measured per-step saving and compile time this rests on).
+# (docs/gpus.md has the measured per-step saving and compile time this rests on).
 COMPILE_MIN_STEPS = 4000
 
 

@@ -342,7 +342,7 @@ def measure_floors(cfg: TrialConfig) -> dict:
 
 def run_trial(cfg: TrialConfig, floors: dict | None = None, on_epoch: Callable[[dict, Checkpoint], None] | None = None,
               resume: Checkpoint | None = None, log: Callable[[str], None] = log_to_stderr) -> dict:
-    """Pretrain ``cfg.method``, then evaluate it; returns the trial's result (see README, "One trial").
+    """Pretrain ``cfg.method``, then evaluate it; returns the trial's result (see docs/trials-and-metrics.md).
 
     ``floors`` are this trial's ``measure_floors`` when a sweep has measured them already; else the trial
     measures them before training. ``on_epoch(row, checkpoint)`` is called after every epoch with that
@@ -373,7 +373,7 @@ def run_trial(cfg: TrialConfig, floors: dict | None = None, on_epoch: Callable[[
 
 
 def trial_result(cfg: TrialConfig, data: ImageData, device: torch.device, state: TrialState, scores: dict, probe) -> dict:
-    """The trial's result (see README, "One trial"): its config, what it resolved to, history, metrics,
+    """The trial's result (see docs/trials-and-metrics.md): its config, what it resolved to, history, metrics,
     floors and provenance."""
     step_times, data_times = state.step_times, state.data_times
     images_per_s = images_per_second(cfg.global_batch_size, step_times)
