@@ -14,9 +14,8 @@ from byol_bench.results import check_writable, write_json, write_json_or_fallbac
 
 DESCRIPTION = """\
 Benchmark self-supervised learning methods for vision (BYOL, SimCLR, SimSiam, MoCo, Barlow Twins,
-VICReg, NNCLR, DCL, DINO, SwAV): accuracy above the
-random-init and raw-pixel floors, speed and memory, over grids of trials that Ray Tune runs on this
-machine or on a cluster.
+VICReg, NNCLR, DCL, DINO, SwAV): accuracy above the random-init and raw-pixel floors, speed and
+memory, over grids of trials that Ray Tune runs on this machine or on a cluster.
 
 The usual flow:
   byol-bench sweep benchmarks/sweeps/quick.yaml     a grid of trials: results/quick/, with a report
