@@ -28,6 +28,8 @@ from byol_bench.results import axis_values, setting_axes, write_json
 BASELINES_DIR = Path("results") / "baselines"
 ACCURACY_METRICS = ("knn_top1", "linear_top1")
 VERDICT_METRICS = ("status", *ACCURACY_METRICS, "images_per_s", "peak_memory_bytes")
+# What the trials ran with on their machine (``auto`` resolved): numbers from two of these are not comparable.
+RAN_WITH = ("precision", "device_name")
 BROKEN = ("failed", "diverged", "collapsed")  # outcomes a change can cause; "incomplete" is an interruption
 
 
@@ -169,10 +171,18 @@ def compare_runs(baseline: Run, candidate: Run, tol: Tolerances = Tolerances()) 
         "unmatched": {"baseline_only": describe(set(base_groups) - set(cand_groups)),
                       "candidate_only": describe(set(cand_groups) - set(base_groups))},
         "not_ok": not_ok,
-        "protocol_changes": {k: [fixed_a.get(k), fixed_b.get(k)] for k in sorted(set(fixed_a) | set(fixed_b))
-                             if fixed_a.get(k) != fixed_b.get(k)},
+        "protocol_changes": {**{k: [fixed_a.get(k), fixed_b.get(k)] for k in sorted(set(fixed_a) | set(fixed_b))
+                                if fixed_a.get(k) != fixed_b.get(k)},
+                             **{k: [a, b] for k in RAN_WITH
+                                if (a := _ran_with(baseline, k)) != (b := _ran_with(candidate, k))}},
         "regressed": any(g[m]["verdict"] == "regressed" for g in groups for m in VERDICT_METRICS if m in g),
     }
+
+
+def _ran_with(run: Run, column: str) -> str | None:
+    """The distinct values of a resolved column over a run's trials (None where the table predates it)."""
+    values = sorted(set(run.trials[column].dropna().astype(str))) if column in run.trials else []
+    return ", ".join(values) or None
 
 
 def _nan_safe(value, spec: str) -> str:
@@ -210,7 +220,7 @@ def notes(comparison: dict) -> list[str]:
         lines.append("Trials that did not finish: " + "; ".join(f"{t['run']}: {t['trial_id']} ({t['status']})"
                                                                for t in comparison["not_ok"]))
     if comparison["protocol_changes"]:
-        lines.append("Protocol changes (fixed knobs that differ): " + "; ".join(
+        lines.append("Protocol changes (fixed knobs, precision or device that differ): " + "; ".join(
             f"{k}: {a} → {b}" for k, (a, b) in comparison["protocol_changes"].items()))
     lines.append("Verdict: REGRESSED" if comparison["regressed"] else "Verdict: no regression")
     return lines
