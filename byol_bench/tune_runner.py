@@ -333,8 +333,7 @@ def _progress_callback(planned: list[PlannedTrial]):
 
     from byol_bench.progress import SweepProgress
 
-    configs = {p.trial_id: make_config(p.knobs) for p in planned}
-    trials = {trial_id: (cfg.method, cfg.epochs) for trial_id, cfg in configs.items()}
+    trials = {p.trial_id: p.resolved for p in planned}
 
     class Progress(tune.Callback):
         def setup(self, **info) -> None:
