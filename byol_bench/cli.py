@@ -97,6 +97,8 @@ def cmd_sweep(args) -> int:
     from byol_bench.tune_runner import run_sweep
 
     sweep = load_sweep(args.file)
+    if sweep.search:
+        raise UserError(f"{args.file} has a search section: run it with 'byol-bench tune {args.file}'")
     if args.max_concurrent is not None and (args.max_concurrent < 1 or args.resume):
         raise UserError("--max-concurrent takes a number >= 1 and applies to a new sweep (Ray keeps a resumed "
                         "sweep's own); leave it out with --resume")
@@ -109,6 +111,21 @@ def cmd_sweep(args) -> int:
     return run_sweep(sweep, Path(args.results_dir), address=args.address, resume=args.resume,
                      max_concurrent=args.max_concurrent, storage=args.storage, track=args.track,
                      tracking_uri=args.tracking_uri, verbose=args.verbose)
+
+
+def cmd_tune(args) -> int:
+    from byol_bench.search import describe_search, load_tune
+    from byol_bench.tune_runner import run_tune
+
+    search = load_tune(args.file)
+    if args.resume and (args.track or args.tracking_uri):
+        raise UserError("--track and --tracking-uri apply to a new tune (a resumed one logs to the trackers it "
+                        "started with); leave them out with --resume")
+    if args.dry_run:
+        print(describe_search(search))
+        return 0
+    return run_tune(search, Path(args.results_dir), address=args.address, resume=args.resume, track=args.track,
+                    tracking_uri=args.tracking_uri, verbose=args.verbose)
 
 
 def cmd_baseline_save(args) -> int:
@@ -160,6 +177,20 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _add_ray_flags(command: argparse.ArgumentParser) -> None:
+    """The flags of the commands that run trials on Ray Tune (sweep, tune): where, what is shown, where to, tracking."""
+    command.add_argument("--address", help="a running Ray cluster: auto, or ray://host:port (default: a local cluster)")
+    command.add_argument("--verbose", action="store_true", help="also show Ray Tune's trial tables and every worker's "
+                                                                "own log lines (default: one line per trial epoch)")
+    command.add_argument("--results-dir", default="results", help="where results/<sweep-name>/ goes (default: results)")
+    command.add_argument("--track", action="append", default=[], metavar="TRACKER",
+                         help="also log every trial (its knobs, per-epoch history, final metrics) to mlflow, tensorboard "
+                              "or wandb; repeat for more than one (each needs its extra: pip install 'byol-bench[TRACKER]')")
+    command.add_argument("--tracking-uri", metavar="URI",
+                         help="MLflow's store for --track mlflow: sqlite:///PATH.db or an MLflow server's http(s)://HOST:PORT "
+                              "(default: sqlite:///<results>/<sweep>/mlflow.db)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="byol-bench", description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -179,22 +210,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="run a grid of trials on Ray Tune (local cluster, or --address)")
     sweep.add_argument("file", help="a sweep file, e.g. benchmarks/sweeps/quick.yaml")
-    sweep.add_argument("--address", help="a running Ray cluster: auto, or ray://host:port (default: a local cluster)")
     sweep.add_argument("--resume", action="store_true", help="continue the sweep in the results folder: finished trials are kept")
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded trial table and resources, then exit")
-    sweep.add_argument("--verbose", action="store_true", help="also show Ray Tune's trial tables and every worker's "
-                                                              "own log lines (default: one line per trial epoch)")
     sweep.add_argument("--max-concurrent", type=int, help="run at most N trials at once")
-    sweep.add_argument("--results-dir", default="results", help="where results/<sweep-name>/ goes (default: results)")
     sweep.add_argument("--storage", help="a URI every Ray node can reach (s3://…, gs://…, file:///shared/…) for the "
                                          "trials' checkpoints and Ray state (default: inside the results folder)")
-    sweep.add_argument("--track", action="append", default=[], metavar="TRACKER",
-                       help="also log every trial (its knobs, per-epoch history, final metrics) to mlflow, tensorboard "
-                            "or wandb; repeat for more than one (each needs its extra: pip install 'byol-bench[TRACKER]')")
-    sweep.add_argument("--tracking-uri", metavar="URI",
-                       help="MLflow's store for --track mlflow: sqlite:///PATH.db or an MLflow server's http(s)://HOST:PORT "
-                            "(default: sqlite:///<results>/<sweep>/mlflow.db)")
+    _add_ray_flags(sweep)
     sweep.set_defaults(run=cmd_sweep)
+
+    tune = commands.add_parser("tune", help="a tuned comparison: the same search budget for every method on a "
+                                             "validation split, then its best settings over seeds",
+                               description="Search each method's knobs with the same budget (Ray Tune: Optuna or "
+                                           "random sampling, ASHA stopping), scored on a validation split held out "
+                                           "of the train split; then run each method's best values (and defaults) "
+                                           "over the final seeds on the test split, as a sweep with its report.")
+    tune.add_argument("file", help="a sweep file with a search section, e.g. benchmarks/sweeps/tune-quick.yaml")
+    tune.add_argument("--resume", action="store_true", help="continue the tune in the results folder: finished "
+                                                            "search trials and final runs are kept")
+    tune.add_argument("--dry-run", action="store_true", help="print each method's search space and the budget, then exit")
+    _add_ray_flags(tune)
+    tune.set_defaults(run=cmd_tune)
 
     baseline = commands.add_parser("baseline", help="keep a sweep as a baseline for regression checks")
     baseline_commands = baseline.add_subparsers(dest="baseline_command", required=True, parser_class=_Parser)

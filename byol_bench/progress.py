@@ -35,6 +35,25 @@ def result_line(name: str, result: dict) -> str:
     return line + f", {metrics['images_per_s'] or 0:.0f} img/s, pretrained in {metrics['pretrain_time_s']:.0f} s"
 
 
+def search_trial_line(method: str, number: int, last: dict, epochs: int) -> str:
+    """How one search trial ended: every epoch trained or stopped early, and its last validation kNN."""
+    done = last.get("epoch", 0)
+    score = f", validation kNN {last['knn_top1']:.3f}" if last.get("knn_top1") is not None else ""
+    ended = f"trained all {epochs} epochs" if done == epochs else f"stopped after epoch {done} of {epochs}"
+    return f"{method} search #{number}: {ended}{score}"
+
+
+def search_line(method: str, rows: list[dict], epochs: int) -> str:
+    """A method's search when it ends: its trials, how many were stopped early, its best full trial."""
+    full = [row for row in rows if row["status"] == "ok" and row["epochs"] == epochs and row["knn_top1"] is not None]
+    early = sum(row["stopped_early"] for row in rows)
+    line = f"search {method}: {len(rows)} trials, {early} stopped early"
+    if not full:
+        return line + "; none trained every epoch"
+    best = max(full, key=lambda row: row["knn_top1"])
+    return line + f"; best validation kNN {best['knn_top1']:.3f} (trial #{best['trial']})"
+
+
 def mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 

@@ -139,10 +139,15 @@ def write_tables(folder: Path, trials: list[dict], epochs: list[dict]) -> tuple[
     epoch_table = pd.DataFrame(epochs, columns=None if epochs else epoch_columns)
     axes = trial_table[["trial_id", "method", "batch_size", "momentum_schedule", "seed"]]
     epoch_table = axes.merge(epoch_table, on="trial_id", how="inner")
-    _write_atomic(folder / "trials.parquet", lambda tmp: trial_table.to_parquet(tmp, index=False))
+    write_parquet(folder / "trials.parquet", trial_table)
     _write_atomic(folder / "trials.csv", lambda tmp: trial_table.to_csv(tmp, index=False))
-    _write_atomic(folder / "epochs.parquet", lambda tmp: epoch_table.to_parquet(tmp, index=False))
+    write_parquet(folder / "epochs.parquet", epoch_table)
     return trial_table, epoch_table
+
+
+def write_parquet(path: Path, table: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, lambda tmp: table.to_parquet(tmp, index=False))
 
 
 def summary(trial_table: pd.DataFrame, axes) -> str:
