@@ -235,18 +235,22 @@ def defaults(search: Search) -> dict[str, dict]:
     return {method: {key: resolved[method][key] for key in space} for method, space in search.space.items()}
 
 
-def chosen(search: Search, rows: pd.DataFrame) -> dict[str, dict]:
-    """Each method's best searched values: the search trial with the highest validation kNN top-1 among those
-    that trained every epoch (the first such on a tie), numbers to CHOSEN_DIGITS significant digits. A
-    method none of whose trials finished has none."""
+def best_trials(search: Search, rows: pd.DataFrame) -> dict[str, int]:
+    """Each method's best search trial (its row's index): the highest validation kNN top-1 among the trials that
+    trained every epoch, the first such on a tie. A method none of whose trials did so has none."""
     best = {}
-    for method, space in search.space.items():
+    for method in search.methods:
         done = rows[(rows["method"] == method) & (rows["status"] == "ok") & (rows["epochs"] == search.epochs)]
         done = done.dropna(subset=["knn_top1"])
         if not done.empty:
-            winner = done.loc[done["knn_top1"].idxmax()]
-            best[method] = {key: _rounded(winner[key]) for key in space}
+            best[method] = done["knn_top1"].idxmax()
     return best
+
+
+def chosen(search: Search, rows: pd.DataFrame) -> dict[str, dict]:
+    """Each method's chosen values: its best trial's (``best_trials``), numbers to CHOSEN_DIGITS significant digits."""
+    return {method: {key: _rounded(rows.loc[index, key]) for key in search.space[method]}
+            for method, index in best_trials(search, rows).items()}
 
 
 def _rounded(value):
@@ -276,9 +280,8 @@ def final_runs(search: Search, best: dict[str, dict]) -> tuple[Sweep, list[Plann
 
 def describe_search(search: Search) -> str:
     """Each method's search space, the budget they share, and the final runs (``tune --dry-run``)."""
-    budget = " and ".join(([f"{search.trials} trials"] if search.trials else [])
-                          + ([f"{search.hours:g} hours"] if search.hours else []))
-    lines = [f"tune {search.sweep.name}: {len(search.methods)} methods, each searched with {budget} of at most "
+    lines = [f"tune {search.sweep.name}: {len(search.methods)} methods, each searched with "
+             f"{budget_text(search.trials, search.hours)} of at most "
              f"{search.epochs} epochs ({search.algorithm}; ASHA on the validation kNN from epoch "
              f"{search.grace_period}, keeping 1/{search.reduction_factor:g} per rung), {search.validation:g} of "
              f"the train split held out for validation"]
@@ -287,3 +290,8 @@ def describe_search(search: Search) -> str:
     runs = "its chosen values" + (" and its defaults" if search.run_defaults else "")
     lines.append(f"then per method {runs} over seeds {search.final_seeds}, on the test split")
     return "\n".join(lines)
+
+
+def budget_text(trials: int | None, hours: float | None) -> str:
+    """A search budget in words: '8 trials', '0.5 hours' or both."""
+    return " and ".join(([f"{trials} trials"] if trials else []) + ([f"{hours:g} hours"] if hours else []))

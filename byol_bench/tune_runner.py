@@ -29,8 +29,8 @@ from byol_bench.errors import UserError
 from byol_bench.provenance import git_revision, versions
 from byol_bench.progress import search_line
 from byol_bench.results import check_writable, epoch_rows, summary, trial_row, write_json, write_parquet, write_tables
-from byol_bench.search import (SEARCH_FILES, SEARCH_FOLDER, SEARCH_RECORD, SEARCH_TABLE, Search, SearchRecord, chosen,
-                               defaults, final_runs, search_knobs)
+from byol_bench.search import (SEARCH_FILES, SEARCH_FOLDER, SEARCH_RECORD, SEARCH_TABLE, Search, SearchRecord,
+                               best_trials, chosen, defaults, final_runs, search_knobs)
 from byol_bench.sweep import PlannedTrial, Sweep, expand, run_order
 from byol_bench.tracking import Tracking, check_tracking, param_space
 
@@ -649,6 +649,7 @@ def run_tune(search: Search, results_dir: Path, address: str | None = None, resu
         table = pd.DataFrame(rows, columns=["method", "trial", *search.searched, SCORE, "epochs", "stopped_early",
                                             "status", "time_s", "error"])
         write_parquet(folder / SEARCH_TABLE, table)
+        table["chosen"] = table.index.isin(list(best_trials(search, table).values()))
         best = chosen(search, table)
         write_json(folder / SEARCH_RECORD, asdict(SearchRecord(
             algorithm=algorithm, epochs=search.epochs, trials=search.trials, hours=search.hours,

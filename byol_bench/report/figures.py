@@ -223,3 +223,31 @@ def heatmap(results: Results, rows: str, columns: str):
     ax.tick_params(axis="y", rotation=0)  # method names read across
     figure.tight_layout()
     return figure
+
+
+def search_trace(results: Results, palette: dict):
+    """Each method's search: the validation kNN top-1 of every search trial in the order they were sampled, a
+    filled marker for a trial that trained every epoch, a hollow one (labelled with its last epoch) for one
+    ASHA stopped early, a ring around the chosen one."""
+    search = results.search.dropna(subset=["knn_top1"])
+    if search.empty:
+        return "no search trial reported a validation kNN"
+    methods = in_registry_order(search["method"])
+    figure, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods) + 1, 3.4), sharey=True, squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        trials = search[search["method"] == method].assign(value=lambda frame: frame["knn_top1"] * 100)
+        full, early = trials[~trials["stopped_early"]], trials[trials["stopped_early"]]
+        ax.scatter(full["trial"], full["value"], color=palette[method], s=40, label="every epoch")
+        ax.scatter(early["trial"], early["value"], facecolors="none", edgecolors=palette[method], s=40,
+                   label="stopped early")
+        for row in early.itertuples():
+            ax.annotate(f"e{row.epochs}", (row.trial, row.value), xytext=(4, -10), textcoords="offset points",
+                        fontsize=7, color="0.3")
+        best = trials[trials["chosen"]]
+        ax.scatter(best["trial"], best["value"], s=200, facecolors="none", edgecolors="0.2", label="chosen")
+        ax.set(title=method, xlabel="search trial")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0][0].set_ylabel("validation kNN top-1 (%)")
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    figure.tight_layout()
+    return figure
