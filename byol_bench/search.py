@@ -80,7 +80,6 @@ class SearchRecord:
     validation: float
     defaults: dict[str, dict]  # per method: the searched knobs' untuned values
     chosen: dict[str, dict]  # per method: the values its final runs use (none where no search trial finished)
-    complete: bool  # every method's search ran to its budget
 
     @classmethod
     def read(cls, path: Path) -> SearchRecord:

@@ -9,6 +9,7 @@ the sweep's tables, manifest and report.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -436,8 +437,8 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
     tracking = check_tracking(track or [], tracking_uri, folder)
     ray_storage = f"{storage.rstrip('/')}/{sweep.name}" if storage else str(folder)
     previous = _check_results_folder(sweep, folder, ray_storage, storage, resume, [p.trial_id for p in planned])
-    if not storage:  # local state is cheap to save: every 2 s instead of every 10+, so that a driver killed
-        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # outright loses at most that much recorded progress
+    if not storage:
+        _save_state_often()
     ray, started_here = _start_ray(address, verbose)
     try:
         largest = max(p.workers for p in planned)
@@ -489,7 +490,7 @@ def search_trainable(config: dict, knobs: dict) -> None:
     from byol_bench.train import run_search_trial
 
     run_search_trial(make_config({**knobs, **config}), on_epoch=_epoch_reporter(_tune_report, saves_checkpoints=True),
-                     resume=_resume_point(tune.get_checkpoint()), log=_log_as(f"{knobs['method']} search"))
+                     resume=_resume_point(tune.get_checkpoint()), log=_log_as("search"))
 
 
 def _algorithm_used(search: Search) -> str:
@@ -504,8 +505,9 @@ def _algorithm_used(search: Search) -> str:
     return search.algorithm
 
 
-def _search_algorithm(name: str, seed: int):
-    """Tune's search algorithm ``name``, seeded: Optuna's TPE sampler, or random sampling."""
+def _search_algorithm(name: str, seed: int, max_concurrent: int | None):
+    """Tune's search algorithm ``name``, seeded: Optuna's TPE sampler, or random sampling (which takes the
+    concurrency limit itself: Tune applies its own max_concurrent_trials to a Searcher such as Optuna's only)."""
     if name == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
@@ -514,7 +516,7 @@ def _search_algorithm(name: str, seed: int):
         return OptunaSearch(seed=seed)
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=seed)
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
 
 
 def _search_space(space: dict) -> dict:
@@ -540,10 +542,16 @@ def _search_progress(method: str, epochs: int, algorithm: str):
     from byol_bench.progress import epoch_line, search_trial_line
 
     class Progress(tune.Callback):
+        def setup(self, **info) -> None:
+            self.seen = set()  # the trials that reported since this run (or resumption) began
+
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            name = f"{method} search #{_search_number(trial, algorithm)}"
+            if trial.trial_id not in self.seen and result.get("epoch", 1) > 1:
+                print(f"{name}: resumed at epoch {result['epoch']} from its checkpoint", file=sys.stderr, flush=True)
+            self.seen.add(trial.trial_id)
             if "epoch" in result:
-                print(epoch_line(f"{method} search #{_search_number(trial, algorithm)}", result, epochs),
-                      file=sys.stderr, flush=True)
+                print(epoch_line(name, result, epochs), file=sys.stderr, flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             print(search_trial_line(method, _search_number(trial, algorithm), trial.last_result or {}, epochs),
@@ -567,7 +575,7 @@ def _search_tuner(search: Search, method: str, storage: Path, algorithm: str, re
     return tune.Tuner(
         runnable, param_space=_search_space(search.space[method]),
         tune_config=tune.TuneConfig(
-            metric=SCORE, mode="max", search_alg=_search_algorithm(algorithm, search.seed),
+            metric=SCORE, mode="max", search_alg=_search_algorithm(algorithm, search.seed, search.sweep.max_concurrent),
             num_samples=search.trials or -1,
             scheduler=ASHAScheduler(time_attr="epoch", max_t=search.epochs, grace_period=search.grace_period,
                                     reduction_factor=search.reduction_factor, stop_last_trials=False),
@@ -587,16 +595,18 @@ SCORE = "knn_top1"  # what a search maximises: the kNN monitor's top-1, on the v
 
 
 def _search_rows(search: Search, method: str, grid) -> list[dict]:
-    """One row per search trial: its sampled values, its last epoch and validation kNN, whether ASHA stopped
-    it early, its status and seconds."""
+    """One row per search trial that began: its sampled values, its last epoch and validation kNN, whether ASHA
+    stopped it early, its status and seconds."""
     rows = []
     for result in grid:
-        metrics = result.metrics or {}
+        if not result.metrics and result.error is None:  # not begun (a stopped search's): --resume runs it
+            continue
+        metrics = result.metrics
         epochs = metrics.get("epoch", 0)
         loss = metrics.get("loss", 0.0)
         status = "failed" if result.error is not None else "ok" if math.isfinite(loss) else "diverged"
         rows.append({"method": method, "trial": int(Path(result.path).name.rsplit("-", 1)[-1]),
-                     **{key: result.config.get(key) for key in search.space[method]},
+                     **{key: (result.config or {}).get(key) for key in search.space[method]},
                      SCORE: metrics.get(SCORE), "epochs": epochs,
                      "stopped_early": status == "ok" and epochs < search.epochs, "status": status,
                      "time_s": metrics.get("time_total_s"),
@@ -604,25 +614,39 @@ def _search_rows(search: Search, method: str, grid) -> list[dict]:
     return sorted(rows, key=lambda row: row["trial"])
 
 
-def run_search(search: Search, folder: Path, resume: bool = False,
-               verbose: bool = False) -> tuple[list[dict], str, bool]:
+def run_search(search: Search, folder: Path, resume: bool = False, verbose: bool = False) -> tuple[list[dict], str]:
     """Each method's search in turn, into ``folder/search/<method>/``: (a row per search trial, the algorithm
-    that ran, whether every search ran to its budget). An interrupted search (Ctrl-C) ends the loop; --resume
-    continues it, and a finished one is read back, not rerun."""
+    that ran). Ctrl-C raises KeyboardInterrupt (``_ctrl_c_raises``); --resume then continues the search, and a
+    finished method's search is read back, not rerun."""
     rows, algorithm = [], _algorithm_used(search)
     for method in search.methods:
         print(f"search {method}: up to {search.trials or 'unlimited'} trials"
               + (f" in {search.hours:g} h" if search.hours else "") + f" of {search.epochs} epochs, ASHA on the "
               "validation kNN", file=sys.stderr, flush=True)
-        grid = _search_tuner(search, method, folder / SEARCH_FOLDER, algorithm, resume, verbose).fit()
+        with _ctrl_c_raises():
+            grid = _search_tuner(search, method, folder / SEARCH_FOLDER, algorithm, resume, verbose).fit()
         method_rows = _search_rows(search, method, grid)
         rows += method_rows
         print(search_line(method, method_rows, search.epochs), file=sys.stderr, flush=True)
-        # Ctrl-C ends fit() normally, with trials unfinished or never started: stop, so that --resume goes on
-        if grid.num_terminated + grid.num_errors < len(grid) or (search.trials and len(grid) < search.trials
-                                                                 and not search.hours):
-            return rows, algorithm, False
-    return rows, algorithm, True
+    return rows, algorithm
+
+
+@contextlib.contextmanager
+def _ctrl_c_raises():
+    """Ctrl-C as a KeyboardInterrupt inside Tune's fit(): Tune's own handler would end it as if every trial had
+    finished, and a stopped search would pass for a finished one. Tune saves its state every few seconds
+    (``_save_state_often``), from which --resume continues."""
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        yield
+    finally:
+        del os.environ["TUNE_DISABLE_SIGINT_HANDLER"]
+
+
+def _save_state_often() -> None:
+    """Tune's state saved every 2 s instead of every 10+ (it is local, so cheap): a driver killed outright
+    loses at most that much recorded progress."""
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 
 
 def _check_tune_folder(folder: Path, resume: bool) -> None:
@@ -642,22 +666,24 @@ def run_tune(search: Search, results_dir: Path, address: str | None = None, resu
     folder = (results_dir / search.sweep.name).resolve()
     _check_tune_folder(folder, resume)
     check_tracking(track or [], tracking_uri, folder)
+    _save_state_often()
     ray, started_here = _start_ray(address, verbose)
     try:
         _check_resources(ray, search.sweep, 1)
-        rows, algorithm, complete = run_search(search, folder, resume, verbose)
-        table = pd.DataFrame(rows, columns=["method", "trial", *search.searched, SCORE, "epochs", "stopped_early",
-                                            "status", "time_s", "error"])
-        write_parquet(folder / SEARCH_TABLE, table)
-        table["chosen"] = table.index.isin(list(best_trials(search, table).values()))
-        best = chosen(search, table)
-        write_json(folder / SEARCH_RECORD, asdict(SearchRecord(
-            algorithm=algorithm, epochs=search.epochs, trials=search.trials, hours=search.hours,
-            validation=search.validation, defaults=defaults(search), chosen=best, complete=complete)))
-        if not complete:
+        try:
+            rows, algorithm = run_search(search, folder, resume, verbose)
+        except KeyboardInterrupt:
             print(f"tune interrupted: continue with 'byol-bench tune {search.sweep.path} --results-dir {results_dir} "
                   "--resume'", file=sys.stderr)
             return 130
+        table = pd.DataFrame(rows, columns=["method", "trial", *search.searched, SCORE, "epochs", "stopped_early",
+                                            "status", "time_s", "error"])
+        table["chosen"] = table.index.isin(list(best_trials(search, table).values()))
+        write_parquet(folder / SEARCH_TABLE, table)
+        best = chosen(search, table)
+        write_json(folder / SEARCH_RECORD, asdict(SearchRecord(
+            algorithm=algorithm, epochs=search.epochs, trials=search.trials, hours=search.hours,
+            validation=search.validation, defaults=defaults(search), chosen=best)))
         final, planned = final_runs(search, best)
         return run_sweep(final, results_dir, address=address, resume=(folder / TUNE_FOLDER).is_dir(), track=track,
                          tracking_uri=tracking_uri, verbose=verbose, planned=planned)

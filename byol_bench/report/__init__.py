@@ -86,8 +86,7 @@ def _search_section(results: Results, folder: Path, above: str) -> list:
         f"Every method got the same budget: {budget_text(record.trials, record.hours)} of at most {record.epochs} epochs, sampled by {record.algorithm} "
         f"search; ASHA stopped the trials whose kNN top-1 trailed at a rung. Every search trial was scored on a "
         f"validation split ({record.validation:g} of the train split, held out; the test split unread); the "
-        "chosen values and the defaults then ran over the seeds above, on the test split."
-        + ("" if record.complete else " The search did not finish: resume it with 'byol-bench tune FILE --resume'."),
+        "chosen values and the defaults then ran over the seeds above, on the test split.",
         figures.save(folder, "search_trace", "Search trace",
                      "each search trial's validation kNN top-1 at its last epoch, in the order sampled; hollow: "
                      "stopped early by ASHA (eN: after epoch N); ringed: the chosen trial",
