@@ -302,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     backfill = history_commands.add_parser("backfill", help="run a sweep at each revision of a range, each in a git "
                                                             "worktree, and append the results")
     backfill.add_argument("revisions", metavar="REV1..REV2", help="a git range: the revisions after REV1 up to REV2")
-    backfill.add_argument("--sweep", required=True, metavar="FILE", help="a small sweep file (it runs once per revision)")
+    backfill.add_argument("--sweep", required=True, metavar="FILE",
+                          help="a small sweep file (it runs once per revision)")
     backfill.add_argument("--paths", nargs="+", default=["byol_bench"], metavar="PATH",
                           help="skip revisions that change none of these paths (default: byol_bench)")
     _history_options(backfill, subcommand=True, selects=False)

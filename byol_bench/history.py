@@ -288,12 +288,14 @@ def backfill(revisions: str, sweep_file: Path, history_dir: Path = HISTORY_DIR, 
             tree, results = Path(scratch) / "tree", Path(scratch) / "results"
             _git(repo, "worktree", "add", "--detach", "--quiet", str(tree), revision)
             try:
-                done = subprocess.run([sys.executable, "-m", "byol_bench.cli", "sweep", str(Path(sweep_file).resolve()),
-                                       "--results-dir", str(results)], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
+                command = [sys.executable, "-m", "byol_bench.cli", "sweep", str(Path(sweep_file).resolve()),
+                           "--results-dir", str(results)]
+                done = subprocess.run(command, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
                                       capture_output=True, text=True)
                 if done.returncode != 0:
                     failed.append(revision)
-                    log(f"  the sweep failed there (exit {done.returncode}): {(done.stderr.strip() or 'no message').splitlines()[-1][:160]}")
+                    last_line = (done.stderr.strip() or "no message").splitlines()[-1][:160]
+                    log(f"  the sweep failed there (exit {done.returncode}): {last_line}")
                     continue
                 append(sweep_entry(results / sweep.name), history_dir)
             finally:
@@ -329,7 +331,8 @@ def write_report(history_dir: Path, points: pd.DataFrame, changes: pd.DataFrame)
     drawn = [figures.save(folder, f"history-{metric}", f"{metric} over revisions",
                           f"{metric} per run against the revision (oldest commit left), a line per setting; the steps "
                           "are the levels between change points (dashed lines, labelled with the change), the shade "
-                          "the level ± 2 × the series' run-to-run noise; a panel per source, protocol and machine type",
+                          "the level ± 2 × the series' run-to-run noise; a panel per source, protocol and machine "
+                          "type",
                           figures.history_series(points[points["metric"] == metric], changes))
              for metric in sorted(points["metric"].unique())]
     table = render.Table("Series", summary_table(points, changes),

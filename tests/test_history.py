@@ -57,7 +57,8 @@ def test_a_step_up_in_a_lower_is_better_metric_is_a_regression():
 
 
 def test_other_machine_types_are_series_of_their_own():
-    fast, slow = series(noisy([100.0] * 10, seed=4), machine="cpu A"), series(noisy([60.0] * 10, seed=5), machine="cpu B")
+    fast = series(noisy([100.0] * 10, seed=4), machine="cpu A")
+    slow = series(noisy([60.0] * 10, seed=5), machine="cpu B")
     points, changes = series_points(pd.concat([fast, slow]))
     assert changes.empty and points.groupby("machine")["level"].nunique().to_dict() == {"cpu A": 1, "cpu B": 1}
 
@@ -83,7 +84,8 @@ def test_a_sweep_is_appended_once_with_its_revision_and_machine(tmp_path):
     assert len(list((tmp_path / "history" / "runs").iterdir())) == 1
     stored = load_history(tmp_path / "history")
     byol = stored[(stored["setting"] == "method=byol")].set_index("metric")
-    assert byol.loc["images_per_s", "value"] == 400.5 and byol.loc["images_per_s", "spread"] == pytest.approx(0.7071, 1e-3)
+    assert byol.loc["images_per_s", "value"] == 400.5
+    assert byol.loc["images_per_s", "spread"] == pytest.approx(0.7071, 1e-3)
     assert set(stored["setting"]) == {"method=byol", "method=simclr"} and "seed" not in stored["setting"].iloc[0]
     assert stored["revision"].iloc[0] == git_commit().revision and stored["machine"].iloc[0] == history.this_machine()
     unfinished = make_sweep(tmp_path / "interrupted", complete=False)
@@ -94,7 +96,8 @@ def test_a_sweep_is_appended_once_with_its_revision_and_machine(tmp_path):
 def test_a_benchmark_run_keeps_its_own_machine_and_commit(tmp_path):
     saved = {"machine_info": {"cpu": {"brand_raw": "Some CPU", "flags": ["avx2", "fma"], "count": 8}},
              "commit_info": {"id": "abc123", "time": "2026-12-01T00:00:00+00:00", "branch": "main", "dirty": False},
-             "datetime": "2026-12-01T00:01:00", "benchmarks": [{"name": "test_knn", "stats": {"median": 0.5, "iqr": 0.02}}]}
+             "datetime": "2026-12-01T00:01:00",
+             "benchmarks": [{"name": "test_knn", "stats": {"median": 0.5, "iqr": 0.02}}]}
     (tmp_path / "0001.json").write_text(json.dumps(saved))
     entry = bench_entry(tmp_path / "0001.json")
     assert entry[["setting", "metric", "value", "spread", "revision"]].values.tolist() == [
@@ -110,7 +113,8 @@ def test_history_commands_report_check_and_refuse_bad_input(tmp_path, capsys):
         run.to_parquet(runs / f"{run_id}.parquet")
     folder = ["--history-dir", str(tmp_path / "history")]
     assert main(["history", *folder]) == 0
-    assert "regression at rev06" in capsys.readouterr().out and (tmp_path / "history" / "figures" / "history-images_per_s.png").exists()
+    assert "regression at rev06" in capsys.readouterr().out
+    assert (tmp_path / "history" / "figures" / "history-images_per_s.png").exists()
     assert "figures/history-images_per_s.png" in (tmp_path / "history" / "history.md").read_text()
     assert main(["history", "check", *folder]) == 1
     assert "REGRESSED sweep quick · b · images_per_s" in capsys.readouterr().out

@@ -242,7 +242,8 @@ def history_series(points: pd.DataFrame, changes: pd.DataFrame):
             x, band = position[rows.index], 2 * rows["noise"]
             ax.scatter(x, rows["value"], color=colours[setting], s=14, label=setting, zorder=3)
             ax.step(x, rows["level"], where="mid", color=colours[setting], linewidth=1)
-            ax.fill_between(x, rows["level"] - band, rows["level"] + band, step="mid", color=colours[setting], alpha=0.15)
+            ax.fill_between(x, rows["level"] - band, rows["level"] + band, step="mid", color=colours[setting],
+                            alpha=0.15)
         for change in changes.merge(runs[["setting", "metric", *panel_keys]].drop_duplicates()).itertuples():
             at = revisions.index(change.after_revision) - 0.5
             ax.axvline(at, color=colours[change.setting], linestyle="--", linewidth=1)
