@@ -23,7 +23,7 @@ from scipy import stats
 
 from byol_bench.errors import UserError
 from byol_bench.report import render
-from byol_bench.results import axis_values, setting_axes, write_json
+from byol_bench.results import setting_axes, settings, write_json
 
 BASELINES_DIR = Path("results") / "baselines"
 ACCURACY_METRICS = ("knn_top1", "linear_top1")
@@ -133,19 +133,12 @@ def _status_verdict(base: pd.Series, cand: pd.Series) -> dict:
     return {"baseline": base.value_counts().to_dict(), "candidate": cand.value_counts().to_dict(), "verdict": verdict}
 
 
-def _groups(trials: pd.DataFrame, axes: list[str]) -> dict[tuple, pd.DataFrame]:
-    """Group key -> the trials of that group that ran to an end, keyed by ``axis_values``."""
-    ended = trials[trials.status != "incomplete"]
-    ended = ended.assign(**{axis: axis_values(ended, axis) for axis in axes})
-    return {tuple(key): rows for key, rows in ended.groupby(axes)}
-
-
 def compare_runs(baseline: Run, candidate: Run, tol: Tolerances = Tolerances()) -> dict:
     """Verdicts for every group of trials present in both runs, and what could not be matched."""
     axes = list(dict.fromkeys(setting_axes([*baseline.manifest["axes"], *candidate.manifest["axes"]])))
     not_ok = [{"run": run.name, "trial_id": row.trial_id, "status": row.status}
               for run in (baseline, candidate) for row in run.trials.itertuples() if row.status != "ok"]
-    base_groups, cand_groups = _groups(baseline.trials, axes), _groups(candidate.trials, axes)
+    base_groups, cand_groups = settings(baseline.trials, axes), settings(candidate.trials, axes)
     groups = []
     for key in sorted(set(base_groups) & set(cand_groups), key=str):
         base, cand = base_groups[key], cand_groups[key]

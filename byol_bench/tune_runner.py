@@ -467,7 +467,11 @@ def _finish(sweep: Sweep, planned: list[PlannedTrial], grid, folder: Path, manif
     write_json(folder / "manifest.json", manifest)
     print(summary(trial_table, sweep.axes))
     print(f"results: {folder}/trials.parquet, epochs.parquet, manifest.json")
-    from byol_bench.report import write_report  # plotting libraries load only once there is something to plot
+    from byol_bench.history import record_sweep  # plotting libraries load only once there is something to plot
+    from byol_bench.report import write_report
+
+    if manifest["complete"]:
+        print(record_sweep(folder, results_dir / "history"))
 
     print(f"report: {write_report(folder)}")
     if counts.get("incomplete"):
