@@ -233,7 +233,8 @@ def chosen_table(results: Results) -> pd.DataFrame:
     record = results.search_record
     return pd.DataFrame([{"method": method, "knob": axis_label(key), "default": text(value),
                           "chosen": text(record.chosen.get(method, {}).get(key), "none: no search trial finished")}
-                         for method, untuned in record.defaults.items() for key, value in untuned.items()])
+                         for method in in_registry_order(record.defaults)
+                         for key, value in record.defaults[method].items()])
 
 
 def search_budget_table(results: Results) -> pd.DataFrame:
@@ -255,9 +256,9 @@ def tuned_vs_defaults(results: Results) -> pd.DataFrame:
     """Per method, the final runs' test kNN top-1 at its defaults and at its chosen values (mean ± std over
     seeds), the difference, and whether it is clear of the seeds' spread (the ±1 std ranges do not overlap)."""
     record, rows = results.search_record, []
-    for method, untuned in record.defaults.items():
+    for method in in_registry_order(record.defaults):
         runs = {name: _matching(results.finished, method, values)["knn_top1"] * 100
-                for name, values in (("defaults", untuned), ("tuned", record.chosen.get(method)))}
+                for name, values in (("defaults", record.defaults[method]), ("tuned", record.chosen.get(method)))}
         row = {"method": method, **{f"{name} kNN top-1 (%)": f"{mean_std(values, 1, 1)} (n {len(values)})"
                                     for name, values in runs.items()}}
         difference = runs["tuned"].mean() - runs["defaults"].mean()
