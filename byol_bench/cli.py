@@ -184,11 +184,12 @@ def _add_ray_flags(command: argparse.ArgumentParser) -> None:
                                                                 "own log lines (default: one line per trial epoch)")
     command.add_argument("--results-dir", default="results", help="where results/<sweep-name>/ goes (default: results)")
     command.add_argument("--track", action="append", default=[], metavar="TRACKER",
-                         help="also log every trial (its knobs, per-epoch history, final metrics) to mlflow, tensorboard "
-                              "or wandb; repeat for more than one (each needs its extra: pip install 'byol-bench[TRACKER]')")
+                         help="also log every trial (its knobs, per-epoch history, final metrics) to mlflow, "
+                              "tensorboard or wandb; repeat for more than one (each needs its extra: pip install "
+                              "'byol-bench[TRACKER]')")
     command.add_argument("--tracking-uri", metavar="URI",
-                         help="MLflow's store for --track mlflow: sqlite:///PATH.db or an MLflow server's http(s)://HOST:PORT "
-                              "(default: sqlite:///<results>/<sweep>/mlflow.db)")
+                         help="MLflow's store for --track mlflow: sqlite:///PATH.db or an MLflow server's "
+                              "http(s)://HOST:PORT (default: sqlite:///<results>/<sweep>/mlflow.db)")
 
 
 def cmd_history(args) -> int:
@@ -282,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("file", help="a sweep file with a search section, e.g. benchmarks/sweeps/tune-quick.yaml")
     tune.add_argument("--resume", action="store_true", help="continue the tune in the results folder: finished "
                                                             "search trials and final runs are kept")
-    tune.add_argument("--dry-run", action="store_true", help="print each method's search space and the budget, then exit")
+    tune.add_argument("--dry-run", action="store_true", help="print each method's search space and the budget, "
+                                                             "then exit")
     _add_ray_flags(tune)
     tune.set_defaults(run=cmd_tune)
 

@@ -267,7 +267,8 @@ def stratified_subset(labels: Tensor, count: int, seed: int) -> Tensor:
     return order[position.argsort(stable=True)[:count]].sort().values
 
 
-def split_validation(images: Tensor, labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def split_validation(images: Tensor, labels: Tensor, fraction: float,
+                     seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(train images, labels, validation images, labels): a seeded, stratified ``fraction`` held out."""
     count = round(fraction * len(labels))
     if not 0 < count < len(labels):

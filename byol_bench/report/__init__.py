@@ -83,8 +83,9 @@ def _search_section(results: Results, folder: Path, above: str) -> list:
     the budget each method used, and the final runs' test accuracy at the defaults and the chosen values."""
     record = results.search_record
     return [
-        f"Every method got the same budget: {budget_text(record.trials, record.hours)} of at most {record.epochs} epochs, sampled by {record.algorithm} "
-        f"search; ASHA stopped the trials whose kNN top-1 trailed at a rung. Every search trial was scored on a "
+        f"Every method got the same budget: {budget_text(record.trials, record.hours)} of at most {record.epochs} "
+        f"epochs, sampled by {record.algorithm} search; ASHA stopped the trials whose kNN top-1 trailed at a rung. "
+        "Every search trial was scored on a "
         f"validation split ({record.validation:g} of the train split, held out; the test split unread); the "
         "chosen values and the defaults then ran over the seeds above, on the test split.",
         figures.save(folder, "search_trace", "Search trace",
