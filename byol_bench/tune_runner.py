@@ -9,10 +9,12 @@ the sweep's tables, manifest and report.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 import tempfile
@@ -22,8 +24,10 @@ from pathlib import Path
 
 from byol_bench.config import TrialConfig, floor_setting, make_config
 from byol_bench.errors import UserError
+from byol_bench.folder_lock import LOCK_FILE, hold_folder
 from byol_bench.provenance import git_revision, versions
-from byol_bench.results import check_writable, epoch_rows, summary, trial_row, write_json, write_tables
+from byol_bench.results import (DiskFull, check_writable, disk_full, epoch_rows, megabytes, summary, trial_row, write_json,
+                                write_tables)
 from byol_bench.sweep import PlannedTrial, Sweep, expand, run_order
 from byol_bench.tracking import Tracking, check_tracking, param_space
 
@@ -63,24 +67,62 @@ def _run_and_report(trial_id: str, cfg: TrialConfig, floors: dict | None, checkp
 
     from byol_bench.train import run_trial
 
-    resume = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = torch.load(Path(folder) / "state.pt", weights_only=False)  # a train.Checkpoint
+    def log(line: str) -> None:
+        print(f"{trial_id}: {line}", file=sys.stderr, flush=True)
+
+    notes = []  # what became of a damaged checkpoint: logged here, and reported with the next epoch for the console
+    resume = _newest_whole(checkpoint, notes.append) if checkpoint is not None else None
+    for note in notes:
+        log(note)
 
     def report_epoch(row: dict, trial_checkpoint) -> None:
         metrics = {k: v for k, v in row.items() if v is not None}
+        if notes:
+            metrics["note"] = "; ".join(notes)
+            notes.clear()
         if not saves_checkpoints:
             report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
             torch.save(trial_checkpoint, Path(folder) / "state.pt")
-            report(metrics, folder)
+            try:
+                report(metrics, folder)
+            except OSError as error:  # Ray copying it into the sweep's storage
+                if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                size = megabytes((Path(folder) / "state.pt").stat().st_size)
+                raise OSError(error.errno, f"no space left to save epoch {row['epoch']}'s checkpoint ({size}) "
+                                           "into the sweep's storage") from None
 
-    result = run_trial(cfg, floors=floors, on_epoch=report_epoch, resume=resume,
-                       log=lambda line: print(f"{trial_id}: {line}", file=sys.stderr, flush=True))
+    result = run_trial(cfg, floors=floors, on_epoch=report_epoch, resume=resume, log=log)
     summary = {k: v for k, v in result["metrics"].items() if v is not None}
     report({**summary, "status": result["status"], "result_json": json.dumps(result, default=str)})
+
+
+def _newest_whole(checkpoint, say):
+    """The ``train.Checkpoint`` in ``checkpoint`` (Ray's, of Tune or Ray Train) or, where that file is truncated
+    or damaged (a full disk, a crash as it was written), in the newest whole one before it, saying so; None
+    (start over) when none is whole. torch.save writes a zip archive: a CRC test finds the damage."""
+    import pyarrow.fs
+    import torch
+
+    parent, name = checkpoint.path.rstrip("/").rsplit("/", 1)
+    found = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
+    names = sorted((info.base_name for info in found if info.type == pyarrow.fs.FileType.Directory
+                    and info.base_name.startswith("checkpoint_") and info.base_name <= name), reverse=True)
+    for earlier in names:
+        with type(checkpoint)(f"{parent}/{earlier}", filesystem=checkpoint.filesystem).as_directory() as folder:
+            try:
+                with zipfile.ZipFile(Path(folder) / "state.pt") as archive:
+                    if archive.testzip() is None:
+                        return torch.load(Path(folder) / "state.pt", weights_only=False)
+            except (OSError, zipfile.BadZipFile, RuntimeError, EOFError):
+                pass
+        say(f"checkpoint {parent}/{earlier} is truncated or damaged; "
+            + ("falling back to the one before it" if earlier != names[-1] else "starting over from epoch 1"))
+    if not names:
+        say(f"checkpoint {checkpoint.path} is missing; starting over from epoch 1")
+    return None
 
 
 def _drive_ddp_trial(trial: PlannedTrial, floors: dict | None, worker_resources: dict, train_storage: str) -> None:
@@ -151,24 +193,6 @@ def _shared_floors(ray, sweep: Sweep, planned: list[PlannedTrial]) -> dict[tuple
         except ray.exceptions.RayError:
             pass
     return floors
-
-
-def _check_checkpoints(folder: Path) -> None:
-    """Every trial's newest checkpoint (Tune's, or Ray Train's for a DDP trial) must be whole before a
-    resume continues from it.
-
-    torch.save writes a zip archive, so a CRC test finds a truncated or damaged file without loading it.
-    """
-    for run in sorted({checkpoint.parent for checkpoint in folder.rglob("checkpoint_*") if checkpoint.is_dir()}):
-        state = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())[-1] / "state.pt"
-        try:
-            with zipfile.ZipFile(state) as archive:
-                damaged = archive.testzip()
-        except (OSError, zipfile.BadZipFile):
-            damaged = state.name
-        if damaged is not None:
-            raise UserError(f"checkpoint {state} is corrupt; restore it from a backup, or rerun the sweep "
-                            "into a new --results-dir (the finished trials' rows are in trials.parquet)")
 
 
 def _check_reachable(address: str) -> None:
@@ -284,11 +308,10 @@ def _check_results_folder(sweep: Sweep, folder: Path, ray_storage: str, storage:
                           grid_ids: list[str]) -> dict:
     """Refuse to mix two sweeps in one folder or storage; for ``resume``, check that the sweep there is this
     one and its checkpoints are whole. Returns the manifest of the run being resumed (or {})."""
-    check_writable(folder, "results folder", "pass --results-dir")
     holds_sweep = _storage_holds(f"{ray_storage}/{TUNE_FOLDER}") if storage else (folder / TUNE_FOLDER).is_dir()
     manifest_path = folder / "manifest.json"
     if not resume:
-        if (folder.exists() and any(folder.iterdir())) or holds_sweep:
+        if any(path.name != LOCK_FILE for path in folder.iterdir()) or holds_sweep:
             raise UserError(f"{ray_storage if holds_sweep else folder} already holds results; "
                             "pass --resume to continue that sweep, or --results-dir (and --storage) to write elsewhere")
         return {}
@@ -297,8 +320,6 @@ def _check_results_folder(sweep: Sweep, folder: Path, ray_storage: str, storage:
         raise UserError(f"--resume: this sweep's Ray state is at {previous['storage']}; pass the --storage it ran with")
     if not holds_sweep:
         raise UserError(f"--resume: {ray_storage} holds no sweep to resume; run without --resume first")
-    if not storage:
-        _check_checkpoints(folder)
     if previous.get("grid") and [t["trial_id"] for t in previous["grid"]] != grid_ids:
         raise UserError(f"--resume: {folder} belongs to a sweep with another grid; "
                         "resume with the same sweep file, or pass --results-dir to start a new one")
@@ -396,12 +417,21 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
     ``<storage>/<sweep>/`` when ``storage`` (a URI every node can reach) is given, else into the results
     folder; the tables, manifest and report always go to ``results_dir/<sweep>/``. The console shows one
     line per trial and epoch and a summary every half minute; ``verbose`` adds Tune's tables and every
-    worker's own output. Every trial is logged
+    worker's own output. One sweep at a time runs in a results folder (``folder_lock``). Every trial is logged
     to the trackers in ``track`` (``tracking.TRACKERS``), MLflow's to ``tracking_uri`` (default: a SQLite
     file in the results folder).
     """
-    planned = expand(sweep)
     folder = (results_dir / sweep.name).resolve()
+    check_writable(folder, "results folder", "pass --results-dir")
+    with hold_folder(folder, "pass --results-dir to write elsewhere"):
+        return _run_sweep(sweep, folder, results_dir, address, resume, max_concurrent, storage, track, tracking_uri, verbose)
+
+
+def _run_sweep(sweep: Sweep, folder: Path, results_dir: Path, address: str | None, resume: bool,
+               max_concurrent: int | None, storage: str | None, track: list[str] | None, tracking_uri: str | None,
+               verbose: bool) -> int:
+    """``run_sweep`` in its results ``folder``, which this process holds."""
+    planned = expand(sweep)
     tracking = check_tracking(track or [], tracking_uri, folder)
     ray_storage = f"{storage.rstrip('/')}/{sweep.name}" if storage else str(folder)
     previous = _check_results_folder(sweep, folder, ray_storage, storage, resume, [p.trial_id for p in planned])
@@ -415,7 +445,12 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
         write_json(folder / "manifest.json", manifest)
         concurrency = _concurrency(sweep, largest, cluster, max_concurrent or sweep.max_concurrent)
         floors = {} if resume else _shared_floors(ray, sweep, planned)  # resumed trials have theirs in their checkpoints
-        grid = _tuner(sweep, planned, floors, ray_storage, resume, concurrency, tracking, verbose).fit()
+        try:
+            grid = _tuner(sweep, planned, floors, ray_storage, resume, concurrency, tracking, verbose).fit()
+        except Exception:
+            if not storage:  # Ray's state is in the results folder: a full disk there fails Tune in many ways
+                _check_room(folder, _resume_command(sweep, results_dir, storage))
+            raise
     finally:
         if started_here:
             ray.shutdown()
@@ -429,18 +464,36 @@ def _finish(sweep: Sweep, planned: list[PlannedTrial], grid, folder: Path, manif
             storage: str | None) -> int:
     """The sweep's tables, finished manifest and report; the exit code (130 when trials are unfinished)."""
     trials, epochs = _collect(planned, grid)
-    trial_table, _ = write_tables(folder, trials, epochs)
-    counts = trial_table["status"].value_counts().to_dict()
-    manifest.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), complete=not counts.get("incomplete"))
-    write_json(folder / "manifest.json", manifest)
-    print(summary(trial_table, sweep.axes))
-    print(f"results: {folder}/trials.parquet, epochs.parquet, manifest.json")
-    from byol_bench.report import write_report  # plotting libraries load only once there is something to plot
+    resume = _resume_command(sweep, results_dir, storage)
+    try:
+        trial_table, _ = write_tables(folder, trials, epochs)
+        counts = trial_table["status"].value_counts().to_dict()
+        manifest.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), complete=not counts.get("incomplete"))
+        write_json(folder / "manifest.json", manifest)
+        print(summary(trial_table, sweep.axes))
+        print(f"results: {folder}/trials.parquet, epochs.parquet, manifest.json")
+        from byol_bench.report import write_report  # plotting libraries load only once there is something to plot
 
-    print(f"report: {write_report(folder)}")
+        print(f"report: {write_report(folder)}")
+    except DiskFull as error:  # the finished trials are safe in Ray's state: a resume writes their rows
+        raise _resumable(error, resume) from None
     if counts.get("incomplete"):
-        print(f"sweep interrupted: {counts['incomplete']} of {len(planned)} trials unfinished; continue with "
-              f"'byol-bench sweep {sweep.path} --results-dir {results_dir}" + (f" --storage {storage}" if storage else "")
-              + " --resume'", file=sys.stderr)
+        print(f"sweep interrupted: {counts['incomplete']} of {len(planned)} trials unfinished; continue with '{resume}'",
+              file=sys.stderr)
         return 130
     return 0 if counts.get("ok", 0) == len(planned) else 1
+
+
+def _resume_command(sweep: Sweep, results_dir: Path, storage: str | None) -> str:
+    return f"byol-bench sweep {sweep.path} --results-dir {results_dir}" + (f" --storage {storage}" if storage else "") + " --resume"
+
+
+def _resumable(error: DiskFull, resume: str) -> DiskFull:
+    return DiskFull(f"{error} with '{resume}' (its finished trials are kept, not rerun)")
+
+
+def _check_room(folder: Path, resume: str) -> None:
+    """A ``DiskFull`` when ``folder``'s disk has less room than its largest checkpoint, which Ray writes every epoch."""
+    needed = max((path.stat().st_size for path in folder.rglob("checkpoint_*/state.pt")), default=0)
+    if shutil.disk_usage(folder).free < needed:
+        raise _resumable(disk_full(folder, f"{TUNE_FOLDER}/ (a checkpoint)", needed), resume) from None

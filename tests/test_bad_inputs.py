@@ -56,13 +56,6 @@ def earlier_results(tmp: Path, *flags):
     return sweep_file(tmp, *flags)
 
 
-def corrupt_checkpoint(tmp: Path):
-    checkpoint = tmp / "results" / "s" / "tune" / "trainable_00000" / "checkpoint_000001"
-    checkpoint.mkdir(parents=True)
-    (checkpoint / "state.pt").write_bytes(b"PK\x03\x04 truncated")
-    return sweep_file(tmp, "--resume")
-
-
 def a_file_as_folder(tmp: Path):
     (tmp / "plain-file").write_text("not a folder")
     return tmp / "plain-file" / "below"
@@ -126,7 +119,6 @@ CASES = {
     "results of another run": (lambda t, m: earlier_results(t), "already holds results; pass --resume"),
     "nothing to resume": (lambda t, m: sweep_file(t, "--resume"), "holds no sweep to resume"),
     "unwritable results dir": (lambda t, m: sweep_file(t) + ["--results-dir", str(a_file_as_folder(t))], "cannot be written"),
-    "corrupt checkpoint": (lambda t, m: corrupt_checkpoint(t), "is corrupt; restore it from a backup"),
     "report of nothing": (lambda t, m: ["report", str(t / "no-such-sweep")], "does not exist"),
     "unknown baseline": (lambda t, m: ["compare", "no-such-baseline", str(t), "--baselines-dir", str(t)], "neither a results folder"),
 }
