@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -33,6 +34,7 @@ from byol_bench.tracking import Tracking, check_tracking, param_space
 
 TUNE_FOLDER = "tune"  # Ray Tune's experiment folder inside results/<sweep>/
 TRAIN_FOLDER = "train"  # Ray Train's runs (DDP trials' checkpoints) inside results/<sweep>/
+ROOM_MARGIN = 4 * 2**20  # what a sweep's disk keeps free beyond its checkpoints: Ray's experiment state, the tables
 DRIVER_MEMORY = 512 * 2**20  # what a DDP trial's driver reserves: it only waits on its workers, which hold the CPUs/GPUs
 RAY_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
                 "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
@@ -195,6 +197,17 @@ def _shared_floors(ray, sweep: Sweep, planned: list[PlannedTrial]) -> dict[tuple
     return floors
 
 
+def _check_tune_state(experiment: Path) -> None:
+    """Tune's newest experiment state must be whole for a resume: from one cut short (its disk filled, or the
+    machine failed, as Ray saved it in place) Tune would start the grid anew in the old trial folders."""
+    for state in sorted(experiment.glob("experiment_state-*.json"))[-1:]:
+        try:
+            json.loads(state.read_bytes())
+        except ValueError:  # UnicodeDecodeError included
+            raise UserError(f"--resume: Ray Tune's state {state} is cut short, so the sweep cannot be resumed; run it "
+                            f"again into a new --results-dir (the finished trials' results are in {experiment}/*/result.json)") from None
+
+
 def _check_reachable(address: str) -> None:
     """A TCP look at host:port first: ray.init retries an unreachable address for minutes."""
     if address == "auto":
@@ -266,10 +279,15 @@ def _concurrency(sweep: Sweep, workers: int, available: dict, requested: int | N
     the cluster holds (Ray's advice)."""
     if workers == 1:
         return requested
+    limit = _trials_that_fit(sweep, workers, available)
+    return min(limit, requested) if limit and requested else limit or requested
+
+
+def _trials_that_fit(sweep: Sweep, workers: int, available: dict) -> int | None:
+    """How many trials of ``workers`` workers the cluster's CPUs and GPUs hold at once (None: no bound asked)."""
     fits = [available.get("CPU", 0) / (sweep.cpus_per_worker * workers)] if sweep.cpus_per_worker else []
     fits += [available.get("GPU", 0) / (sweep.gpus_per_worker * workers)] if sweep.gpus_per_worker else []
-    limit = max(1, int(min(fits))) if fits else None
-    return min(limit, requested) if limit and requested else limit or requested
+    return max(1, int(min(fits))) if fits else None
 
 
 def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict]]:
@@ -320,6 +338,8 @@ def _check_results_folder(sweep: Sweep, folder: Path, ray_storage: str, storage:
         raise UserError(f"--resume: this sweep's Ray state is at {previous['storage']}; pass the --storage it ran with")
     if not holds_sweep:
         raise UserError(f"--resume: {ray_storage} holds no sweep to resume; run without --resume first")
+    if not storage:
+        _check_tune_state(folder / TUNE_FOLDER)
     if previous.get("grid") and [t["trial_id"] for t in previous["grid"]] != grid_ids:
         raise UserError(f"--resume: {folder} belongs to a sweep with another grid; "
                         "resume with the same sweep file, or pass --results-dir to start a new one")
@@ -364,16 +384,44 @@ def _progress_callback(planned: list[PlannedTrial]):
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
             self.progress.result(trial.config["trial_id"], result)
 
+        def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+            self.progress.retry(trial.config["trial_id"], trial.num_failures)
+
         def on_step_end(self, iteration, trials, **info) -> None:
             self.progress.tick({trial.config["trial_id"]: TUNE_STATUS.get(trial.status, "pending") for trial in trials})
 
     return Progress()
 
 
+def _disk_guard(folder: Path, slots: int):
+    """A Tune callback that stops the sweep as Ctrl-C does (resumably) once the disk of its results ``folder``
+    lacks ``_room_needed`` for ``slots`` trials at once: Ray writes checkpoints and its experiment state in place, so a disk that fills under
+    it leaves them cut short, and Tune cannot resume from a cut experiment state."""
+    from ray import tune
+
+    class DiskGuard(tune.Callback):
+        def setup(self, **info) -> None:
+            self.largest = _largest_checkpoint(folder)  # a resumed sweep's, then each new one's
+            self.stopping = False  # a second SIGINT would no longer reach Tune's handler, which stops gracefully once
+
+        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+            self.largest = max(self.largest, (Path(checkpoint.path) / "state.pt").stat().st_size)
+
+        def on_step_end(self, iteration, trials, **info) -> None:
+            free, needed = shutil.disk_usage(folder).free, _room_needed(self.largest, slots)
+            if free < needed and not self.stopping:
+                self.stopping = True
+                print(f"the disk holding {folder} has {megabytes(free)} free, less than the {megabytes(needed)} the sweep "
+                      "needs: stopping it while Ray's state can still be saved", file=sys.stderr, flush=True)
+                signal.raise_signal(signal.SIGINT)  # Tune's own handler: stop, save the experiment state, return
+
+    return DiskGuard()
+
+
 def _tuner(sweep: Sweep, planned: list[PlannedTrial], floors: dict, ray_storage: str, resume: bool,
-           max_concurrent: int | None, tracking: Tracking, verbose: bool):
+           max_concurrent: int | None, tracking: Tracking, verbose: bool, guards: list):
     """Ray Tune's Tuner over the planned trials' ids (their knobs beside them, for the trackers), or the one
-    a resumed sweep left behind, which keeps the trackers it started with."""
+    a resumed sweep left behind, which keeps the trackers and ``guards`` it started with."""
     from ray import tune
 
     planned_by_id = {p.trial_id: p for p in planned}
@@ -393,7 +441,7 @@ def _tuner(sweep: Sweep, planned: list[PlannedTrial], floors: dict, ray_storage:
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=TUNE_FOLDER, storage_path=ray_storage, verbose=1 if verbose else 0,  # 1: Tune's boxed tables
-            callbacks=[_progress_callback(planned), *tracking.callbacks(sweep.name)],
+            callbacks=[_progress_callback(planned), *tracking.callbacks(sweep.name), *guards],
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
@@ -444,27 +492,32 @@ def _run_sweep(sweep: Sweep, folder: Path, results_dir: Path, address: str | Non
         manifest = _manifest(sweep, planned, cluster, address, ray_storage, previous)
         write_json(folder / "manifest.json", manifest)
         concurrency = _concurrency(sweep, largest, cluster, max_concurrent or sweep.max_concurrent)
+        slots = min(n for n in (len(planned), concurrency, _trials_that_fit(sweep, 1, cluster)) if n)  # trials at once
         floors = {} if resume else _shared_floors(ray, sweep, planned)  # resumed trials have theirs in their checkpoints
+        guards = [] if storage else [_disk_guard(folder, slots)]  # Ray's state in the results folder: watch its disk
         try:
-            grid = _tuner(sweep, planned, floors, ray_storage, resume, concurrency, tracking, verbose).fit()
+            grid = _tuner(sweep, planned, floors, ray_storage, resume, concurrency, tracking, verbose, guards).fit()
         except Exception:
-            if not storage:  # Ray's state is in the results folder: a full disk there fails Tune in many ways
-                _check_room(folder, _resume_command(sweep, results_dir, storage))
+            if not storage:  # a full disk under Ray's state fails Tune in many ways
+                _check_room(folder, slots, _resume_command(sweep, results_dir, storage))
             raise
     finally:
         if started_here:
             ray.shutdown()
-    exit_code = _finish(sweep, planned, grid, folder, manifest, results_dir, storage)
+    exit_code = _finish(sweep, planned, grid, folder, manifest, results_dir, storage, slots)
     for line in tracking.where(sweep.name, f"{ray_storage}/{TUNE_FOLDER}"):
         print(line)
     return exit_code
 
 
 def _finish(sweep: Sweep, planned: list[PlannedTrial], grid, folder: Path, manifest: dict, results_dir: Path,
-            storage: str | None) -> int:
-    """The sweep's tables, finished manifest and report; the exit code (130 when trials are unfinished)."""
+            storage: str | None, slots: int) -> int:
+    """The sweep's tables, finished manifest and report; the exit code (130 when trials are unfinished). A sweep
+    stopped for want of room (``_disk_guard``) writes nothing more: a resume writes it all."""
     trials, epochs = _collect(planned, grid)
     resume = _resume_command(sweep, results_dir, storage)
+    if not storage and any(row["status"] == "incomplete" for row in trials):
+        _check_room(folder, slots, resume)
     try:
         trial_table, _ = write_tables(folder, trials, epochs)
         counts = trial_table["status"].value_counts().to_dict()
@@ -492,8 +545,18 @@ def _resumable(error: DiskFull, resume: str) -> DiskFull:
     return DiskFull(f"{error} with '{resume}' (its finished trials are kept, not rerun)")
 
 
-def _check_room(folder: Path, resume: str) -> None:
-    """A ``DiskFull`` when ``folder``'s disk has less room than its largest checkpoint, which Ray writes every epoch."""
-    needed = max((path.stat().st_size for path in folder.rglob("checkpoint_*/state.pt")), default=0)
+def _largest_checkpoint(folder: Path) -> int:
+    return max((path.stat().st_size for path in folder.rglob("checkpoint_*/state.pt")), default=0)
+
+
+def _room_needed(largest_checkpoint: int, slots: int) -> int:
+    """The free space a sweep needs to go on: a new checkpoint (as large as the largest) beside the old one for
+    each trial that may run at once, and ``ROOM_MARGIN``."""
+    return 2 * largest_checkpoint * slots + ROOM_MARGIN
+
+
+def _check_room(folder: Path, slots: int, resume: str) -> None:
+    """A ``DiskFull`` naming ``resume`` when the disk of ``folder`` (the sweep's Ray state) lacks ``_room_needed``."""
+    needed = _room_needed(_largest_checkpoint(folder), slots)
     if shutil.disk_usage(folder).free < needed:
-        raise _resumable(disk_full(folder, f"{TUNE_FOLDER}/ (a checkpoint)", needed), resume) from None
+        raise _resumable(disk_full(folder, f"{TUNE_FOLDER}/ (checkpoints and Ray's state)", needed), resume) from None
