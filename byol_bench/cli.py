@@ -160,6 +160,61 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_history(args) -> int:
+    from byol_bench.history import load_history, select, series_points, summary_table, write_report
+
+    history_dir = Path(args.history_dir)
+    points, changes = series_points(select(load_history(history_dir), args.metric, args.series))
+    print(summary_table(points, changes).to_string(index=False))
+    print(f"report: {write_report(history_dir, points, changes)}")
+    return 0
+
+
+def cmd_history_check(args) -> int:
+    from byol_bench.history import load_history, regressions, select, series_points
+
+    _, changes = series_points(select(load_history(Path(args.history_dir)), args.metric, args.series))
+    found = regressions(changes, args.tolerance)
+    for change in found.itertuples():
+        print(f"REGRESSED {change.source} · {change.setting} · {change.metric} on {change.machine}: "
+              f"{change.change_percent:+.1f}% between {change.before_revision[:12]} and {change.after_revision[:12]}")
+    print(f"{len(found)} series regressed beyond {args.tolerance:g}% at their latest change point")
+    return 1 if len(found) else 0
+
+
+def cmd_history_add(args) -> int:
+    from byol_bench.history import append, bench_entry, sweep_entry
+
+    for source in map(Path, args.sources):
+        entry = sweep_entry(source) if source.is_dir() else bench_entry(source)
+        added = append(entry, Path(args.history_dir))
+        print(f"{source}: {'appended' if added else 'in the history already'} ({len(entry)} values)")
+    return 0
+
+
+def cmd_history_backfill(args) -> int:
+    from byol_bench.history import backfill
+
+    failed = backfill(args.revisions, Path(args.sweep), Path(args.history_dir), args.paths)
+    print(f"backfill done; the sweep failed at {len(failed)} revision(s)" + (f": {', '.join(r[:12] for r in failed)}"
+                                                                            if failed else ""))
+    return 0
+
+
+def _history_options(parser: argparse.ArgumentParser, subcommand: bool, selects: bool = True) -> None:
+    """The history commands' options, given before or after the subcommand (a subcommand's default leaves the
+    history parser's value in place); ``selects``: --metric and --series too."""
+    default = (lambda value: argparse.SUPPRESS) if subcommand else (lambda value: value)
+    parser.add_argument("--history-dir", default=default("results/history"), help="where the history lives "
+                        "(default: results/history)")
+    if not selects:
+        return
+    parser.add_argument("--metric", default=default(None), help="one metric's series, e.g. images_per_s, knn_top1, "
+                                                                "median_s (a benchmark's; default: every metric)")
+    parser.add_argument("--series", metavar="FILTER", default=default(None),
+                        help="only series whose sweep or setting contains FILTER, e.g. 'method=byol'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="byol-bench", description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,6 +282,32 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--heatmap", nargs=2, metavar=("ROWS", "COLUMNS"), default=["method", "global_batch_size"],
                         help="the two trial columns the mean-kNN heatmap spans (default: method global_batch_size)")
     report.set_defaults(run=cmd_report)
+
+    history = commands.add_parser("history", help="every sweep and 'make bench' run over revisions: series, change "
+                                                  "points, a report; check, add, backfill")
+    _history_options(history, subcommand=False)
+    history.set_defaults(run=cmd_history)
+    history_commands = history.add_subparsers(dest="history_command", parser_class=_Parser)
+    check = history_commands.add_parser("check", help="exit 1 when a series' latest change point is a regression "
+                                                      "beyond the tolerance (for CI)")
+    _history_options(check, subcommand=True)
+    check.add_argument("--tolerance", type=float, default=5.0, metavar="PERCENT",
+                       help="smallest regression that fails the check, in %% of the level before (default 5)")
+    check.set_defaults(run=cmd_history_check)
+    add = history_commands.add_parser("add", help="append finished sweeps (results/<sweep>) or pytest-benchmark JSONs "
+                                                  "(results/benchmarks/*/*.json) to the history")
+    add.add_argument("sources", nargs="+", metavar="SOURCE")
+    _history_options(add, subcommand=True, selects=False)
+    add.set_defaults(run=cmd_history_add)
+    backfill = history_commands.add_parser("backfill", help="run a sweep at each revision of a range, each in a git "
+                                                            "worktree, and append the results")
+    backfill.add_argument("revisions", metavar="REV1..REV2", help="a git range: the revisions after REV1 up to REV2")
+    backfill.add_argument("--sweep", required=True, metavar="FILE",
+                          help="a small sweep file (it runs once per revision)")
+    backfill.add_argument("--paths", nargs="+", default=["byol_bench"], metavar="PATH",
+                          help="skip revisions that change none of these paths (default: byol_bench)")
+    _history_options(backfill, subcommand=True, selects=False)
+    backfill.set_defaults(run=cmd_history_backfill)
     return parser
 
 

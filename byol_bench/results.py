@@ -51,6 +51,14 @@ def axis_values(trials: pd.DataFrame, axis: str) -> pd.Series:
                      index=trials.index, dtype=object)
 
 
+def settings(trials: pd.DataFrame, axes: list[str]) -> dict[tuple, pd.DataFrame]:
+    """Setting key (its ``axis_values`` over ``axes``) -> its trials that ran to an end; a setting's seeds are its
+    samples."""
+    ended = trials[trials.status != "incomplete"]
+    ended = ended.assign(**{axis: axis_values(ended, axis) for axis in axes})
+    return {tuple(key): rows for key, rows in ended.groupby(axes)}
+
+
 def trial_row(trial_id: str, config: dict, status: str, result: dict | None = None, error: str | None = None) -> dict:
     """One trial as a flat row: every config key, the status, metrics, floors, run facts and provenance.
 

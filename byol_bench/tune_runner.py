@@ -374,8 +374,7 @@ def _progress_callback(planned: list[PlannedTrial]):
 
     from byol_bench.progress import SweepProgress
 
-    configs = {p.trial_id: make_config(p.knobs) for p in planned}
-    trials = {trial_id: (cfg.method, cfg.epochs) for trial_id, cfg in configs.items()}
+    trials = {p.trial_id: p.resolved for p in planned}
 
     class Progress(tune.Callback):
         def setup(self, **info) -> None:
@@ -525,8 +524,11 @@ def _finish(sweep: Sweep, planned: list[PlannedTrial], grid, folder: Path, manif
         write_json(folder / "manifest.json", manifest)
         print(summary(trial_table, sweep.axes))
         print(f"results: {folder}/trials.parquet, epochs.parquet, manifest.json")
-        from byol_bench.report import write_report  # plotting libraries load only once there is something to plot
+        from byol_bench.history import record_sweep  # plotting libraries load only once there is something to plot
+        from byol_bench.report import write_report
 
+        if manifest["complete"]:
+            print(record_sweep(folder, results_dir / "history"))
         print(f"report: {write_report(folder)}")
     except DiskFull as error:  # the finished trials are safe in Ray's state: a resume writes their rows
         raise _resumable(error, resume) from None

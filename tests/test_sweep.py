@@ -81,6 +81,7 @@ def test_a_sweep_writes_both_tables_and_a_manifest(tmp_path, ray_cluster, capsys
     manifest = json.loads((folder / "manifest.json").read_text())
     assert len(manifest["grid"]) == 3 and manifest["finished"] and "CPU" in manifest["cluster_resources"]
     assert manifest["sweep_file"] == path.read_text() and manifest["versions"]["ray"]
+    assert len(list((tmp_path / "results" / "history" / "runs").glob("*.parquet"))) == 1  # appended to the history
 
 
 def test_a_failing_trial_is_recorded_while_the_others_finish(tmp_path, ray_cluster, capsys):

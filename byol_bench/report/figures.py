@@ -225,3 +225,35 @@ def heatmap(results: Results, rows: str, columns: str):
     ax.tick_params(axis="y", rotation=0)  # method names read across
     figure.tight_layout()
     return figure
+
+
+def history_series(points: pd.DataFrame, changes: pd.DataFrame):
+    """One metric's runs against the revision, a panel per source, protocol and machine type (series of other
+    machines or protocols are never drawn together), a colour per setting: each run a dot, the levels between change
+    points a step line with its noise band, each change point a dashed line labelled with its size."""
+    if points.empty:
+        return "no runs of this metric"
+    panel_keys = ["source", "protocol", "machine"]
+    panels = list(points.groupby(panel_keys, sort=False))
+    figure, axes = plt.subplots(len(panels), 1, figsize=(11, 3.4 * len(panels)), squeeze=False)
+    for ax, (panel, runs) in zip(axes[:, 0], panels):
+        revisions = list(dict.fromkeys(runs["revision"]))  # the runs come oldest commit first
+        position = runs["revision"].map({revision: index for index, revision in enumerate(revisions)})
+        colours = dict(zip(runs["setting"].unique(), sns.color_palette("colorblind", runs["setting"].nunique())))
+        for setting, rows in runs.groupby("setting", sort=False):
+            x, band = position[rows.index], 2 * rows["noise"]
+            ax.scatter(x, rows["value"], color=colours[setting], s=14, label=setting, zorder=3)
+            ax.step(x, rows["level"], where="mid", color=colours[setting], linewidth=1)
+            ax.fill_between(x, rows["level"] - band, rows["level"] + band, step="mid", color=colours[setting],
+                            alpha=0.15)
+        for change in changes.merge(runs[["setting", "metric", *panel_keys]].drop_duplicates()).itertuples():
+            at = revisions.index(change.after_revision) - 0.5
+            ax.axvline(at, color=colours[change.setting], linestyle="--", linewidth=1)
+            ax.annotate(f"{change.change_percent:+.0f}%", (at, 1), xycoords=ax.get_xaxis_transform(), xytext=(2, -10),
+                        textcoords="offset points", fontsize=8, color=colours[change.setting])
+        ax.set_xticks(range(len(revisions)), [revision[:7] for revision in revisions], rotation=45, fontsize=7)
+        ax.set_title(" · ".join(panel), fontsize=9)
+        ax.set(xlabel="revision (oldest commit first)", ylabel=runs["metric"].iloc[0])
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    figure.tight_layout()
+    return figure
