@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 SUMMARY_EVERY_S = 30.0
+RECENT_EPOCHS = 2  # a trial's epochs that time its epochs to come
 
 
 def epoch_line(name: str, row: dict, epochs: int) -> str:
@@ -68,6 +69,7 @@ class TrialTimes:
     """What the progress has seen of one trial: its epochs' seconds, and when it started, last reported and ended."""
 
     setting: tuple  # its knobs but the seed: trials of one setting train at one speed
+    kind: tuple  # its method and batch size, which set most of an epoch's time
     method: str
     epochs: int
     done: int = 0  # epochs done, a resumed trial's earlier ones included
@@ -87,7 +89,8 @@ class SweepProgress:
                  clock: Callable[[], float] = time.monotonic):
         """``trials``: each planned trial's id -> its knobs (method and epochs among them, defaults filled in)."""
         self.trials = {trial_id: TrialTimes(tuple(sorted((k, str(v)) for k, v in knobs.items() if k != "seed")),
-                                            knobs["method"], knobs["epochs"]) for trial_id, knobs in trials.items()}
+                                            (knobs["method"], knobs.get("batch_size")), knobs["method"], knobs["epochs"])
+                       for trial_id, knobs in trials.items()}
         self.print = print_line or (lambda line: print(line, file=sys.stderr, flush=True))
         self.clock, self.start = clock, clock()
         self.last_summary, self.slots = self.start, 1
@@ -146,12 +149,13 @@ class SweepProgress:
                 f"{counts['failed']} failed of {len(self.trials)}; {_duration(elapsed)} so far, {estimate}")
 
     def time_left(self, statuses: dict[str, str]) -> float | None:
-        """Seconds until the last trial ends: each unfinished trial's work left (its epochs left at its measured
-        seconds per epoch, else its setting's (its other seeds), else its method's, else any trial's; its set-up unless it has begun training, and its
-        evaluation, as long as other trials' took), less the time since it last reported; the running trials'
-        first, then the pending ones as slots free up (as many slots as trials were seen running at once).
-        None before any epoch was measured."""
-        measured = [s for trial in self.trials.values() for s in trial.epoch_s]
+        """Seconds until the last trial ends: each unfinished trial's work left (its epochs left at the seconds
+        per epoch it measured lately, else its setting's (its other seeds), else its method's at its batch size,
+        else its method's, else any trial's; its set-up unless it has begun training, and its evaluation, as long
+        as other trials' took), less the time since it last reported; the running trials' first, then the pending
+        ones as slots free up (as many slots as trials were seen running at once). None before any epoch was
+        measured. Each trial's latest epochs count, not its first: the machine's load changes."""
+        measured = self._epoch_s(lambda other: True)
         if not measured:
             return None
         setup, evaluation = (mean([getattr(trial, name) for trial in self.trials.values()
@@ -159,7 +163,8 @@ class SweepProgress:
         now = self.clock()
 
         def work_left(trial: TrialTimes) -> float:
-            own = (trial.epoch_s or self._epoch_s(lambda other: other.setting == trial.setting)
+            own = (trial.epoch_s[-RECENT_EPOCHS:] or self._epoch_s(lambda other: other.setting == trial.setting)
+                   or self._epoch_s(lambda other: other.kind == trial.kind)
                    or self._epoch_s(lambda other: other.method == trial.method) or measured)
             started = trial.last if trial.last is not None else now
             return ((setup if trial.done == 0 else 0.0) + (trial.epochs - trial.done) * mean(own) + evaluation
@@ -174,4 +179,4 @@ class SweepProgress:
         return max(free_at, default=0.0)
 
     def _epoch_s(self, kin: Callable[[TrialTimes], bool]) -> list[float]:
-        return [s for trial in self.trials.values() if kin(trial) for s in trial.epoch_s]
+        return [s for trial in self.trials.values() if kin(trial) for s in trial.epoch_s[-RECENT_EPOCHS:]]

@@ -151,13 +151,16 @@ def expand(sweep: Sweep) -> list[PlannedTrial]:
 
 
 def run_order(planned: list[PlannedTrial]) -> list[PlannedTrial]:
-    """The order Tune starts the trials in: the methods in turn (the first trial of each, then the second of
-    each, ...), so that a sweep's first minutes measure every method's speed (the time-left estimate rests on
-    it) and a first result of each comes early."""
-    by_method: dict[str, list[PlannedTrial]] = {}
+    """The order Tune starts the trials in: each method at each batch size in turn (the methods first, then their
+    next batch size; then the second trial of each), so that a sweep's first minutes measure the speed of every
+    kind of trial (the time-left estimate rests on it) and a first result of each method comes early."""
+    kinds: dict[tuple, list[PlannedTrial]] = {}
     for trial in planned:
-        by_method.setdefault(trial.knobs.get("method", TrialConfig.method), []).append(trial)
-    return [trial for turn in itertools.zip_longest(*by_method.values()) for trial in turn if trial is not None]
+        kinds.setdefault((trial.knobs.get("method", TrialConfig.method), trial.knobs.get("batch_size")), []).append(trial)
+    methods = list(dict.fromkeys(method for method, _ in kinds))
+    nth = {kind: [other for other in kinds if other[0] == kind[0]].index(kind) for kind in kinds}
+    ordered = sorted(kinds, key=lambda kind: (nth[kind], methods.index(kind[0])))
+    return [trial for turn in itertools.zip_longest(*(kinds[kind] for kind in ordered)) for trial in turn if trial]
 
 
 def describe(sweep: Sweep, planned: list[PlannedTrial]) -> str:

@@ -15,7 +15,7 @@ import yaml
 
 from byol_bench.cli import main
 from byol_bench.results import DiskFull, write_tables
-from byol_bench.sweep import expand, load_sweep
+from byol_bench.sweep import expand, load_sweep, run_order
 from byol_bench.tune_runner import run_sweep
 from conftest import TINY
 
@@ -327,3 +327,9 @@ def test_a_sweep_whose_disk_fills_stops_in_time_and_resumes_without_rerunning_a_
     assert set(trials["status"]) == {"ok"} and trials["restarts"].to_dict() == {first: 0, second: 1}
     epochs = pd.read_parquet(folder / "epochs.parquet")
     assert epochs.groupby("trial_id")["epoch"].apply(list).to_dict() == {first: [1, 2, 3, 4], second: [1, 2, 3, 4]}
+
+
+def test_trials_start_with_each_method_at_each_batch_size_in_turn():
+    order = [(p.knobs["method"], p.knobs["batch_size"]) for p in run_order(expand(load_sweep(PRESETS / "quick.yaml")))]
+    assert order == [("byol", 16), ("simclr", 16), ("simsiam", 16), ("byol", 32), ("simclr", 32), ("simsiam", 32),
+                     ("byol", 16), ("byol", 32)]  # BYOL's second momentum schedule last
