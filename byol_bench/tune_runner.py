@@ -434,9 +434,10 @@ def _finish(sweep: Sweep, planned: list[PlannedTrial], grid, folder: Path, manif
     manifest.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), complete=not counts.get("incomplete"))
     write_json(folder / "manifest.json", manifest)
     print(summary(trial_table, sweep.axes))
-    print(f"results: {folder}/trials.parquet, epochs.parquet, manifest.json")
-    from byol_bench.report import write_report  # plotting libraries load only once there is something to plot
+    from byol_bench.report import settings_summary, write_report  # plotting libraries load only once needed
 
+    print(f"per setting: mean [95% bootstrap interval over seeds]\n{settings_summary(folder)}")
+    print(f"results: {folder}/trials.parquet, epochs.parquet, manifest.json")
     print(f"report: {write_report(folder)}")
     if counts.get("incomplete"):
         print(f"sweep interrupted: {counts['incomplete']} of {len(planned)} trials unfinished; continue with "

@@ -27,10 +27,12 @@ from byol_bench.report.figures import (accuracy_vs_batch_size, accuracy_vs_compu
                                        method_palette, pareto_front, throughput_vs_batch_size, training_curves)
 from byol_bench.report.load import load_results
 from byol_bench.results import epoch_rows, summary, trial_row, write_json, write_tables
+from byol_bench.stats import bootstrap_interval
+from byol_bench.stats import mean as mean_over_seeds
 
 FIXED = {"dataset": "fashion-mnist", "backbone": "small-cnn", "subset": 5000, "test_subset": 2000, "epochs": 3, "threads": 1}
 FIGURES = ("accuracy_vs_batch_size", "byol_vs_momentum", "throughput_vs_batch_size", "accuracy_vs_compute",
-           "training_curves", "heatmap")
+           "training_curves", "probability_of_improvement", "heatmap")
 TABLES = ("Accuracy", "Published numbers next to ours", "Speed and cost", "Floors: random-init backbone and raw pixels",
           "Failed, diverged, incomplete and missing trials")
 ANCHOR = {"method": "byol", "batch_size": 128, "knn_top1": 0.869, "source": "lightly CIFAR-10 benchmark"}
@@ -139,9 +141,10 @@ def markdown_table(markdown: str, title: str) -> pd.DataFrame:
     return pd.DataFrame(cells[2:], columns=cells[0])
 
 
-def mean_and_std(text: str) -> tuple[float, float]:
-    mean, _, std = text.partition(" ± ")
-    return float(mean), float(std or "nan")
+def mean_and_interval(text: str) -> tuple[float, tuple | None]:
+    """'mean [low, high]' or a lone value (one seed), as numbers."""
+    mean, _, interval = text.partition(" [")
+    return float(mean), tuple(map(float, interval.rstrip("]").split(", "))) if interval else None
 
 
 def test_the_report_has_every_table_and_figure(sweep):
@@ -215,15 +218,18 @@ def test_numbers_in_the_report_are_the_means_over_seeds_of_the_table(sweep):
         for label, column, scale, tolerance in (("kNN top-1 (%)", "knn_top1", 100, 0.05),
                                                 ("linear top-5 (%)", "linear_top5", 100, 0.05),
                                                 ("images/s", "images_per_s", 1, 0.5)):
-            mean, std = mean_and_std(row[label])
-            assert abs(mean - group[column].mean() * scale) <= tolerance, (key, label)
-            if len(group) > 1:
-                assert abs(std - group[column].std() * scale) <= tolerance, (key, label)
+            mean, interval = mean_and_interval(row[label])
+            values = group[column].to_numpy(float) * scale
+            assert abs(mean - values.mean()) <= tolerance, (key, label)
+            if len(group) > 1:  # the bootstrap interval of the mean of the seeds: within their range, around the mean
+                expected = bootstrap_interval([values], mean_over_seeds)
+                assert interval == pytest.approx(expected, abs=tolerance) and interval[0] <= mean <= interval[1]
+                assert values.min() - tolerance <= interval[0] < interval[1] <= values.max() + tolerance, (key, label)
             else:
-                assert math.isnan(std), (key, label)
+                assert interval is None, (key, label)
     assert shown[("byol", 128, "constant:0.99")]["n"] == "2"
-    assert shown[("byol", 64, "constant:0.99")]["n"] == "1 of 2"  # seed 1 failed
-    assert shown[("simclr", 128, "-")]["n"] == "1 of 2"  # seed 1 missing from the table
+    assert shown[("byol", 64, "constant:0.99")]["n"] == "1 of 2 (1 seed: no interval)"  # seed 1 failed
+    assert shown[("simclr", 128, "-")]["n"] == "1 of 2 (1 seed: no interval)"  # seed 1 missing from the table
 
 
 def test_published_anchors_stand_next_to_our_numbers(sweep):
@@ -233,7 +239,7 @@ def test_published_anchors_stand_next_to_our_numbers(sweep):
     assert len(anchors) == 1
     row = anchors.iloc[0]
     assert row["published"] == "86.9" and row["source"] == ANCHOR["source"] and row["n"] == str(len(ours))
-    assert abs(mean_and_std(row["ours"])[0] - ours["knn_top1"].mean() * 100) <= 0.05
+    assert abs(mean_and_interval(row["ours"])[0] - ours["knn_top1"].mean() * 100) <= 0.05
 
 
 def test_anchors_are_compared_with_the_metric_they_name(tmp_path):
@@ -250,7 +256,7 @@ def test_anchors_are_compared_with_the_metric_they_name(tmp_path):
     assert anchors.loc["best", "metric"] == "kNN top-1, best epoch (%)" and anchors.loc["best", "published"] == "86.8"
     trials = pd.read_parquet(folder / "trials.parquet")
     for source, column in (("final", "knn_top1"), ("best", "knn_top1_best")):
-        assert abs(mean_and_std(anchors.loc[source, "ours"])[0] - trials[column].mean() * 100) <= 0.05, source
+        assert abs(mean_and_interval(anchors.loc[source, "ours"])[0] - trials[column].mean() * 100) <= 0.05, source
 
 
 def test_ten_methods_have_ten_colours_of_their_own_in_every_report():
@@ -285,7 +291,8 @@ def test_a_single_trial_json_gets_a_report_next_to_it(tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith(str(report))
     markdown = read(report.with_suffix(".md"))
     row = markdown_table(markdown, "Accuracy").iloc[0]
-    assert (row["method"], row["batch size"], row["momentum schedule"], row["n"]) == ("simclr", "64", "-", "1")
+    assert (row["method"], row["batch size"], row["momentum schedule"], row["n"]) == ("simclr", "64", "-",
+                                                                                  "1 (1 seed: no interval)")
     assert row["kNN top-1 (%)"] == f"{result['metrics']['knn_top1'] * 100:.1f}"
     assert "Not drawn: no finished BYOL trials." in markdown
     assert "Not drawn: needs finished trials at two or more batch sizes (found 64)." in markdown
@@ -483,7 +490,8 @@ def test_trials_that_differ_only_in_workers_are_separate_settings(tmp_path):
                                                          "batch_size=64,workers=2,seed=2": "missing"})
     write_report(folder)
     accuracy = markdown_table(read(folder / "report.md"), "Accuracy")
-    assert accuracy[["batch size", "workers", "n"]].values.tolist() == [["128", "1", "3"], ["128", "2", "1 of 3"]]
+    assert accuracy[["batch size", "workers", "n"]].values.tolist() == [["128", "1", "3"],
+                                                                      ["128", "2", "1 of 3 (1 seed: no interval)"]]
     results = load_results(folder)
     trials = results.trials.set_index("trial_id")
     assert trials.loc["batch_size=64,workers=2,seed=2", "status"] == "missing"
@@ -518,7 +526,7 @@ def test_trials_that_differ_in_any_other_axis_are_separate_settings(tmp_path):
     assert len(accuracy) == len(expected) == 12 and set(accuracy["n"]) == {"2"}
     for (method, batch, lr, temperature), mean in expected.items():
         shown = accuracy.loc[(method, str(batch), str(lr), str(temperature)), "kNN top-1 (%)"]
-        assert abs(mean_and_std(shown)[0] - mean) <= 0.05
+        assert abs(mean_and_interval(shown)[0] - mean) <= 0.05
     results = load_results(folder)
     assert results.epochs.groupby("setting")["trial_id"].nunique().to_dict()[
         "batch 64, lr 0.4, temperature 0.5"] == 2  # SimCLR's curve for that setting, apart from the others
@@ -558,4 +566,40 @@ def test_missing_trials_of_a_sweep_that_leaves_knobs_at_their_defaults_join_thei
     write_report(folder)
     accuracy = markdown_table(read(folder / "report.md"), "Accuracy")
     assert accuracy[["method", "batch size", "momentum schedule", "n"]].values.tolist() == [
-        ["byol", "256", "cosine:0.99-1.0", "2"], ["simclr", "256", "-", "1 of 2"]]
+        ["byol", "256", "cosine:0.99-1.0", "2"], ["simclr", "256", "-", "1 of 2 (1 seed: no interval)"]]
+
+
+def test_probability_of_improvement_and_seeds_needed_come_from_the_seeds(tmp_path):
+    """P(A > B) is each batch size's Mann-Whitney U over n_A·n_B, averaged; the seeds needed follow the pooled
+    seed-to-seed std; a ranking under the minimum effect is flagged; one seed a side has no interval."""
+    from scipy import stats
+    from statsmodels.stats.power import TTestIndPower
+
+    folder = write_sweep(tmp_path / "three", planned_trials(seeds=(0, 1, 2)), {
+        "method=simclr,batch_size=64,seed=1": "failed", "method=simclr,batch_size=64,seed=2": "failed"})
+    assert main(["report", str(folder), "--acc-tol", "0.5"]) == 0
+    trials = pd.read_parquet(folder / "trials.parquet").query("status == 'ok'")
+    markdown = read(folder / "report.md")
+    table = markdown_table(markdown, "Probability of improvement").set_index(["A", "B"])
+    byol = trials[(trials["method"] == "byol") & (trials["momentum_schedule"] == "constant:0.99")]
+    simclr = trials[trials["method"] == "simclr"]
+    expected = np.mean([stats.mannwhitneyu(byol.loc[byol["batch_size"] == batch, "knn_top1"],
+                                           simclr.loc[simclr["batch_size"] == batch, "knn_top1"]).statistic
+                        / ((byol["batch_size"] == batch).sum() * (simclr["batch_size"] == batch).sum())
+                        for batch in (64, 128)])
+    row = table.loc[("byol, constant:0.99", "simclr")]
+    assert row["P(A > B), kNN top-1"] == f"{expected:.2f} (1 seed: no interval)"  # simclr ran one seed at 64
+    assert row["seeds (A, B)"] == "3, 1" and row["batch sizes"] == "64, 128"
+    both = table.loc[("byol, cosine:0.99-1.0", "byol, constant:0.99"), "P(A > B), kNN top-1"]
+    point, (low, high) = mean_and_interval(both)
+    assert 0 <= low <= point <= high <= 1 and low < high
+    needed = markdown_table(markdown, "Seeds needed").set_index("method")
+    # BYOL's four settings all finished three seeds: the pooled variance is their variances' mean.
+    pooled = np.sqrt(trials[trials["method"] == "byol"].groupby(["batch_size", "momentum_schedule"])["knn_top1"]
+                     .var().mean()) * 100
+    assert float(needed.loc["byol", "kNN top-1: std over seeds (points)"]) == pytest.approx(pooled, abs=0.005)
+    assert int(needed.loc["byol", "kNN top-1: seeds needed"]) == max(
+        2, math.ceil(TTestIndPower().solve_power(0.5 / pooled, alpha=0.05, power=0.8)))
+    assert "a difference of 0.5 accuracy points (--acc-tol)" in markdown
+    assert "Ranking warning (batch 64, kNN top-1):" in markdown  # simclr's one seed at batch 64
+    assert (folder / "figures" / "probability_of_improvement.png").stat().st_size > 1000

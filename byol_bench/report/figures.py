@@ -223,3 +223,29 @@ def heatmap(results: Results, rows: str, columns: str):
     ax.tick_params(axis="y", rotation=0)  # method names read across
     figure.tight_layout()
     return figure
+
+
+def improvement_probabilities(improvements: pd.DataFrame):
+    """P(A > B) per pair of contenders with its 95% interval, a panel per ranked accuracy (rliable's figure);
+    a pair with one seed a side is a hollow point without a bar."""
+    if improvements.empty:
+        return "needs two or more methods (or variants) with finished trials at a common batch size"
+    metrics = list(dict.fromkeys(improvements["metric"]))
+    pairs = list(dict.fromkeys(zip(improvements["a"], improvements["b"])))
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics) + 3, 1.2 + 0.4 * len(pairs)), sharey=True,
+                                squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        rows = improvements[improvements["metric"] == metric]
+        y = [pairs.index(pair) for pair in zip(rows["a"], rows["b"])]
+        for position, p, interval in zip(y, rows["p"], rows["interval"]):
+            if interval is None:
+                ax.plot(p, position, "o", mfc="none", color="0.35")
+            else:
+                ax.errorbar(p, position, xerr=[[p - interval[0]], [interval[1] - p]], fmt="o", color="#0173b2",
+                            capsize=3)
+        ax.axvline(0.5, color="0.6", linewidth=1, zorder=0)
+        ax.set(xlim=(-0.02, 1.02), xlabel=f"P(A > B), {metric}")
+    axes[0][0].set_yticks(range(len(pairs)), [f"{a} > {b}" for a, b in pairs])
+    axes[0][0].invert_yaxis()
+    figure.tight_layout()
+    return figure
