@@ -41,6 +41,7 @@ class ImageData:
     std: tuple[float, ...]
     num_classes: int
     pretrain_images: Tensor
+    pretrain_labels: Tensor | None  # None where pretraining uses unlabeled images (STL-10)
     train_images: Tensor
     train_labels: Tensor
     test_images: Tensor
@@ -58,6 +59,7 @@ class DatasetSpec:
     description: str
     sizes: tuple[int, int, int] | None = None  # (pretrain, train, test) images; None: known only once loaded
     any_size: bool = False  # decoded (imagefolder) or drawn (synthetic) at the trial's image_size
+    unlabeled_pretraining: bool = False  # pretrains on images without labels (STL-10's unlabeled split)
 
 
 def data_root(data_dir: str | None) -> Path:
@@ -244,7 +246,8 @@ DATASETS: dict[str, DatasetSpec] = {
     "fashion-mnist": DatasetSpec(28, 1, (0.2860,), (0.3530,), _load_fashion_mnist, "Fashion-MNIST, 70k 28 px grayscale", (60000, 60000, 10000)),
     "cifar10": DatasetSpec(32, 3, CIFAR10_MEAN, CIFAR10_STD, _cifar("CIFAR10"), "CIFAR-10, 60k 32 px", (50000, 50000, 10000)),
     "cifar100": DatasetSpec(32, 3, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), _cifar("CIFAR100"), "CIFAR-100, 60k 32 px", (50000, 50000, 10000)),
-    "stl10": DatasetSpec(96, 3, (0.4408, 0.4279, 0.3867), (0.2682, 0.2610, 0.2686), _load_stl10, "STL-10, 96 px; pretrains on unlabeled+train", (105000, 5000, 8000)),
+    "stl10": DatasetSpec(96, 3, (0.4408, 0.4279, 0.3867), (0.2682, 0.2610, 0.2686), _load_stl10, "STL-10, 96 px; pretrains on unlabeled+train", (105000, 5000, 8000),
+                          unlabeled_pretraining=True),
     "imagefolder": DatasetSpec(64, 3, IMAGENET_MEAN, IMAGENET_STD, _load_imagefolder, "any root/<class>/<image> tree (--data-dir)", any_size=True),
     "synthetic": DatasetSpec(32, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), _load_synthetic, "generated gratings for tests; not a benchmark", (2000, 2000, 500),
                              any_size=True),
@@ -295,5 +298,6 @@ def load_data(name: str, data_dir: str | None = None, subset: int | None = None,
         name=name, image_size=train_x.shape[-1], channels=train_x.shape[1], mean=spec.mean, std=spec.std,
         num_classes=int(max(train_y.max(), test_y.max())) + 1,
         pretrain_images=train_x if unlabeled is None else unlabeled,
+        pretrain_labels=train_y if unlabeled is None else None,
         train_images=train_x, train_labels=train_y, test_images=test_x, test_labels=test_y,
     )

@@ -58,7 +58,8 @@ def trial_row(trial_id: str, config: dict, status: str, result: dict | None = No
     row = {"trial_id": trial_id, "status": status, "error": error}
     row.update({key: config.get(key) for key in KEYS})
     result = result or {}
-    row.update({key: result.get("metrics", {}).get(key) for key in METRICS})
+    metrics = result.get("metrics", {})
+    row.update({key: metrics.get(key) for key in (*METRICS, *metrics)})  # the metrics a trial's knobs add, too
     row.update({key: result.get("baselines", {}).get(key) for key in FLOORS})
     row.update({key: result["run"][key] for key in RUN_FIELDS if key in result.get("run", {})})
     row.update({key: result.get("provenance", {}).get(key) for key in PROVENANCE_FIELDS})

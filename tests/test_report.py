@@ -603,3 +603,21 @@ def test_probability_of_improvement_and_seeds_needed_come_from_the_seeds(tmp_pat
     assert "a difference of 0.5 accuracy points (--acc-tol)" in markdown
     assert "Ranking warning (batch 64, kNN top-1):" in markdown  # simclr's one seed at batch 64
     assert (folder / "figures" / "probability_of_improvement.png").stat().st_size > 1000
+
+
+def test_low_label_and_online_probe_accuracies_get_columns_where_measured(sweep, tmp_path):
+    fixed = {**FIXED, "probe_label_fractions": [0.1, 1.0], "online_probe": True}
+    trials = []
+    for trial_id, knobs in planned_trials(methods=("simclr",), batch_sizes=(64,), seeds=(0, 1), fixed=fixed):
+        result = fake_result(knobs)
+        result["metrics"].update(knn_top1_10pct=0.5 + 0.01 * knobs["seed"], linear_top1_10pct=0.6,
+                                 online_probe_top1=0.7)
+        trials.append(trial_row(trial_id, resolved_config(knobs), "ok", result))
+    write_tables(tmp_path / "low", trials, [])
+    write_report(tmp_path / "low")
+    accuracy = markdown_table(read(tmp_path / "low" / "report.md"), "Accuracy").iloc[0]
+    assert mean_and_interval(accuracy["kNN top-1, 10% of labels (%)"]) == (50.5, (50.0, 51.0))
+    assert accuracy["linear top-1, 10% of labels (%)"].startswith("60.0 [")
+    assert accuracy["online probe top-1, last epoch (%)"].startswith("70.0 [")
+    assert "100% of labels" not in read(tmp_path / "low" / "report.md")  # 1.0 is the plain kNN and linear top-1
+    assert "10% of labels" not in read(sweep / "report.md") and "online probe" not in read(sweep / "report.md")

@@ -36,6 +36,30 @@ def test_train_command_writes_a_complete_result(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name != "trial.json"]  # no temporary file left behind
 
 
+def test_the_online_probe_learns_without_changing_pretraining_and_low_label_metrics_are_recorded():
+    """Bit for bit the same weights with the online probe as without; its test top-1 every epoch, above chance;
+    kNN and linear top-1 with a quarter of the labels beside the full ones."""
+    import torch
+
+    def trained(**knobs):
+        checkpoints = []
+        floors = {"random_init_knn_top1": 0.0, "random_init_linear_top1": 0.0}  # not measured: not compared
+        # Batches of 16: enough steps for the backbone's BatchNorm statistics, which test images see, to settle.
+        result = run_trial(make_config(tiny("byol", batch_size=16, probe_epochs=2, **knobs)), floors=floors,
+                           on_epoch=lambda row, checkpoint: checkpoints.append(checkpoint), log=lambda line: None)
+        return checkpoints[-1].method, result
+
+    without, plain = trained()
+    weights, result = trained(online_probe=True, probe_label_fractions="0.25")
+    assert without.keys() == weights.keys() and all(torch.equal(without[key], weights[key]) for key in weights)
+    assert plain["metrics"]["knn_top1"] == result["metrics"]["knn_top1"]  # the same evaluation of the same weights
+    probed = [row["online_probe_top1"] for row in result["history"]]
+    assert len(probed) == 2 and result["metrics"]["online_probe_top1"] == probed[-1] > 0.2  # 10 classes: chance 0.1
+    assert "online_probe_top1" not in plain["history"][-1] and plain["metrics"]["online_probe_top1"] is None
+    for key in ("knn_top1_25pct", "linear_top1_25pct"):
+        assert 0.0 <= result["metrics"][key] <= 1.0 and key not in plain["metrics"]
+
+
 def test_config_file_and_flags_combine(tmp_path):
     config = tmp_path / "trial.yaml"
     config.write_text("method: simsiam\nepochs: 1\nbatch_size: 32\n")

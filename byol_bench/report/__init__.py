@@ -18,8 +18,8 @@ from byol_bench.errors import UserError
 from byol_bench.report import figures
 from byol_bench.report.load import Results, load_results
 from byol_bench.report.render import Figure, Table, write_documents, writable
-from byol_bench.report.tables import (ACCURACY_COLUMNS, COMPARED, COST_COLUMNS, anchor_table, axis_label,
-                                      comparison_table, floor_table, improvement_frame, improvement_table, per_group, protocol,
+from byol_bench.report.tables import (COMPARED, COST_COLUMNS, anchor_table, axis_label,
+                                      accuracy_columns, comparison_table, floor_table, improvement_frame, improvement_table, per_group, protocol,
                                       protocol_differences, provenance_table, ranking_warnings, seeds_needed_table,
                                       settings_title, status_counts, unfinished_table)
 from byol_bench.stats import MIN_EFFECT_POINTS
@@ -79,7 +79,7 @@ def _result_tables(results: Results, above: str) -> list:
                                              if results.manifest else "a single trial has no manifest to record them.")
     cost = {**COST_COLUMNS, results.compute_unit: ("compute_hours", 1, 3)}
     return [
-        Table("Accuracy", per_group(results, ACCURACY_COLUMNS), above),
+        Table("Accuracy", per_group(results, accuracy_columns(results)), above),
         Table("Published numbers next to ours", anchors, above) if anchors is not None else no_anchors,
         Table("Speed and cost", per_group(results, cost), f"{above} {results.compute_unit}: {results.compute_basis}."),
         Table("Floors: random-init backbone and raw pixels", floors, above) if len(floors)
@@ -136,7 +136,8 @@ def _figures(results: Results, improvements, folder: Path, rows: str, columns: s
                      figures.accuracy_vs_compute(results, palette)),
         figures.save(folder, "training_curves", "Training curves",
                      "training loss per epoch and, where --knn-monitor-every was set, the kNN monitor's top-1 (%) "
-                     "with the kNN floors; mean and ±1 std over seeds", figures.training_curves(results, palette)),
+                     "with the kNN floors, where online_probe was on, the online probe's test top-1 (%) with the "
+                     "linear floor; mean and ±1 std over seeds", figures.training_curves(results, palette)),
         figures.save(folder, "probability_of_improvement", "Probability of improvement",
                      "P(A > B) per pair with its 95% stratified-bootstrap interval; hollow: one seed a side, no "
                      "interval; the grey line is 0.5, a coin toss", figures.improvement_probabilities(improvements)),

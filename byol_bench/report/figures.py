@@ -182,16 +182,22 @@ def accuracy_vs_compute(results: Results, palette: dict):
     return figure
 
 
+# Per-epoch accuracies the training curves draw where a trial recorded them, each against its floors.
+MONITORS = {"knn_top1": ("kNN top-1 (%, monitor)", "knn_top1"),
+            "online_probe_top1": ("online probe top-1 (%)", "linear_top1")}
+
+
 def training_curves(results: Results, palette: dict):
-    """Loss (and the kNN monitor in %, where it ran, with the kNN floors) per epoch: a row per method, a
-    column per curve."""
+    """Loss, and the kNN monitor and the online probe in % where they ran (with the kNN or linear floors), per
+    epoch: a row per method, a column per curve."""
     if results.epochs["loss"].notna().sum() == 0:
         return "no per-epoch rows (epochs.parquet, or the trial JSON's history, is missing or empty)"
     curves = {"loss": "training loss"}
     epochs = results.epochs
-    if "knn_top1" in epochs and epochs["knn_top1"].notna().any():
-        curves["knn_top1"] = "kNN top-1 (%, monitor)"
-        epochs = epochs.assign(knn_top1=epochs["knn_top1"] * 100)
+    for column, (label, _) in MONITORS.items():
+        if column in epochs and epochs[column].notna().any():
+            curves[column] = label
+            epochs = epochs.assign(**{column: epochs[column] * 100})
     long = (epochs.melt(id_vars=["trial_id", "method", "setting", "epoch"], value_vars=list(curves),
                         var_name="curve", value_name="value").dropna(subset=["value"]))
     long["curve"] = long["curve"].map(curves)
@@ -202,10 +208,11 @@ def training_curves(results: Results, palette: dict):
                        facet_kws={"sharey": False, "margin_titles": True})
     grid.set_titles(row_template="{row_name}", col_template="{col_name}")
     grid.set_ylabels("")
+    floors_of = {label: floors for label, floors in MONITORS.values()}
     for (method, curve), ax in grid.axes_dict.items():
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if curve == curves.get("knn_top1"):
-            draw_floors(ax, results.trials[results.trials["method"] == method], "knn_top1")
+        if curve in floors_of:
+            draw_floors(ax, results.trials[results.trials["method"] == method], floors_of[curve])
     return grid.figure
 
 

@@ -7,6 +7,8 @@ import itertools
 import numpy as np
 import pandas as pd
 
+from byol_bench.config import listed
+from byol_bench.evaluate import low_label_metric
 from byol_bench.methods import METHODS
 from byol_bench.report.load import GROUP, Results
 from byol_bench.results import EMPTY_MEANS, FLOORS, NOT_READ, axis_values
@@ -116,6 +118,19 @@ def per_group(results: Results, columns: dict) -> pd.DataFrame:
                     for label, (column, scale, decimals) in columns.items()})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def accuracy_columns(results: Results) -> dict:
+    """ACCURACY_COLUMNS, then the accuracies that some trial's knobs added: the online probe's (its last epoch's)
+    and the low-label ones (kNN and linear top-1 with each fraction of ``probe_label_fractions`` below 1)."""
+    trials, columns = results.trials, dict(ACCURACY_COLUMNS)
+    if "online_probe_top1" in trials and trials["online_probe_top1"].notna().any():
+        columns["online probe top-1, last epoch (%)"] = ("online_probe_top1", 100, 1)
+    texts = trials["probe_label_fractions"].dropna() if "probe_label_fractions" in trials else []
+    for fraction in sorted({float(item) for text in texts for item in listed(text)} - {1.0}):
+        for metric, label in (("knn_top1", "kNN top-1"), ("linear_top1", "linear top-1")):
+            columns[f"{label}, {fraction * 100:g}% of labels (%)"] = (low_label_metric(metric, fraction), 100, 1)
+    return columns
 
 
 def seed_count(finished: int, planned: int) -> str:
