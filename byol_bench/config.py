@@ -100,9 +100,9 @@ class TrialConfig:
                                              "e.g. 0.01,0.1 (metrics knn_top1_1pct, linear_top1_10pct, ...; 1 is "
                                              "knn_top1 and linear_top1)", items=float)
     eval_datasets: str | None = knob(None, "transfer evaluation: the frozen backbone's kNN and linear probe also on "
-                                     "these data sets, e.g. cifar10 or an imagefolder tree's path (metrics "
-                                     "transfer_<name>_knn_top1, ...); their images are converted to the pretraining "
-                                     "data's channels and size", items=str)
+                                     "these data sets, each a registered name (e.g. cifar10) or an imagefolder tree's "
+                                     "path, converted to the pretraining images' channels and size (metrics "
+                                     "transfer_<name>_knn_top1 and _linear_top1)", items=str)
     online_probe: bool = knob(False, "also train a linear classifier on the detached backbone features of the training "
                               "batches during pretraining (solo-learn's online probe), its test top-1 every epoch; it "
                               "leaves the pretraining's numbers as they are. Needs labelled pretraining images")
@@ -196,9 +196,8 @@ def _listed(key: str, kind: type, value) -> str:
             raise ValueError(value)
         return ",".join(str(_as(kind, part.strip() if isinstance(part, str) else part)) for part in parts)
     except ValueError:
-        example = "0.01,0.1" if kind is float else "cifar10"
-        raise UserError(f"{key}: {value!r} is not valid; give a YAML list or comma-separated text, e.g. {example}") \
-            from None
+        raise UserError(f"{key}: {value!r} is not valid; give {_TYPE_NAMES[kind]} or several, as a YAML list or "
+                        "comma-separated text") from None
 
 
 def listed(text: str | None) -> list[str]:
@@ -266,6 +265,7 @@ def validate(cfg: TrialConfig) -> None:
         if not 0 < fraction <= 1:
             raise UserError(f"probe_label_fractions: {fraction:g} is not a fraction of the labels; give each in (0, 1], "
                             "e.g. 0.01,0.1")
+    _validate_eval_datasets(listed(cfg.eval_datasets))
     if cfg.online_probe and DATASETS[cfg.dataset].unlabeled_pretraining:
         raise UserError(f"online_probe: {cfg.dataset} pretrains on unlabeled images, which the online probe cannot "
                         "learn from; leave online_probe out")
@@ -293,6 +293,28 @@ def validate(cfg: TrialConfig) -> None:
             if requested is not None and requested > available:
                 raise UserError(f"{key} {requested} is larger than {cfg.dataset}'s {available} images; give at most {available}")
     _validate_method_knobs(cfg, cfg.image_size or spec.image_size, pretrain)
+
+
+def _validate_eval_datasets(items: list[str]) -> None:
+    """Each transfer data set a registered one (imagefolder is given by its path) or a folder of class folders,
+    and no two named alike in the metrics."""
+    from byol_bench.data import DATASETS, transfer_name
+
+    registered = [name for name in DATASETS if name != "imagefolder"]
+    for item in items:
+        if item in registered:
+            continue
+        path = Path(item).expanduser()
+        if not path.is_dir():
+            raise UserError(f"eval_datasets: {item!r} is neither a data set{did_you_mean(item, registered)} nor a folder; "
+                            f"give one of {', '.join(registered)} or an imagefolder tree's path")
+        if not any(child.is_dir() for child in path.iterdir()):
+            raise UserError(f"eval_datasets: {item} holds no class folders, so its classes cannot be read; give the "
+                            "root of a <class>/<image> tree")
+    names = [transfer_name(item) for item in items]
+    if len(set(names)) < len(names):
+        raise UserError(f"eval_datasets: {', '.join(items)} name the same metrics ({', '.join(names)}); give each "
+                        "data set once, and folders of different names")
 
 
 def _validate_method_knobs(cfg: TrialConfig, image_size: int, pretrain_images: int | None) -> None:

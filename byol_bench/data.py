@@ -10,12 +10,14 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from byol_bench.errors import UserError, unknown
@@ -268,6 +270,56 @@ def stratified_subset(labels: Tensor, count: int, seed: int) -> Tensor:
     # Spread each class over [0, 1) and take the first ``count``: every class keeps its share.
     position = (rank.double() + 0.5) / class_counts[shuffled].double()
     return order[position.argsort(stable=True)[:count]].sort().values
+
+
+# --- transfer evaluation -------------------------------------------------------------------------
+
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601's weights, PIL's convert("L")
+
+
+def transfer_name(item: str) -> str:
+    """An eval_datasets item's name in metric columns: the data set's, or the folder's, in lower case and '_'."""
+    name = item if item in DATASETS else Path(item).expanduser().name
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def conform(images: Tensor, channels: int, size: int) -> Tensor:
+    """uint8 images with ``channels`` channels (RGB to grayscale by luminance, grayscale repeated to RGB) and
+    ``size`` px sides (bilinear, antialiased), as a backbone trained on such images expects them."""
+    chunks = []
+    for chunk in images.split(4096):  # in float, a whole data set at once would take gigabytes
+        x = chunk.float()
+        if x.shape[1] == 3 and channels == 1:
+            x = (x * torch.tensor(LUMINANCE).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+        elif x.shape[1] == 1 and channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        chunks.append(x.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(chunks)
+
+
+def load_transfer(item: str, like: ImageData, data_dir: str | None, subset: int | None, test_subset: int | None,
+                  seed: int) -> tuple[ImageData, str]:
+    """An eval_datasets item (a registered data set under the data root, or an imagefolder tree's path) as ``like``'s
+    backbone sees images: ``like``'s channels, size and normalisation; at most ``subset`` train and ``test_subset``
+    test images (seeded, stratified). Returns it and a line saying what was converted."""
+    if item in DATASETS:
+        loaded = load_data(item, data_dir, seed=seed)
+    else:  # decoded straight at the pretraining size
+        loaded = load_data("imagefolder", item, image_size=like.image_size, seed=seed)
+    train = stratified_subset(loaded.train_labels, min(subset or len(loaded.train_labels), len(loaded.train_labels)), seed)
+    test = stratified_subset(loaded.test_labels, min(test_subset or len(loaded.test_labels), len(loaded.test_labels)),
+                             seed)
+    train_images = conform(loaded.train_images[train], like.channels, like.image_size)
+    converted = ImageData(
+        name=transfer_name(item), image_size=like.image_size, channels=like.channels, mean=like.mean, std=like.std,
+        num_classes=loaded.num_classes, pretrain_images=train_images, pretrain_labels=loaded.train_labels[train],
+        train_images=train_images, train_labels=loaded.train_labels[train],
+        test_images=conform(loaded.test_images[test], like.channels, like.image_size), test_labels=loaded.test_labels[test])
+    description = (f"{converted.name} ({loaded.channels}→{like.channels} channels, {loaded.image_size}→{like.image_size} "
+                   f"px, {len(train)} train / {len(test)} test images)")
+    return converted, description
 
 
 def load_data(name: str, data_dir: str | None = None, subset: int | None = None,

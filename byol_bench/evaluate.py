@@ -125,6 +125,11 @@ def low_label_metric(metric: str, fraction: float) -> str:
     return f"{metric}_{fraction * 100:g}pct".replace(".", "p")
 
 
+def transfer_metric(name: str, metric: str) -> str:
+    """The name of ``metric`` measured on transfer data set ``name``: transfer_cifar10_knn_top1."""
+    return f"transfer_{name}_{metric}"
+
+
 def representation_stats(features: Tensor) -> dict:
     """Collapse indicators of a feature matrix (N, D).
 
@@ -168,8 +173,10 @@ def collapse_rank(projection_dim: int) -> float:
 class Evaluator:
     """Evaluates a frozen backbone on un-augmented train (bank/probe) and test images."""
 
-    def __init__(self, data, cfg, device: torch.device):
-        self.data, self.cfg, self.device = data, cfg, device
+    def __init__(self, data, cfg, device: torch.device, transfers: list | None = None):
+        """``transfers``: the eval_datasets, loaded (``data.load_transfer``) before training, so that a bad one fails
+        the trial before it trains."""
+        self.data, self.cfg, self.device, self.transfers = data, cfg, device, transfers or []
         self.train_labels = data.train_labels.to(device)
         self.test_labels = data.test_labels.to(device)
         self.probe = ProbeRecipe(epochs=cfg.probe_epochs, lr=cfg.probe_lr)
@@ -193,7 +200,18 @@ class Evaluator:
         indicators of its projections (the projection head run on the test features already extracted)."""
         train, test = self._extract(method.backbone, self.data.train_images), self._extract(method.backbone, self.data.test_images)
         return {**self._scores(train, test, with_probe=True), **self._low_label_scores(train, test),
-                **representation_stats(project(method.projection_head, test))}
+                **self._transfer_scores(method.backbone), **representation_stats(project(method.projection_head, test))}
+
+    def _transfer_scores(self, backbone: nn.Module) -> dict:
+        """kNN and linear top-1 of ``backbone``'s features on each transfer data set, with its own train and test
+        images and labels."""
+        scores = {}
+        for other in self.transfers:
+            train, test = self._extract(backbone, other.train_images), self._extract(backbone, other.test_images)
+            found = evaluate_features(train, other.train_labels.to(self.device), test, other.test_labels.to(self.device),
+                                      other.num_classes, self.cfg.knn_k, self.cfg.knn_t, self.probe, self.cfg.seed)
+            scores.update({transfer_metric(other.name, name): found[name] for name in ("knn_top1", "linear_top1")})
+        return scores
 
     def _low_label_scores(self, train: Tensor, test: Tensor) -> dict:
         """kNN and linear top-1 with a seeded, class-stratified fraction of the train images' labels, for each
@@ -241,7 +259,7 @@ class OnlineProbe:
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, lr: float, seed: int, device):
         with torch.random.fork_rng():  # every device's generator: manual_seed seeds them all
             torch.manual_seed(seed)
-            self.classifier = nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False, momentum=None),
+            self.classifier = nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False),
                                             nn.Linear(feature_dim, num_classes)).to(device)
         self.optimizer = torch.optim.AdamW(self.classifier.parameters(), lr=lr)
         self.features: Tensor | None = None

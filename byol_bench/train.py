@@ -23,8 +23,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 
 from byol_bench.backbones import build_backbone
-from byol_bench.config import COMPILE_MIN_STEPS, TrialConfig, memory_bank_too_large
-from byol_bench.data import ImageData, load_data
+from byol_bench.config import COMPILE_MIN_STEPS, TrialConfig, listed, memory_bank_too_large
+from byol_bench.data import ImageData, load_data, load_transfer
 from byol_bench.distributed import rank, sync_batchnorm, world_size
 from byol_bench.errors import UserError
 from byol_bench.evaluate import PROBE_METHOD, Evaluator, OnlineProbe, collapse_rank
@@ -363,7 +363,9 @@ def run_trial(cfg: TrialConfig, floors: dict | None = None, on_epoch: Callable[[
         log = lambda line: None  # noqa: E731 -- the ranks train in lockstep; one progress log is enough
     data, method, model, optimizer = setup(cfg)
     device = next(method.parameters()).device
-    evaluator = Evaluator(data, cfg, device)
+    transfers = [load_transfer(item, data, cfg.data_dir, cfg.subset, cfg.test_subset, cfg.seed)
+                 for item in listed(cfg.eval_datasets)]
+    evaluator = Evaluator(data, cfg, device, [other for other, _ in transfers])
     online_probe = evaluator.online_probe(method.backbone) if cfg.online_probe else None
     if resume is None:
         log(f"{cfg.method}: {data.name}, {len(data.pretrain_images)} pretraining images, "
@@ -381,6 +383,8 @@ def run_trial(cfg: TrialConfig, floors: dict | None = None, on_epoch: Callable[[
     if scores and scores["effective_rank"] < collapse_rank(cfg.projection_dim):
         state.status = "collapsed"
     result = trial_result(cfg, data, device, state, scores, evaluator.probe)
+    if transfers:
+        result["run"]["transfer"] = "; ".join(description for _, description in transfers)
     log(result_line(cfg.method, result))
     return result
 

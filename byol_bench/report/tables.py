@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from byol_bench.config import listed
-from byol_bench.evaluate import low_label_metric
+from byol_bench.data import transfer_name
+from byol_bench.evaluate import low_label_metric, transfer_metric
 from byol_bench.methods import METHODS
 from byol_bench.report.load import GROUP, Results
 from byol_bench.results import EMPTY_MEANS, FLOORS, NOT_READ, axis_values
@@ -86,7 +87,8 @@ def protocol(results: Results) -> str:
             f"{value('test_subset')}), backbone {value('backbone')}, {value('epochs')} pretraining epochs; "
             f"kNN k = {value('knn_k')}, T = {value('knn_t')}; linear probe {value('probe_epochs')} epochs at lr "
             f"{value('probe_lr')} on frozen features; device {value('device')} ({value('device_name')}), training step in "
-            f"{value('precision')}.")
+            f"{value('precision')}." + (f" Transfer evaluation on {value('transfer')}, normalised as the pretraining "
+                                        "images." if "transfer" in results.trials else ""))
 
 
 def protocol_differences(first: Results, second: Results) -> list[str]:
@@ -121,8 +123,9 @@ def per_group(results: Results, columns: dict) -> pd.DataFrame:
 
 
 def accuracy_columns(results: Results) -> dict:
-    """ACCURACY_COLUMNS, then the accuracies that some trial's knobs added: the online probe's (its last epoch's)
-    and the low-label ones (kNN and linear top-1 with each fraction of ``probe_label_fractions`` below 1)."""
+    """ACCURACY_COLUMNS, then the accuracies that some trial's knobs added: the online probe's (its last epoch's),
+    the low-label ones (kNN and linear top-1 with each fraction of ``probe_label_fractions`` below 1) and the
+    transfer ones (kNN and linear top-1 on each of ``eval_datasets``)."""
     trials, columns = results.trials, dict(ACCURACY_COLUMNS)
     if "online_probe_top1" in trials and trials["online_probe_top1"].notna().any():
         columns["online probe top-1, last epoch (%)"] = ("online_probe_top1", 100, 1)
@@ -130,6 +133,10 @@ def accuracy_columns(results: Results) -> dict:
     for fraction in sorted({float(item) for text in texts for item in listed(text)} - {1.0}):
         for metric, label in (("knn_top1", "kNN top-1"), ("linear_top1", "linear top-1")):
             columns[f"{label}, {fraction * 100:g}% of labels (%)"] = (low_label_metric(metric, fraction), 100, 1)
+    texts = trials["eval_datasets"].dropna() if "eval_datasets" in trials else []
+    for name in dict.fromkeys(transfer_name(item) for text in texts for item in listed(text)):
+        for metric, label in (("knn_top1", "kNN top-1"), ("linear_top1", "linear top-1")):
+            columns[f"transfer to {name}: {label} (%)"] = (transfer_metric(name, metric), 100, 1)
     return columns
 
 
