@@ -4,6 +4,7 @@ parsed and validated up front."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -103,6 +104,9 @@ class TrialConfig:
                                      "these data sets, each a registered name (e.g. cifar10) or an imagefolder tree's "
                                      "path, converted to the pretraining images' channels and size (metrics "
                                      "transfer_<name>_knn_top1 and _linear_top1)", items=str)
+    embedding_map: bool = knob(False, "a 2-D map of the test features (UMAP where umap-learn is installed, else "
+                               "scikit-learn's t-SNE) of the trained and of the random-init backbone, for the "
+                               "report; needs pip install 'byol-bench[embedding]'")
     online_probe: bool = knob(False, "also train a linear classifier on the detached backbone features of the training "
                               "batches during pretraining (solo-learn's online probe), its test top-1 every epoch; it "
                               "leaves the pretraining's numbers as they are. Needs labelled pretraining images")
@@ -266,6 +270,9 @@ def validate(cfg: TrialConfig) -> None:
             raise UserError(f"probe_label_fractions: {fraction:g} is not a fraction of the labels; give each in (0, 1], "
                             "e.g. 0.01,0.1")
     _validate_eval_datasets(listed(cfg.eval_datasets))
+    if cfg.embedding_map and not any(importlib.util.find_spec(package) for package in ("umap", "sklearn")):
+        raise UserError("embedding_map needs scikit-learn (t-SNE) or umap-learn (UMAP): pip install "
+                        "'byol-bench[embedding]', or leave embedding_map out")
     if cfg.online_probe and DATASETS[cfg.dataset].unlabeled_pretraining:
         raise UserError(f"online_probe: {cfg.dataset} pretrains on unlabeled images, which the online probe cannot "
                         "learn from; leave online_probe out")

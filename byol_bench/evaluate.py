@@ -18,6 +18,7 @@ from byol_bench.data import stratified_subset
 from byol_bench.distributed import gather_rows, shard, world_size
 from byol_bench.views import normalize
 
+EMBEDDING_POINTS = 500  # test images in an embedding map: t-SNE's time grows faster than their number
 KNN_MAX_SIMILARITIES = 1 << 25  # elements of one test-chunk x bank similarity block (128 MiB in fp32)
 # Images per forward when extracting features: on a CPU a smaller batch's activations stay in its caches, which is
 # faster per image (benchmarks/test_hot_paths.py::test_feature_extraction measures both); a GPU wants large batches.
@@ -123,6 +124,25 @@ def evaluate_features(train_features: Tensor, train_labels: Tensor, test_feature
 def low_label_metric(metric: str, fraction: float) -> str:
     """The name of ``metric`` measured with ``fraction`` of the labels: linear_top1 at 0.01 is linear_top1_1pct."""
     return f"{metric}_{fraction * 100:g}pct".replace(".", "p")
+
+
+def embedding_map(features: Tensor, seed: int) -> tuple[list, str]:
+    """2-D coordinates of the L2-normalised ``features`` (the kNN's cosine geometry), and the algorithm's name:
+    UMAP where umap-learn is installed, else scikit-learn's t-SNE; seeded, on the trial's torch threads (the
+    libraries' own default, every core, oversubscribes a trial that holds one)."""
+    from threadpoolctl import threadpool_limits
+
+    points = F.normalize(features.float(), dim=1).cpu().numpy()
+    with threadpool_limits(torch.get_num_threads()):
+        try:
+            import umap
+
+            return umap.UMAP(n_components=2, random_state=seed, n_jobs=1).fit_transform(points).tolist(), "UMAP"
+        except ImportError:
+            from sklearn.manifold import TSNE
+
+            tsne = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30.0, len(points) - 1.0), n_jobs=1)
+            return tsne.fit_transform(points).tolist(), "t-SNE"
 
 
 def transfer_metric(name: str, metric: str) -> str:
@@ -236,6 +256,14 @@ class Evaluator:
             raw = self._scores(train, test, with_probe=False)
             floors.update(raw_pixels_knn_top1=raw["knn_top1"], raw_pixels_knn_top5=raw["knn_top5"])
         return floors
+
+    def embedding(self, backbone: nn.Module) -> dict:
+        """The embedding map of ``backbone``'s features of a seeded, stratified subset of the test images: the same
+        images for every backbone of the trial, so that maps can be set side by side."""
+        labels = self.data.test_labels
+        keep = stratified_subset(labels, min(EMBEDDING_POINTS, len(labels)), self.cfg.seed)
+        points, algorithm = embedding_map(self._extract(backbone, self.data.test_images[keep]), self.cfg.seed)
+        return {"algorithm": algorithm, "labels": labels[keep].tolist(), "points": points}
 
     def online_probe(self, backbone: nn.Module) -> OnlineProbe:
         """An online probe on ``backbone``'s features (their width read from one test image's)."""

@@ -71,6 +71,17 @@ def epoch_rows(trial_id: str, result: dict) -> list[dict]:
     return [{"trial_id": trial_id, **row} for row in result.get("history", [])]
 
 
+EMBEDDING_COLUMNS = ["trial_id", "map", "algorithm", "x", "y", "label"]
+
+
+def embedding_rows(trial_id: str, result: dict) -> list[dict]:
+    """A trial's embedding maps (``embedding_map``), a row per point: which map (trained, random_init), the
+    algorithm, the coordinates and the image's class."""
+    return [{"trial_id": trial_id, "map": name, "algorithm": found["algorithm"], "x": x, "y": y, "label": label}
+            for name, found in (result.get("embedding") or {}).items() if found
+            for (x, y), label in zip(found["points"], found["labels"])]
+
+
 def check_writable(path: Path, what: str, fix: str, file: bool = False) -> None:
     """Fail before any work when ``path`` cannot be written: a folder to write into or, with ``file``, one
     file (written as ``write_json`` writes it, through a temporary file beside it). The check does what the
@@ -133,8 +144,9 @@ def write_json_or_fallback(path: Path, payload) -> Path:
         return Path(fallback)
 
 
-def write_tables(folder: Path, trials: list[dict], epochs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``trials.parquet`` (+ ``.csv``) and ``epochs.parquet`` in ``folder``."""
+def write_tables(folder: Path, trials: list[dict], epochs: list[dict],
+                 embeddings: list[dict] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``trials.parquet`` (+ ``.csv``), ``epochs.parquet`` and ``embeddings.parquet`` in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     trial_table = pd.DataFrame(trials).sort_values("trial_id", kind="stable").reset_index(drop=True)
     epoch_columns = ["trial_id", "epoch", "loss", "lr", "momentum", "images_per_s", "epoch_time_s", "knn_top1"]
@@ -144,6 +156,8 @@ def write_tables(folder: Path, trials: list[dict], epochs: list[dict]) -> tuple[
     _write_atomic(folder / "trials.parquet", lambda tmp: trial_table.to_parquet(tmp, index=False))
     _write_atomic(folder / "trials.csv", lambda tmp: trial_table.to_csv(tmp, index=False))
     _write_atomic(folder / "epochs.parquet", lambda tmp: epoch_table.to_parquet(tmp, index=False))
+    embedding_table = pd.DataFrame(list(embeddings), columns=EMBEDDING_COLUMNS)
+    _write_atomic(folder / "embeddings.parquet", lambda tmp: embedding_table.to_parquet(tmp, index=False))
     return trial_table, epoch_table
 
 

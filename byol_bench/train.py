@@ -57,6 +57,7 @@ class TrialState:
     flops_per_image: float | None = None  # counted on the first step
     compile_time_s: float = 0.0  # the steps that compiled the training loss (one per process that compiled)
     peak_memory_bytes: int = 0
+    random_init_map: dict | None = None  # with embedding_map: Evaluator.embedding of the backbone before training
 
 
 @dataclass
@@ -370,7 +371,8 @@ def run_trial(cfg: TrialConfig, floors: dict | None = None, on_epoch: Callable[[
     if resume is None:
         log(f"{cfg.method}: {data.name}, {len(data.pretrain_images)} pretraining images, "
             f"{len(data.train_images)} train / {len(data.test_images)} test for evaluation, device {device}")
-        state = TrialState(floors=floors if floors is not None else evaluator.floors(method.backbone))
+        state = TrialState(floors=floors if floors is not None else evaluator.floors(method.backbone),
+                           random_init_map=evaluator.embedding(method.backbone) if cfg.embedding_map else None)
     else:
         method.load_state_dict(resume.method)
         optimizer.load_state_dict(resume.optimizer)
@@ -385,6 +387,8 @@ def run_trial(cfg: TrialConfig, floors: dict | None = None, on_epoch: Callable[[
     result = trial_result(cfg, data, device, state, scores, evaluator.probe)
     if transfers:
         result["run"]["transfer"] = "; ".join(description for _, description in transfers)
+    if cfg.embedding_map and scores:
+        result["embedding"] = {"random_init": state.random_init_map, "trained": evaluator.embedding(method.backbone)}
     log(result_line(cfg.method, result))
     return result
 

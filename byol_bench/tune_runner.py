@@ -23,7 +23,8 @@ from pathlib import Path
 from byol_bench.config import TrialConfig, floor_setting, make_config
 from byol_bench.errors import UserError
 from byol_bench.provenance import git_revision, versions
-from byol_bench.results import check_writable, epoch_rows, summary, trial_row, write_json, write_tables
+from byol_bench.results import (check_writable, embedding_rows, epoch_rows, summary, trial_row, write_json,
+                                write_tables)
 from byol_bench.sweep import PlannedTrial, Sweep, expand, run_order
 from byol_bench.tracking import Tracking, check_tracking, param_space
 
@@ -248,10 +249,11 @@ def _concurrency(sweep: Sweep, workers: int, available: dict, requested: int | N
     return min(limit, requested) if limit and requested else limit or requested
 
 
-def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict]]:
-    """Rows for every planned trial from Tune's results: ok/diverged, failed with its error, or incomplete."""
+def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict], list[dict]]:
+    """Rows for every planned trial from Tune's results (ok/diverged, failed with its error, or incomplete), their
+    epochs' and their embedding maps' rows."""
     by_id = {result.config["trial_id"]: result for result in grid if result.config}
-    trials, epochs = [], []
+    trials, epochs, embeddings = [], [], []
     for plan in planned:
         result = by_id.get(plan.trial_id)
         metrics = (result.metrics or {}) if result is not None else {}
@@ -262,9 +264,10 @@ def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict]]
             outcome = json.loads(metrics["result_json"])
             trials.append(trial_row(plan.trial_id, plan.resolved, outcome["status"], outcome))
             epochs += epoch_rows(plan.trial_id, outcome)
+            embeddings += embedding_rows(plan.trial_id, outcome)
         else:
             trials.append(trial_row(plan.trial_id, plan.resolved, "incomplete"))
-    return trials, epochs
+    return trials, epochs, embeddings
 
 
 def _storage_holds(uri: str) -> bool:
@@ -428,8 +431,7 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
 def _finish(sweep: Sweep, planned: list[PlannedTrial], grid, folder: Path, manifest: dict, results_dir: Path,
             storage: str | None) -> int:
     """The sweep's tables, finished manifest and report; the exit code (130 when trials are unfinished)."""
-    trials, epochs = _collect(planned, grid)
-    trial_table, _ = write_tables(folder, trials, epochs)
+    trial_table, _ = write_tables(folder, *_collect(planned, grid))
     counts = trial_table["status"].value_counts().to_dict()
     manifest.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), complete=not counts.get("incomplete"))
     write_json(folder / "manifest.json", manifest)

@@ -37,9 +37,10 @@ def test_train_command_writes_a_complete_result(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name != "trial.json"]  # no temporary file left behind
 
 
-def test_the_online_probe_learns_without_changing_pretraining_and_low_label_metrics_are_recorded():
-    """Bit for bit the same weights with the online probe as without; its test top-1 every epoch, above chance;
-    kNN and linear top-1 with a quarter of the labels beside the full ones."""
+def test_the_online_probe_learns_without_changing_pretraining_and_low_label_metrics_are_recorded(tmp_path):
+    """Bit for bit the same weights with the online probe (and the embedding maps) as without; its test top-1
+    every epoch, above chance; kNN and linear top-1 with a quarter of the labels beside the full ones; the maps of
+    the trained and the random-init backbone, drawn in the trial's report."""
     def trained(**knobs):
         checkpoints = []
         floors = {"random_init_knn_top1": 0.0, "random_init_linear_top1": 0.0}  # not measured: not compared
@@ -49,7 +50,7 @@ def test_the_online_probe_learns_without_changing_pretraining_and_low_label_metr
         return checkpoints[-1].method, result
 
     without, plain = trained()
-    weights, result = trained(online_probe=True, probe_label_fractions="0.25")
+    weights, result = trained(online_probe=True, probe_label_fractions="0.25", embedding_map=True)
     assert without.keys() == weights.keys() and all(torch.equal(without[key], weights[key]) for key in weights)
     assert plain["metrics"]["knn_top1"] == result["metrics"]["knn_top1"]  # the same evaluation of the same weights
     probed = [row["online_probe_top1"] for row in result["history"]]
@@ -57,6 +58,13 @@ def test_the_online_probe_learns_without_changing_pretraining_and_low_label_metr
     assert "online_probe_top1" not in plain["history"][-1] and plain["metrics"]["online_probe_top1"] is None
     for key in ("knn_top1_25pct", "linear_top1_25pct"):
         assert 0.0 <= result["metrics"][key] <= 1.0 and key not in plain["metrics"]
+    maps = result["embedding"]
+    assert maps["trained"]["labels"] == maps["random_init"]["labels"] and len(maps["trained"]["labels"]) == 100
+    assert len(maps["trained"]["points"]) == 100 and maps["trained"]["points"] != maps["random_init"]["points"]
+    assert "embedding" not in plain
+    (tmp_path / "trial.json").write_text(json.dumps(result))
+    assert main(["report", str(tmp_path / "trial.json")]) == 0
+    assert (tmp_path / "trial-report" / "figures" / "embedding_maps.png").stat().st_size > 1000
 
 
 def test_transfer_evaluation_converts_other_data_sets_to_the_pretraining_images(tmp_path):

@@ -22,6 +22,7 @@ from byol_bench.report.tables import (COMPARED, COST_COLUMNS, anchor_table, axis
                                       accuracy_columns, comparison_table, floor_table, improvement_frame, improvement_table, per_group, protocol,
                                       protocol_differences, provenance_table, ranking_warnings, seeds_needed_table,
                                       settings_title, status_counts, unfinished_table)
+from byol_bench.evaluate import EMBEDDING_POINTS
 from byol_bench.stats import MIN_EFFECT_POINTS
 
 __all__ = ["write_report", "write_comparison", "settings_summary"]
@@ -141,11 +142,20 @@ def _figures(results: Results, improvements, folder: Path, rows: str, columns: s
         figures.save(folder, "probability_of_improvement", "Probability of improvement",
                      "P(A > B) per pair with its 95% stratified-bootstrap interval; hollow: one seed a side, no "
                      "interval; the grey line is 0.5, a coin toss", figures.improvement_probabilities(improvements)),
+        figures.save(folder, "embedding_maps", "Embedding maps",
+                     f"{_map_algorithm(results)} of the backbone's features of the same {EMBEDDING_POINTS} test images "
+                     "(a seeded, stratified subset; L2-normalised, as the kNN sees them), coloured by class: the "
+                     "random-init backbone of the first trial shown, then one trial per method (its lowest seed)",
+                     figures.embedding_maps(results)),
         figures.save(folder, "heatmap", f"Mean kNN top-1: {rows} × {columns}",
                      f"mean kNN top-1 (%) over finished trials, {rows} × {columns}; "
                      f"{_averaged_over(results, rows, columns)}",
                      figures.heatmap(results, rows, columns)),
     ]
+
+
+def _map_algorithm(results: Results) -> str:
+    return " / ".join(results.embeddings["algorithm"].unique()) or "a 2-D map"
 
 
 def _averaged_over(results: Results, *shown_axes: str) -> str:

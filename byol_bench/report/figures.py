@@ -256,3 +256,27 @@ def improvement_probabilities(improvements: pd.DataFrame):
     axes[0][0].invert_yaxis()
     figure.tight_layout()
     return figure
+
+
+def embedding_maps(results: Results):
+    """Small multiples of the embedding maps, coloured by class: the random-init backbone's, then one trial's per
+    method (its lowest finished seed, at its first setting)."""
+    maps = results.embeddings
+    chosen = results.finished[results.finished["trial_id"].isin(set(maps["trial_id"]))]
+    if chosen.empty:
+        return "no finished trial drew an embedding map (set embedding_map: true)"
+    chosen = chosen.sort_values(["seed", *results.group], key=lambda column: column.astype(str)).drop_duplicates("method")
+    chosen = chosen.set_index("method").loc[in_registry_order(chosen["method"])]
+    first = chosen["trial_id"].iloc[0]
+    panels = [("random init", maps[(maps["trial_id"] == first) & (maps["map"] == "random_init")])]
+    panels += [(f"{method}\n{trial.setting}, seed {trial.seed}", maps[(maps["trial_id"] == trial.trial_id)
+                                                                     & (maps["map"] == "trained")])
+               for method, trial in chosen.iterrows()]
+    figure, axes = plt.subplots(1, len(panels), figsize=(2.8 * len(panels) + 1.5, 3.2), squeeze=False)
+    for ax, (title, points) in zip(axes[0], panels):
+        sns.scatterplot(points, x="x", y="y", hue="label", palette="tab10", s=6, linewidth=0, legend=ax is axes[0][-1],
+                        ax=ax)
+        ax.set(title=title, xticks=[], yticks=[], xlabel="", ylabel="")
+    sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False, title="class", markerscale=2)
+    figure.tight_layout()
+    return figure
