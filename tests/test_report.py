@@ -23,16 +23,16 @@ from byol_bench.config import make_config, resolved_config
 from byol_bench.errors import UserError
 from byol_bench.methods import METHODS
 from byol_bench.report import write_comparison, write_report
-from byol_bench.report.figures import (accuracy_vs_batch_size, accuracy_vs_compute, byol_vs_momentum, heatmap,
-                                       method_palette, pareto_front, throughput_vs_batch_size, training_curves)
+from byol_bench.report.figures import (accuracy_vs_batch_size, accuracy_vs_compute, byol_vs_momentum, embedding_maps,
+                                       heatmap, method_palette, pareto_front, throughput_vs_batch_size, training_curves)
 from byol_bench.report.load import load_results
-from byol_bench.results import epoch_rows, summary, trial_row, write_json, write_tables
+from byol_bench.results import embedding_rows, epoch_rows, summary, trial_row, write_json, write_tables
 from byol_bench.stats import bootstrap_interval
 from byol_bench.stats import mean as mean_over_seeds
 
 FIXED = {"dataset": "fashion-mnist", "backbone": "small-cnn", "subset": 5000, "test_subset": 2000, "epochs": 3, "threads": 1}
 FIGURES = ("accuracy_vs_batch_size", "byol_vs_momentum", "throughput_vs_batch_size", "accuracy_vs_compute",
-           "training_curves", "probability_of_improvement", "heatmap")
+           "training_curves", "probability_of_improvement", "embedding_maps", "heatmap")
 TABLES = ("Accuracy", "Published numbers next to ours", "Speed and cost", "Floors: random-init backbone and raw pixels",
           "Failed, diverged, incomplete and missing trials")
 ANCHOR = {"method": "byol", "batch_size": 128, "knn_top1": 0.869, "source": "lightly CIFAR-10 benchmark"}
@@ -66,6 +66,8 @@ def fake_result(knobs: dict, status: str = "ok", offset: float = 0.0) -> dict:
                       "raw_pixels_knn_top1": 0.78, "raw_pixels_knn_top5": 0.95},
         "provenance": {"device_name": "Test CPU", "threads": 1, "git_revision": "abc1234", "torch": "2.5.0",
                        "lightly": "1.5.20", "hostname": "ci", "time": "2025-01-01T00:00:00"},
+        "embedding": {name: {"algorithm": "t-SNE", "labels": [index % 10 for index in range(30)],
+                             "points": rng.normal(size=(30, 2)).tolist()} for name in ("random_init", "trained")},
     }
 
 
@@ -89,7 +91,7 @@ def write_sweep(folder: Path, planned, outcomes: dict | None = None, offset: flo
                 axes=("method", "batch_size")) -> Path:
     """A results folder as run_sweep leaves it; ``outcomes`` maps trial ids to failed/diverged/incomplete/missing."""
     outcomes = outcomes or {}
-    trials, epochs = [], []
+    trials, epochs, embeddings = [], [], []
     for trial_id, knobs in planned:
         outcome = outcomes.get(trial_id, "ok")
         if outcome == "missing":
@@ -99,10 +101,11 @@ def write_sweep(folder: Path, planned, outcomes: dict | None = None, offset: flo
             result = fake_result(knobs, outcome, offset)
             trials.append(trial_row(trial_id, resolved, outcome, result))
             epochs += epoch_rows(trial_id, result)
+            embeddings += embedding_rows(trial_id, result)
         else:
             error = "RuntimeError: out of memory | while allocating 2 GiB" if outcome == "failed" else None
             trials.append(trial_row(trial_id, resolved, outcome, error=error))
-    write_tables(folder, trials, epochs)
+    write_tables(folder, trials, epochs, embeddings)
     write_json(folder / "manifest.json", {
         "sweep": folder.name, "description": "A hand-built sweep for the report tests.", "axes": list(axes),
         "fixed": FIXED, "resources": {"cpu": 1, "gpu": 0}, "anchors": [ANCHOR],
@@ -163,6 +166,18 @@ def test_the_report_has_every_table_and_figure(sweep):
     assert "Not drawn" not in markdown
     assert page.count('<img src="data:image/png;base64,') == len(FIGURES)
     assert "CPU-hours" in markdown and "pretraining time × the 1 CPU reserved for each worker × workers" in markdown
+
+
+def test_the_embedding_maps_show_random_init_then_one_finished_seed_per_method(sweep):
+    results = load_results(sweep)
+    figure = embedding_maps(results)
+    titles = [ax.get_title() for ax in figure.axes]
+    assert titles == ["random init", "byol\nbatch 64, constant:0.99, seed 0", "simclr\nbatch 64, seed 0"]
+    drawn = figure.axes[1].collections[0].get_offsets()
+    trial = results.embeddings[(results.embeddings["trial_id"] == "method=byol,batch_size=64,momentum_schedule="
+                                "constant:0.99,seed=0") & (results.embeddings["map"] == "trained")]
+    assert np.allclose(drawn, trial[["x", "y"]].to_numpy())
+    plt.close("all")
 
 
 def test_the_floors_table_has_one_row_per_floor_setting(sweep, tmp_path):

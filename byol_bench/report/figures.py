@@ -265,7 +265,7 @@ def embedding_maps(results: Results):
     chosen = results.finished[results.finished["trial_id"].isin(set(maps["trial_id"]))]
     if chosen.empty:
         return "no finished trial drew an embedding map (set embedding_map: true)"
-    chosen = chosen.sort_values(["seed", *results.group], key=lambda column: column.astype(str)).drop_duplicates("method")
+    chosen = chosen.sort_values(["seed", "global_batch_size", "setting"]).drop_duplicates("method")
     chosen = chosen.set_index("method").loc[in_registry_order(chosen["method"])]
     first = chosen["trial_id"].iloc[0]
     panels = [("random init", maps[(maps["trial_id"] == first) & (maps["map"] == "random_init")])]
