@@ -267,8 +267,8 @@ def validate(cfg: TrialConfig) -> None:
         raise UserError(f"device '{cfg.device}' is not valid; give auto, cpu, cuda or cuda:N")
     for fraction in map(float, listed(cfg.probe_label_fractions)):
         if not 0 < fraction <= 1:
-            raise UserError(f"probe_label_fractions: {fraction:g} is not a fraction of the labels; give each in (0, 1], "
-                            "e.g. 0.01,0.1")
+            raise UserError(f"probe_label_fractions: {fraction:g} is not a fraction of the labels; give each in "
+                            "(0, 1], e.g. 0.01,0.1")
     _validate_eval_datasets(listed(cfg.eval_datasets))
     if cfg.embedding_map and not any(importlib.util.find_spec(package) for package in ("umap", "sklearn")):
         raise UserError("embedding_map needs scikit-learn (t-SNE) or umap-learn (UMAP): pip install "
@@ -313,8 +313,8 @@ def _validate_eval_datasets(items: list[str]) -> None:
             continue
         path = Path(item).expanduser()
         if not path.is_dir():
-            raise UserError(f"eval_datasets: {item!r} is neither a data set{did_you_mean(item, registered)} nor a folder; "
-                            f"give one of {', '.join(registered)} or an imagefolder tree's path")
+            raise UserError(f"eval_datasets: {item!r} is neither a data set{did_you_mean(item, registered)} nor a "
+                            f"folder; give one of {', '.join(registered)} or an imagefolder tree's path")
         if not any(child.is_dir() for child in path.iterdir()):
             raise UserError(f"eval_datasets: {item} holds no class folders, so its classes cannot be read; give the "
                             "root of a <class>/<image> tree")

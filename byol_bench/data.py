@@ -308,17 +308,18 @@ def load_transfer(item: str, like: ImageData, data_dir: str | None, subset: int 
         loaded = load_data(item, data_dir, seed=seed)
     else:  # decoded straight at the pretraining size
         loaded = load_data("imagefolder", item, image_size=like.image_size, seed=seed)
-    train = stratified_subset(loaded.train_labels, min(subset or len(loaded.train_labels), len(loaded.train_labels)), seed)
-    test = stratified_subset(loaded.test_labels, min(test_subset or len(loaded.test_labels), len(loaded.test_labels)),
-                             seed)
+    train_count, test_count = len(loaded.train_labels), len(loaded.test_labels)
+    train = stratified_subset(loaded.train_labels, min(subset or train_count, train_count), seed)
+    test = stratified_subset(loaded.test_labels, min(test_subset or test_count, test_count), seed)
     train_images = conform(loaded.train_images[train], like.channels, like.image_size)
     converted = ImageData(
         name=transfer_name(item), image_size=like.image_size, channels=like.channels, mean=like.mean, std=like.std,
         num_classes=loaded.num_classes, pretrain_images=train_images, pretrain_labels=loaded.train_labels[train],
         train_images=train_images, train_labels=loaded.train_labels[train],
-        test_images=conform(loaded.test_images[test], like.channels, like.image_size), test_labels=loaded.test_labels[test])
-    description = (f"{converted.name} ({loaded.channels}→{like.channels} channels, {loaded.image_size}→{like.image_size} "
-                   f"px, {len(train)} train / {len(test)} test images)")
+        test_images=conform(loaded.test_images[test], like.channels, like.image_size),
+        test_labels=loaded.test_labels[test])
+    description = (f"{converted.name} ({loaded.channels}→{like.channels} channels, "
+                   f"{loaded.image_size}→{like.image_size} px, {len(train)} train / {len(test)} test images)")
     return converted, description
 
 

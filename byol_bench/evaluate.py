@@ -141,7 +141,8 @@ def embedding_map(features: Tensor, seed: int) -> tuple[list, str]:
         except ImportError:
             from sklearn.manifold import TSNE
 
-            tsne = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30.0, len(points) - 1.0), n_jobs=1)
+            tsne = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30.0, len(points) - 1.0),
+                        n_jobs=1)
             return tsne.fit_transform(points).tolist(), "t-SNE"
 
 
@@ -228,8 +229,9 @@ class Evaluator:
         scores = {}
         for other in self.transfers:
             train, test = self._extract(backbone, other.train_images), self._extract(backbone, other.test_images)
-            found = evaluate_features(train, other.train_labels.to(self.device), test, other.test_labels.to(self.device),
-                                      other.num_classes, self.cfg.knn_k, self.cfg.knn_t, self.probe, self.cfg.seed)
+            found = evaluate_features(train, other.train_labels.to(self.device), test,
+                                      other.test_labels.to(self.device), other.num_classes, self.cfg.knn_k,
+                                      self.cfg.knn_t, self.probe, self.cfg.seed)
             scores.update({transfer_metric(other.name, name): found[name] for name in ("knn_top1", "linear_top1")})
         return scores
 
@@ -240,8 +242,8 @@ class Evaluator:
         for fraction in (float(text) for text in listed(self.cfg.probe_label_fractions) if float(text) < 1):
             keep = stratified_subset(self.train_labels.cpu(), max(self.data.num_classes, round(fraction * len(train))),
                                      self.cfg.seed).to(self.device)
-            found = evaluate_features(train[keep], self.train_labels[keep], test, self.test_labels, self.data.num_classes,
-                                      self.cfg.knn_k, self.cfg.knn_t, self.probe, self.cfg.seed)
+            found = evaluate_features(train[keep], self.train_labels[keep], test, self.test_labels,
+                                      self.data.num_classes, self.cfg.knn_k, self.cfg.knn_t, self.probe, self.cfg.seed)
             scores.update({low_label_metric(name, fraction): found[name] for name in ("knn_top1", "linear_top1")})
         return scores
 

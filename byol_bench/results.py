@@ -19,8 +19,8 @@ METRICS = ("knn_top1", "knn_top5", "knn_top1_best", "linear_top1", "linear_top5"
            "flops_per_image", "peak_flops_per_s", "mfu", "final_loss")
 FLOORS = ("random_init_knn_top1", "random_init_knn_top5", "random_init_linear_top1", "random_init_linear_top5",
           "raw_pixels_knn_top1", "raw_pixels_knn_top5")
-RUN_FIELDS = ("device", "precision", "global_batch_size", "pretrain_images", "train_images", "test_images", "total_steps",
-              "peak_lr", "transfer")
+RUN_FIELDS = ("device", "precision", "global_batch_size", "pretrain_images", "train_images", "test_images",
+              "total_steps", "peak_lr", "transfer")
 PROVENANCE_FIELDS = ("device_name", "threads", "git_revision", "torch", "lightly", "hostname", "time")
 NOT_READ = "-"  # an axis's value in a trial whose method does not read that knob (SimCLR's momentum schedule)
 EMPTY_MEANS = {"subset": "all", "test_subset": "all"}  # what an empty (null) knob means, where it is not "null"

@@ -90,7 +90,7 @@ CASES = {
     "label fraction of zero": (lambda t, m: config_file(t, "probe_label_fractions: [0.0, 0.1]\n"),
                                "probe_label_fractions: 0 is not a fraction of the labels"),
     "label fraction not a number": (lambda t, m: train(t, "--probe-label-fractions", "1%"),
-                                    "probe_label_fractions: '1%' is not valid; give a number or several, as a YAML list"),
+                                    "probe_label_fractions: '1%' is not valid; give a number or several"),
     "unknown eval data set": (lambda t, m: train(t, "--eval-datasets", "cifar1O"),
                               "eval_datasets: 'cifar1O' is neither a data set (did you mean 'cifar10'?) nor a folder"),
     "eval data set without classes": (lambda t, m: train(t, "--eval-datasets", str(t)),

@@ -82,7 +82,7 @@ def test_transfer_evaluation_converts_other_data_sets_to_the_pretraining_images(
                        floors=floors, log=lambda line: None)
     assert result["run"]["transfer"] == ("synthetic (3→3 channels, 32→16 px, 256 train / 100 test images); "
                                          "tones (3→3 channels, 16→16 px, 32 train / 8 test images)")
-    assert result["metrics"]["transfer_tones_knn_top1"] == 1.0 and result["metrics"]["transfer_tones_linear_top1"] == 1.0
+    assert result["metrics"]["transfer_tones_knn_top1"] == result["metrics"]["transfer_tones_linear_top1"] == 1.0
     assert 0.0 <= result["metrics"]["transfer_synthetic_knn_top1"] <= 1.0
 
 

@@ -15,15 +15,15 @@ import json
 from pathlib import Path
 
 from byol_bench.errors import UserError
+from byol_bench.evaluate import EMBEDDING_POINTS
 from byol_bench.report import figures
 from byol_bench.report.load import Results, load_results
 from byol_bench.report.render import Figure, Table, write_documents, writable
-from byol_bench.report.tables import (COMPARED, COST_COLUMNS, anchor_table, axis_label,
-                                      accuracy_columns, comparison_table, floor_table, improvement_frame, improvement_table, per_group, protocol,
-                                      protocol_differences, provenance_table, ranking_warnings, seeds_needed_table,
-                                      settings_title, status_counts, unfinished_table)
-from byol_bench.evaluate import EMBEDDING_POINTS
-from byol_bench.stats import MIN_EFFECT_POINTS
+from byol_bench.report.tables import (ACCURACY_COLUMNS, COMPARED, COST_COLUMNS, anchor_table, axis_label,
+                                      comparison_table, evaluation_columns, floor_table, improvement_frame, improvement_table, per_group,
+                                      protocol, protocol_differences, provenance_table, ranking_warnings,
+                                      seeds_needed_table, settings_title, status_counts, unfinished_table)
+from byol_bench.stats import BOOTSTRAP_RESAMPLES, MIN_EFFECT_POINTS
 
 __all__ = ["write_report", "write_comparison", "settings_summary"]
 
@@ -67,7 +67,8 @@ def _overview(results: Results) -> list[str]:
         lines.append(f"Started {manifest.get('started')}, finished {manifest.get('finished') or 'not recorded'}; "
                      f"complete: {manifest.get('complete')}. Resources per worker: {resources or 'not recorded'}.")
     lines.append("Accuracies are in %; every figure of a setting is the mean over its finished seeds with its 95% "
-                 "bootstrap confidence interval in brackets (percentile bootstrap over the seeds, 2,000 resamples); "
+                 f"bootstrap confidence interval in brackets (percentile bootstrap over the seeds, "
+                 f"{BOOTSTRAP_RESAMPLES:,} resamples); "
                  "n counts those seeds ('k of m' when only k of a setting's m trials finished), and one seed gives "
                  "no interval. The batch size is the global batch (per-worker batch × workers).")
     return lines
@@ -79,8 +80,10 @@ def _result_tables(results: Results, above: str) -> list:
     no_anchors = "No published numbers: " + ("the manifest records no anchors (add 'anchors' to the sweep file)."
                                              if results.manifest else "a single trial has no manifest to record them.")
     cost = {**COST_COLUMNS, results.compute_unit: ("compute_hours", 1, 3)}
+    evaluations = evaluation_columns(results)
     return [
-        Table("Accuracy", per_group(results, accuracy_columns(results)), above),
+        Table("Accuracy", per_group(results, ACCURACY_COLUMNS), above),
+        *([Table("Online probe, fewer labels, transfer", per_group(results, evaluations), above)] if evaluations else []),
         Table("Published numbers next to ours", anchors, above) if anchors is not None else no_anchors,
         Table("Speed and cost", per_group(results, cost), f"{above} {results.compute_unit}: {results.compute_basis}."),
         Table("Floors: random-init backbone and raw pixels", floors, above) if len(floors)
@@ -96,11 +99,12 @@ def _confidence(results: Results, improvements, acc_points: float) -> list:
         Table("Probability of improvement", improvement_table(improvements),
               "P(A > B): the chance that a seed of A beats a seed of B (ties half), averaged over the batch sizes both "
               "ran, with its 95% stratified-bootstrap interval (Agarwal et al., NeurIPS 2021; rliable). A is the one "
-              "with the higher mean kNN top-1; 0.5 is a coin toss.") if len(improvements)
+              "with the higher mean kNN top-1; 0.5 is a coin toss. With few seeds the interval is too narrow: when "
+              "every seed of A beats every seed of B, every resample does too.") if len(improvements)
         else "No probability of improvement: it needs two or more methods with finished trials at a common batch size.",
         Table("Seeds needed", needed,
-              "Seeds per setting that a two-sample t-test (alpha 0.05, power 0.8) needs to detect a difference of "
-              f"{acc_points:g} accuracy points (--acc-tol), given the seed-to-seed std this sweep measured (pooled "
+              "Seeds per setting that a two-sample t-test (alpha 0.05, power 0.8) needs to detect an accuracy "
+              f"difference of {acc_points:g} point{'s' if acc_points != 1 else ''} (--acc-tol), given the seed-to-seed std this sweep measured (pooled "
               "over each method's settings).") if len(needed) else "No seeds needed: no trial finished.",
         *(ranking_warnings(results, acc_points) or [f"Every ranking step in the tables is at least {acc_points:g} "
                                                     "points and detectable with the seeds run."]),

@@ -54,7 +54,8 @@ def load_results(source: Path) -> Results:
     source = Path(source)
     if source.is_dir():
         trials, epochs, embeddings = _read_tables(source)
-        return _results(source.name, source, source, trials, epochs, embeddings, _read_manifest(source / "manifest.json"))
+        return _results(source.name, source, source, trials, epochs, embeddings,
+                        _read_manifest(source / "manifest.json"))
     if source.is_file():
         trials, epochs, embeddings = _trial_tables(source)
         return _results(source.stem, source, source.with_name(f"{source.stem}-report"), trials, epochs, embeddings, {})
@@ -62,7 +63,8 @@ def load_results(source: Path) -> Results:
 
 
 def _read_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    trials_path, epochs_path, maps_path = folder / "trials.parquet", folder / "epochs.parquet", folder / "embeddings.parquet"
+    trials_path, epochs_path = folder / "trials.parquet", folder / "epochs.parquet"
+    maps_path = folder / "embeddings.parquet"
     if not trials_path.is_file():
         raise UserError(f"{folder} holds no trials.parquet; {SOURCE_HINT} (a sweep writes it when it ends; "
                         "finish an interrupted one with 'byol-bench sweep FILE --resume')")

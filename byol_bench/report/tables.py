@@ -122,11 +122,11 @@ def per_group(results: Results, columns: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def accuracy_columns(results: Results) -> dict:
-    """ACCURACY_COLUMNS, then the accuracies that some trial's knobs added: the online probe's (its last epoch's),
-    the low-label ones (kNN and linear top-1 with each fraction of ``probe_label_fractions`` below 1) and the
-    transfer ones (kNN and linear top-1 on each of ``eval_datasets``)."""
-    trials, columns = results.trials, dict(ACCURACY_COLUMNS)
+def evaluation_columns(results: Results) -> dict:
+    """The accuracies that some trial's knobs added: the online probe's (its last epoch's), the low-label ones
+    (kNN and linear top-1 with each fraction of ``probe_label_fractions`` below 1) and the transfer ones (kNN and
+    linear top-1 on each of ``eval_datasets``)."""
+    trials, columns = results.trials, {}
     if "online_probe_top1" in trials and trials["online_probe_top1"].notna().any():
         columns["online probe top-1, last epoch (%)"] = ("online_probe_top1", 100, 1)
     texts = trials["probe_label_fractions"].dropna() if "probe_label_fractions" in trials else []
