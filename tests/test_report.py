@@ -313,7 +313,7 @@ def test_a_single_trial_json_gets_a_report_next_to_it(tmp_path, capsys):
     assert "Not drawn: needs finished trials at two or more batch sizes (found 64)." in markdown
     assert "CPU-hours" in markdown and "the 1 CPU it used" in markdown
     drawn = {path.stem for path in (report.parent / "figures").glob("*.png")}
-    assert drawn == {"training_curves"}
+    assert drawn == {"training_curves", "embedding_maps"}  # its maps: the random-init one and its own
     assert "Every trial finished." in markdown
 
 
