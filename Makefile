@@ -52,10 +52,13 @@ test: data browser
 BENCH_PATHS ?= benchmarks
 BENCH_STORAGE ?= results/benchmarks
 BENCH_TOLERANCE ?= median:15%
+BENCH_HISTORY ?= results/history
 BENCH_FLAGS = -q -p no:cacheprovider --benchmark-only --benchmark-storage=$(BENCH_STORAGE) --benchmark-columns=median,iqr,rounds
 
+# `bench` also appends the run it saved to the history (byol-bench history; docs/regression-tracking.md).
 bench: $(STAMP)
 	$(BIN)/python -m pytest $(BENCH_PATHS) $(BENCH_FLAGS) --benchmark-autosave
+	$(BIN)/byol-bench history add "$$(ls -t $(BENCH_STORAGE)/*/*.json | head -1)" --history-dir $(BENCH_HISTORY)
 
 bench-compare: $(STAMP)
 	$(BIN)/python -m pytest $(BENCH_PATHS) $(BENCH_FLAGS) --benchmark-compare --benchmark-compare-fail=$(BENCH_TOLERANCE)

@@ -98,6 +98,8 @@ def cmd_sweep(args) -> int:
     from byol_bench.tune_runner import run_sweep
 
     sweep = load_sweep(args.file)
+    if sweep.search:
+        raise UserError(f"{args.file} has a search section: run it with 'byol-bench tune {args.file}'")
     if args.max_concurrent is not None and (args.max_concurrent < 1 or args.resume):
         raise UserError("--max-concurrent takes a number >= 1 and applies to a new sweep (Ray keeps a resumed "
                         "sweep's own); leave it out with --resume")
@@ -110,6 +112,21 @@ def cmd_sweep(args) -> int:
     return run_sweep(sweep, Path(args.results_dir), address=args.address, resume=args.resume,
                      max_concurrent=args.max_concurrent, storage=args.storage, track=args.track,
                      tracking_uri=args.tracking_uri, verbose=args.verbose)
+
+
+def cmd_tune(args) -> int:
+    from byol_bench.search import describe_search, load_tune
+    from byol_bench.tune_runner import run_tune
+
+    search = load_tune(args.file)
+    if args.resume and (args.track or args.tracking_uri):
+        raise UserError("--track and --tracking-uri apply to a new tune (a resumed one logs to the trackers it "
+                        "started with); leave them out with --resume")
+    if args.dry_run:
+        print(describe_search(search))
+        return 0
+    return run_tune(search, Path(args.results_dir), address=args.address, resume=args.resume, track=args.track,
+                    tracking_uri=args.tracking_uri, verbose=args.verbose)
 
 
 def cmd_baseline_save(args) -> int:
@@ -161,6 +178,76 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _add_ray_flags(command: argparse.ArgumentParser) -> None:
+    """The flags of the commands that run trials on Ray Tune (sweep, tune): where, what is shown, where to, tracking."""
+    command.add_argument("--address", help="a running Ray cluster: auto, or ray://host:port (default: a local cluster)")
+    command.add_argument("--verbose", action="store_true", help="also show Ray Tune's trial tables and every worker's "
+                                                                "own log lines (default: one line per trial epoch)")
+    command.add_argument("--results-dir", default="results", help="where results/<sweep-name>/ goes (default: results)")
+    command.add_argument("--track", action="append", default=[], metavar="TRACKER",
+                         help="also log every trial (its knobs, per-epoch history, final metrics) to mlflow, "
+                              "tensorboard or wandb; repeat for more than one (each needs its extra: pip install "
+                              "'byol-bench[TRACKER]')")
+    command.add_argument("--tracking-uri", metavar="URI",
+                         help="MLflow's store for --track mlflow: sqlite:///PATH.db or an MLflow server's "
+                              "http(s)://HOST:PORT (default: sqlite:///<results>/<sweep>/mlflow.db)")
+
+
+def cmd_history(args) -> int:
+    from byol_bench.history import load_history, select, series_points, summary_table, write_report
+
+    history_dir = Path(args.history_dir)
+    points, changes = series_points(select(load_history(history_dir), args.metric, args.series))
+    print(summary_table(points, changes).to_string(index=False))
+    print(f"report: {write_report(history_dir, points, changes)}")
+    return 0
+
+
+def cmd_history_check(args) -> int:
+    from byol_bench.history import load_history, regressions, select, series_points
+
+    _, changes = series_points(select(load_history(Path(args.history_dir)), args.metric, args.series))
+    found = regressions(changes, args.tolerance)
+    for change in found.itertuples():
+        print(f"REGRESSED {change.source} · {change.setting} · {change.metric} on {change.machine}: "
+              f"{change.change_percent:+.1f}% between {change.before_revision[:12]} and {change.after_revision[:12]}")
+    print(f"{len(found)} series regressed beyond {args.tolerance:g}% at their latest change point")
+    return 1 if len(found) else 0
+
+
+def cmd_history_add(args) -> int:
+    from byol_bench.history import append, bench_entry, sweep_entry
+
+    for source in map(Path, args.sources):
+        entry = sweep_entry(source) if source.is_dir() else bench_entry(source)
+        added = append(entry, Path(args.history_dir))
+        print(f"{source}: {'appended' if added else 'in the history already'} ({len(entry)} values)")
+    return 0
+
+
+def cmd_history_backfill(args) -> int:
+    from byol_bench.history import backfill
+
+    failed = backfill(args.revisions, Path(args.sweep), Path(args.history_dir), args.paths)
+    print(f"backfill done; the sweep failed at {len(failed)} revision(s)" + (f": {', '.join(r[:12] for r in failed)}"
+                                                                            if failed else ""))
+    return 0
+
+
+def _history_options(parser: argparse.ArgumentParser, subcommand: bool, selects: bool = True) -> None:
+    """The history commands' options, given before or after the subcommand (a subcommand's default leaves the
+    history parser's value in place); ``selects``: --metric and --series too."""
+    default = (lambda value: argparse.SUPPRESS) if subcommand else (lambda value: value)
+    parser.add_argument("--history-dir", default=default("results/history"), help="where the history lives "
+                        "(default: results/history)")
+    if not selects:
+        return
+    parser.add_argument("--metric", default=default(None), help="one metric's series, e.g. images_per_s, knn_top1, "
+                                                                "median_s (a benchmark's; default: every metric)")
+    parser.add_argument("--series", metavar="FILTER", default=default(None),
+                        help="only series whose sweep or setting contains FILTER, e.g. 'method=byol'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="byol-bench", description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,22 +267,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="run a grid of trials on Ray Tune (local cluster, or --address)")
     sweep.add_argument("file", help="a sweep file, e.g. benchmarks/sweeps/quick.yaml")
-    sweep.add_argument("--address", help="a running Ray cluster: auto, or ray://host:port (default: a local cluster)")
     sweep.add_argument("--resume", action="store_true", help="continue the sweep in the results folder: finished trials are kept")
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded trial table and resources, then exit")
-    sweep.add_argument("--verbose", action="store_true", help="also show Ray Tune's trial tables and every worker's "
-                                                              "own log lines (default: one line per trial epoch)")
     sweep.add_argument("--max-concurrent", type=int, help="run at most N trials at once")
-    sweep.add_argument("--results-dir", default="results", help="where results/<sweep-name>/ goes (default: results)")
     sweep.add_argument("--storage", help="a URI every Ray node can reach (s3://…, gs://…, file:///shared/…) for the "
                                          "trials' checkpoints and Ray state (default: inside the results folder)")
-    sweep.add_argument("--track", action="append", default=[], metavar="TRACKER",
-                       help="also log every trial (its knobs, per-epoch history, final metrics) to mlflow, tensorboard "
-                            "or wandb; repeat for more than one (each needs its extra: pip install 'byol-bench[TRACKER]')")
-    sweep.add_argument("--tracking-uri", metavar="URI",
-                       help="MLflow's store for --track mlflow: sqlite:///PATH.db or an MLflow server's http(s)://HOST:PORT "
-                            "(default: sqlite:///<results>/<sweep>/mlflow.db)")
+    _add_ray_flags(sweep)
     sweep.set_defaults(run=cmd_sweep)
+
+    tune = commands.add_parser("tune", help="a tuned comparison: the same search budget for every method on a "
+                                             "validation split, then its best settings over seeds",
+                               description="Search each method's knobs with the same budget (Ray Tune: Optuna or "
+                                           "random sampling, ASHA stopping), scored on a validation split held out "
+                                           "of the train split; then run each method's best values (and defaults) "
+                                           "over the final seeds on the test split, as a sweep with its report.")
+    tune.add_argument("file", help="a sweep file with a search section, e.g. benchmarks/sweeps/tune-quick.yaml")
+    tune.add_argument("--resume", action="store_true", help="continue the tune in the results folder: finished "
+                                                            "search trials and final runs are kept")
+    tune.add_argument("--dry-run", action="store_true", help="print each method's search space and the budget, "
+                                                             "then exit")
+    _add_ray_flags(tune)
+    tune.set_defaults(run=cmd_tune)
 
     baseline = commands.add_parser("baseline", help="keep a sweep as a baseline for regression checks")
     baseline_commands = baseline.add_subparsers(dest="baseline_command", required=True, parser_class=_Parser)
@@ -232,6 +324,32 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the accuracy difference the seeds-needed table sizes the seeds for, and below which a "
                              f"ranking is flagged (default {MIN_EFFECT_POINTS})")
     report.set_defaults(run=cmd_report)
+
+    history = commands.add_parser("history", help="every sweep and 'make bench' run over revisions: series, change "
+                                                  "points, a report; check, add, backfill")
+    _history_options(history, subcommand=False)
+    history.set_defaults(run=cmd_history)
+    history_commands = history.add_subparsers(dest="history_command", parser_class=_Parser)
+    check = history_commands.add_parser("check", help="exit 1 when a series' latest change point is a regression "
+                                                      "beyond the tolerance (for CI)")
+    _history_options(check, subcommand=True)
+    check.add_argument("--tolerance", type=float, default=5.0, metavar="PERCENT",
+                       help="smallest regression that fails the check, in %% of the level before (default 5)")
+    check.set_defaults(run=cmd_history_check)
+    add = history_commands.add_parser("add", help="append finished sweeps (results/<sweep>) or pytest-benchmark JSONs "
+                                                  "(results/benchmarks/*/*.json) to the history")
+    add.add_argument("sources", nargs="+", metavar="SOURCE")
+    _history_options(add, subcommand=True, selects=False)
+    add.set_defaults(run=cmd_history_add)
+    backfill = history_commands.add_parser("backfill", help="run a sweep at each revision of a range, each in a git "
+                                                            "worktree, and append the results")
+    backfill.add_argument("revisions", metavar="REV1..REV2", help="a git range: the revisions after REV1 up to REV2")
+    backfill.add_argument("--sweep", required=True, metavar="FILE",
+                          help="a small sweep file (it runs once per revision)")
+    backfill.add_argument("--paths", nargs="+", default=["byol_bench"], metavar="PATH",
+                          help="skip revisions that change none of these paths (default: byol_bench)")
+    _history_options(backfill, subcommand=True, selects=False)
+    backfill.set_defaults(run=cmd_history_backfill)
     return parser
 
 

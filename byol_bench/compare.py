@@ -23,13 +23,15 @@ from scipy import stats
 
 from byol_bench.errors import UserError
 from byol_bench.report import render
-from byol_bench.results import axis_values, setting_axes, write_json
+from byol_bench.results import setting_axes, settings, write_json
 from byol_bench.stats import (MIN_EFFECT_POINTS, NO_INTERVAL, bootstrap_interval, difference_of_means, ratio_of_means,
                               with_interval)
 
 BASELINES_DIR = Path("results") / "baselines"
 ACCURACY_METRICS = ("knn_top1", "linear_top1")
 VERDICT_METRICS = ("status", *ACCURACY_METRICS, "images_per_s", "peak_memory_bytes")
+# What the trials ran with on their machine (``auto`` resolved): numbers from two of these are not comparable.
+RAN_WITH = ("precision", "device_name")
 BROKEN = ("failed", "diverged", "collapsed")  # outcomes a change can cause; "incomplete" is an interruption
 
 
@@ -135,19 +137,12 @@ def _status_verdict(base: pd.Series, cand: pd.Series) -> dict:
     return {"baseline": base.value_counts().to_dict(), "candidate": cand.value_counts().to_dict(), "verdict": verdict}
 
 
-def _groups(trials: pd.DataFrame, axes: list[str]) -> dict[tuple, pd.DataFrame]:
-    """Group key -> the trials of that group that ran to an end, keyed by ``axis_values``."""
-    ended = trials[trials.status != "incomplete"]
-    ended = ended.assign(**{axis: axis_values(ended, axis) for axis in axes})
-    return {tuple(key): rows for key, rows in ended.groupby(axes)}
-
-
 def compare_runs(baseline: Run, candidate: Run, tol: Tolerances = Tolerances()) -> dict:
     """Verdicts for every group of trials present in both runs, and what could not be matched."""
     axes = list(dict.fromkeys(setting_axes([*baseline.manifest["axes"], *candidate.manifest["axes"]])))
     not_ok = [{"run": run.name, "trial_id": row.trial_id, "status": row.status}
               for run in (baseline, candidate) for row in run.trials.itertuples() if row.status != "ok"]
-    base_groups, cand_groups = _groups(baseline.trials, axes), _groups(candidate.trials, axes)
+    base_groups, cand_groups = settings(baseline.trials, axes), settings(candidate.trials, axes)
     groups = []
     for key in sorted(set(base_groups) & set(cand_groups), key=str):
         base, cand = base_groups[key], cand_groups[key]
@@ -173,10 +168,18 @@ def compare_runs(baseline: Run, candidate: Run, tol: Tolerances = Tolerances()) 
         "unmatched": {"baseline_only": describe(set(base_groups) - set(cand_groups)),
                       "candidate_only": describe(set(cand_groups) - set(base_groups))},
         "not_ok": not_ok,
-        "protocol_changes": {k: [fixed_a.get(k), fixed_b.get(k)] for k in sorted(set(fixed_a) | set(fixed_b))
-                             if fixed_a.get(k) != fixed_b.get(k)},
+        "protocol_changes": {**{k: [fixed_a.get(k), fixed_b.get(k)] for k in sorted(set(fixed_a) | set(fixed_b))
+                                if fixed_a.get(k) != fixed_b.get(k)},
+                             **{k: [a, b] for k in RAN_WITH
+                                if (a := _ran_with(baseline, k)) != (b := _ran_with(candidate, k))}},
         "regressed": any(g[m]["verdict"] == "regressed" for g in groups for m in VERDICT_METRICS if m in g),
     }
+
+
+def _ran_with(run: Run, column: str) -> str | None:
+    """The distinct values of a resolved column over a run's trials (None where the table predates it)."""
+    values = sorted(set(run.trials[column].dropna().astype(str))) if column in run.trials else []
+    return ", ".join(values) or None
 
 
 def _nan_safe(value, spec: str) -> str:
@@ -226,7 +229,7 @@ def notes(comparison: dict) -> list[str]:
         lines.append("Trials that did not finish: " + "; ".join(f"{t['run']}: {t['trial_id']} ({t['status']})"
                                                                for t in comparison["not_ok"]))
     if comparison["protocol_changes"]:
-        lines.append("Protocol changes (fixed knobs that differ): " + "; ".join(
+        lines.append("Protocol changes (fixed knobs, precision or device that differ): " + "; ".join(
             f"{k}: {a} → {b}" for k, (a, b) in comparison["protocol_changes"].items()))
     lines.append("Verdict: REGRESSED" if comparison["regressed"] else "Verdict: no regression")
     return lines

@@ -64,6 +64,9 @@ class TrialConfig:
                                 "null: $BYOL_BENCH_DATA, else ~/.cache/byol-bench/data")
     subset: int | None = knob(None, "a seeded, stratified subset of the train split; null: all of it", above=0)
     test_subset: int | None = knob(None, "a seeded, stratified subset of the test split; null: all of it", above=0)
+    validation: float | None = knob(None, "a fraction in (0, 1) of the train split (after subset) held out, seeded and "
+                                    "stratified: every accuracy is measured on it and the test split goes unread (a "
+                                    "tuning search's trials); null: off, accuracies on the test split", above=0)
     image_size: int | None = knob(None, "imagefolder's decode size (null: 64) or synthetic's drawing size (null: 32); "
                                   "other data sets keep their native size", above=0)
     views: str = knob("method", "the recipe of the two global views: the method's own (method), or another "
@@ -140,8 +143,8 @@ class TrialConfig:
 KEYS = tuple(f.name for f in fields(TrialConfig))
 KNOBS = {f.name: f for f in fields(TrialConfig)}
 # What a trial's floors (random-init backbone, raw pixels) depend on: trials that agree on these share them.
-FLOOR_KNOBS = ("dataset", "data_dir", "subset", "test_subset", "image_size", "backbone", "seed", "knn_k", "knn_t",
-               "probe_epochs", "probe_lr")
+FLOOR_KNOBS = ("dataset", "data_dir", "subset", "test_subset", "validation", "image_size", "backbone", "seed",
+               "knn_k", "knn_t", "probe_epochs", "probe_lr")
 
 
 def floor_setting(cfg: TrialConfig) -> tuple:
@@ -284,6 +287,11 @@ def validate(cfg: TrialConfig) -> None:
                         "leave image_size out (it sizes imagefolder and synthetic data only)")
     if cfg.dataset == "imagefolder" and not cfg.data_dir:
         raise UserError("dataset imagefolder needs --data-dir (the root of a <class>/<image> tree)")
+    if cfg.validation is not None and not cfg.validation < 1:
+        raise UserError(f"validation {cfg.validation} is not below 1; give the held-out fraction of the train split, "
+                        "e.g. 0.1")
+    if cfg.validation is not None and cfg.test_subset is not None:
+        raise UserError("test_subset: with validation the test split is never read; leave test_subset out")
     if cfg.test_subset is not None and cfg.test_subset < cfg.workers:
         raise UserError(f"test_subset {cfg.test_subset} is smaller than workers {cfg.workers}: every worker evaluates "
                         "a share of the test images; raise test_subset")

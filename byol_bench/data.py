@@ -272,6 +272,18 @@ def stratified_subset(labels: Tensor, count: int, seed: int) -> Tensor:
     return order[position.argsort(stable=True)[:count]].sort().values
 
 
+def split_validation(images: Tensor, labels: Tensor, fraction: float,
+                     seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(train images, labels, validation images, labels): a seeded, stratified ``fraction`` held out."""
+    count = round(fraction * len(labels))
+    if not 0 < count < len(labels):
+        raise UserError(f"validation {fraction} of {len(labels)} train images holds out {count}; give a fraction that "
+                        "leaves images on both sides")
+    held_out = torch.zeros(len(labels), dtype=torch.bool)
+    held_out[stratified_subset(labels, count, seed)] = True
+    return images[~held_out], labels[~held_out], images[held_out], labels[held_out]
+
+
 # --- transfer evaluation -------------------------------------------------------------------------
 
 LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601's weights, PIL's convert("L")
@@ -325,8 +337,10 @@ def load_transfer(item: str, like: ImageData, data_dir: str | None, subset: int 
 
 def load_data(name: str, data_dir: str | None = None, subset: int | None = None,
               test_subset: int | None = None, image_size: int | None = None, seed: int = 0,
-              download: bool = True) -> ImageData:
-    """Load a registered data set (downloading it if missing and ``download``), then take the seeded subsets."""
+              download: bool = True, validation: float | None = None) -> ImageData:
+    """Load a registered data set (downloading it if missing and ``download``), then take the seeded subsets.
+    With ``validation``, that fraction of the (subset of the) train split is held out and takes the test
+    split's place, which is dropped unread (``split_validation``)."""
     if name not in DATASETS:
         raise unknown("data set", name, DATASETS)
     spec = DATASETS[name]
@@ -344,7 +358,9 @@ def load_data(name: str, data_dir: str | None = None, subset: int | None = None,
         train_x, train_y = train_x[keep], train_y[keep]
         if unlabeled is not None:
             unlabeled = unlabeled[torch.randperm(len(unlabeled), generator=torch.Generator().manual_seed(seed))[:subset]]
-    if test_subset is not None:
+    if validation is not None:
+        train_x, train_y, test_x, test_y = split_validation(train_x, train_y, validation, seed)
+    elif test_subset is not None:
         keep = stratified_subset(test_y, test_subset, seed)
         test_x, test_y = test_x[keep], test_y[keep]
     return ImageData(

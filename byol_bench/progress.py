@@ -35,6 +35,25 @@ def result_line(name: str, result: dict) -> str:
     return line + f", {metrics['images_per_s'] or 0:.0f} img/s, pretrained in {metrics['pretrain_time_s']:.0f} s"
 
 
+def search_trial_line(method: str, number: int, last: dict, epochs: int) -> str:
+    """How one search trial ended: every epoch trained or stopped early, and its last validation kNN."""
+    done = last.get("epoch", 0)
+    score = f", validation kNN {last['knn_top1']:.3f}" if last.get("knn_top1") is not None else ""
+    ended = f"trained all {epochs} epochs" if done == epochs else f"stopped after epoch {done} of {epochs}"
+    return f"{method} search #{number}: {ended}{score}"
+
+
+def search_line(method: str, rows: list[dict], epochs: int) -> str:
+    """A method's search when it ends: its trials, how many were stopped early, its best full trial."""
+    full = [row for row in rows if row["status"] == "ok" and row["epochs"] == epochs and row["knn_top1"] is not None]
+    early = sum(row["stopped_early"] for row in rows)
+    line = f"search {method}: {len(rows)} trials, {early} stopped early"
+    if not full:
+        return line + "; none trained every epoch"
+    best = max(full, key=lambda row: row["knn_top1"])
+    return line + f"; best validation kNN {best['knn_top1']:.3f} (trial #{best['trial']})"
+
+
 def mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
@@ -48,6 +67,7 @@ def _duration(seconds: float) -> str:
 class TrialTimes:
     """What the progress has seen of one trial: its epochs' seconds, and when it started, last reported and ended."""
 
+    setting: tuple  # its knobs but the seed: trials of one setting train at one speed
     method: str
     epochs: int
     done: int = 0  # epochs done, a resumed trial's earlier ones included
@@ -62,10 +82,11 @@ class SweepProgress:
     and every ``SUMMARY_EVERY_S`` seconds how many trials are done, running, pending and failed, with
     the time so far and an estimate of the time left (``time_left``)."""
 
-    def __init__(self, trials: dict[str, tuple[str, int]], print_line: Callable[[str], None] | None = None,
+    def __init__(self, trials: dict[str, dict], print_line: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic):
-        """``trials``: each planned trial's id -> (method, epochs)."""
-        self.trials = {trial_id: TrialTimes(method, epochs) for trial_id, (method, epochs) in trials.items()}
+        """``trials``: each planned trial's id -> its knobs (method and epochs among them, defaults filled in)."""
+        self.trials = {trial_id: TrialTimes(tuple(sorted((k, str(v)) for k, v in knobs.items() if k != "seed")),
+                                            knobs["method"], knobs["epochs"]) for trial_id, knobs in trials.items()}
         self.print = print_line or (lambda line: print(line, file=sys.stderr, flush=True))
         self.clock, self.start = clock, clock()
         self.last_summary, self.slots = self.start, 1
@@ -110,7 +131,7 @@ class SweepProgress:
 
     def time_left(self, statuses: dict[str, str]) -> float | None:
         """Seconds until the last trial ends: each unfinished trial's work left (its epochs left at its measured
-        seconds per epoch, else its method's, else any trial's; its set-up unless it has begun training, and its
+        seconds per epoch, else its setting's (its other seeds), else its method's, else any trial's; its set-up unless it has begun training, and its
         evaluation, as long as other trials' took), less the time since it last reported; the running trials'
         first, then the pending ones as slots free up (as many slots as trials were seen running at once).
         None before any epoch was measured."""
@@ -122,8 +143,8 @@ class SweepProgress:
         now = self.clock()
 
         def work_left(trial: TrialTimes) -> float:
-            own = trial.epoch_s or [s for other in self.trials.values() if other.method == trial.method
-                                    for s in other.epoch_s] or measured
+            own = (trial.epoch_s or self._epoch_s(lambda other: other.setting == trial.setting)
+                   or self._epoch_s(lambda other: other.method == trial.method) or measured)
             started = trial.last if trial.last is not None else now
             return ((setup if trial.done == 0 else 0.0) + (trial.epochs - trial.done) * mean(own) + evaluation
                     - (now - started))
@@ -135,3 +156,6 @@ class SweepProgress:
         for seconds in pending:  # Tune starts the pending trials in order, each on the first slot to free up
             heapq.heappush(free_at, heapq.heappop(free_at) + seconds)
         return max(free_at, default=0.0)
+
+    def _epoch_s(self, kin: Callable[[TrialTimes], bool]) -> list[float]:
+        return [s for trial in self.trials.values() if kin(trial) for s in trial.epoch_s]

@@ -6,6 +6,7 @@ import datetime
 import importlib.metadata
 import platform
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,18 +19,41 @@ def _version(package: str) -> str | None:
         return None
 
 
-def git_revision() -> str | None:
-    """The checkout's commit, with '-dirty' when it has uncommitted changes; None outside git."""
-    here = Path(__file__).resolve().parent
+@dataclass(frozen=True)
+class Commit:
+    """The git checkout a run came from."""
+
+    revision: str  # the full commit hash
+    time: str  # the committer's time, ISO 8601
+    branch: str | None  # None on a detached HEAD
+    dirty: bool  # uncommitted changes to tracked files
+
+
+def _git(folder: Path, *args: str) -> str | None:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        if commit.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        done = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return commit.stdout.strip() + ("-dirty" if dirty else "")
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_commit(revision: str = "HEAD", folder: Path = Path(__file__).resolve().parent) -> Commit | None:
+    """A commit of the repository at ``folder`` (by default this package's checkout); the branch and uncommitted
+    changes only for the commit checked out there. None outside git or for an unknown revision."""
+    facts = _git(folder, "show", "-s", "--format=%H %cI", revision)
+    if facts is None:
+        return None
+    full, time = facts.split()
+    if _git(folder, "rev-parse", "HEAD") != full:
+        return Commit(full, time, None, False)
+    branch = _git(folder, "symbolic-ref", "--short", "-q", "HEAD") or None
+    return Commit(full, time, branch, bool(_git(folder, "status", "--porcelain", "--untracked-files=no")))
+
+
+def git_revision() -> str | None:
+    """The checkout's commit, with '-dirty' when it has uncommitted changes; None outside git."""
+    commit = git_commit()
+    return None if commit is None else commit.revision + ("-dirty" if commit.dirty else "")
 
 
 def device_name(device: torch.device) -> str:

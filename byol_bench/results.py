@@ -49,6 +49,14 @@ def axis_values(trials: pd.DataFrame, axis: str) -> pd.Series:
                      index=trials.index, dtype=object)
 
 
+def settings(trials: pd.DataFrame, axes: list[str]) -> dict[tuple, pd.DataFrame]:
+    """Setting key (its ``axis_values`` over ``axes``) -> its trials that ran to an end; a setting's seeds are its
+    samples."""
+    ended = trials[trials.status != "incomplete"]
+    ended = ended.assign(**{axis: axis_values(ended, axis) for axis in axes})
+    return {tuple(key): rows for key, rows in ended.groupby(axes)}
+
+
 def trial_row(trial_id: str, config: dict, status: str, result: dict | None = None, error: str | None = None) -> dict:
     """One trial as a flat row: every config key, the status, metrics, floors, run facts and provenance.
 
@@ -107,7 +115,7 @@ def check_writable(path: Path, what: str, fix: str, file: bool = False) -> None:
                 missing.rmdir()
 
 
-def _write_atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
     """``write(temporary_path)``, then rename over ``path``: a crash never leaves half a table."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
@@ -121,7 +129,7 @@ def _write_atomic(path: Path, write) -> None:
 
 def write_json(path: Path, payload) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2, default=str)))
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2, default=str)))
 
 
 def write_json_or_fallback(path: Path, payload) -> Path:
@@ -153,12 +161,17 @@ def write_tables(folder: Path, trials: list[dict], epochs: list[dict],
     epoch_table = pd.DataFrame(epochs, columns=None if epochs else epoch_columns)
     axes = trial_table[["trial_id", "method", "batch_size", "momentum_schedule", "seed"]]
     epoch_table = axes.merge(epoch_table, on="trial_id", how="inner")
-    _write_atomic(folder / "trials.parquet", lambda tmp: trial_table.to_parquet(tmp, index=False))
-    _write_atomic(folder / "trials.csv", lambda tmp: trial_table.to_csv(tmp, index=False))
-    _write_atomic(folder / "epochs.parquet", lambda tmp: epoch_table.to_parquet(tmp, index=False))
+    write_parquet(folder / "trials.parquet", trial_table)
+    write_atomic(folder / "trials.csv", lambda tmp: trial_table.to_csv(tmp, index=False))
+    write_parquet(folder / "epochs.parquet", epoch_table)
     embedding_table = pd.DataFrame(list(embeddings), columns=EMBEDDING_COLUMNS)
-    _write_atomic(folder / "embeddings.parquet", lambda tmp: embedding_table.to_parquet(tmp, index=False))
+    write_parquet(folder / "embeddings.parquet", embedding_table)
     return trial_table, epoch_table
+
+
+def write_parquet(path: Path, table: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda tmp: table.to_parquet(tmp, index=False))
 
 
 def summary(trial_table: pd.DataFrame, axes) -> str:

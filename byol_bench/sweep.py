@@ -16,7 +16,7 @@ from byol_bench.errors import UserError, did_you_mean
 from byol_bench.methods import METHODS
 
 SWEEP_KEYS = ("name", "description", "trial", "method_overrides", "axes", "resources", "max_concurrent", "max_failures",
-              "anchors")
+              "anchors", "search")
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Sweep:
     max_failures: int = 1
     anchors: list[dict] = field(default_factory=list)
     description: str = ""
+    search: dict = field(default_factory=dict)  # a tuning search's section, as given (``search.load_tune`` checks it)
 
     @property
     def gpus_per_worker(self) -> float:
@@ -108,7 +109,7 @@ def load_sweep(path: str | Path) -> Sweep:
         gpus_per_trial=_number("resources.gpu", resources.get("gpu", 0), 0),
         max_concurrent=None if raw.get("max_concurrent") is None else _number("max_concurrent", raw["max_concurrent"], 1, integer=True),
         max_failures=_number("max_failures", raw.get("max_failures", 1), 0, integer=True),
-        anchors=raw.get("anchors") or [], description=raw.get("description") or "",
+        anchors=raw.get("anchors") or [], description=raw.get("description") or "", search=raw.get("search") or {},
     )
     if sweep.gpus_per_trial > 1:
         if sweep.gpus_per_trial != int(sweep.gpus_per_trial):

@@ -333,7 +333,8 @@ def setup(cfg: TrialConfig) -> tuple[ImageData, nn.Module, nn.Module, torch.opti
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    data = load_data(cfg.dataset, cfg.data_dir, cfg.subset, cfg.test_subset, cfg.image_size, cfg.seed)
+    data = load_data(cfg.dataset, cfg.data_dir, cfg.subset, cfg.test_subset, cfg.image_size, cfg.seed,
+                     validation=cfg.validation)
     if cfg.global_batch_size > len(data.pretrain_images):
         raise UserError(f"global batch {cfg.global_batch_size} (batch_size x workers) is larger than the "
                         f"{len(data.pretrain_images)} pretraining images; lower the batch size or raise --subset")
@@ -349,6 +350,32 @@ def measure_floors(cfg: TrialConfig) -> dict:
     cfg = replace(cfg, workers=1)
     data, method, _, _ = setup(cfg)
     return Evaluator(data, cfg, next(method.parameters()).device).floors(method.backbone)
+
+
+def evaluated_on(cfg: TrialConfig) -> str:
+    """The images every accuracy is measured on: the test split, or the validation split held out of train."""
+    return "test" if cfg.validation is None else "validation"
+
+
+def restore(cfg: TrialConfig, method: nn.Module, optimizer: torch.optim.Optimizer, resume: Checkpoint,
+            log: Callable[[str], None]) -> TrialState:
+    """The weights and optimizer state of ``resume`` loaded; its trial state, to continue from."""
+    method.load_state_dict(resume.method)
+    optimizer.load_state_dict(resume.optimizer)
+    state = copy.deepcopy(resume.state)
+    log(f"{cfg.method}: resuming at epoch {state.epoch + 1}/{cfg.epochs}")
+    return state
+
+
+def run_search_trial(cfg: TrialConfig, on_epoch: Callable[[dict, Checkpoint], None],
+                     resume: Checkpoint | None = None, log: Callable[[str], None] = log_to_stderr) -> TrialState:
+    """A tuning search's trial: pretraining with the kNN monitor every epoch (on the validation split), and
+    nothing after it: the search scores the monitor, so there are no floors and no linear probe."""
+    data, method, model, optimizer = setup(cfg)
+    evaluator = Evaluator(data, cfg, next(method.parameters()).device)
+    state = TrialState(floors={}) if resume is None else restore(cfg, method, optimizer, resume, log)
+    pretrain(cfg, method, model, optimizer, data, state, evaluator, on_epoch=on_epoch, log=log)
+    return state
 
 
 def run_trial(cfg: TrialConfig, floors: dict | None = None, on_epoch: Callable[[dict, Checkpoint], None] | None = None,
@@ -369,17 +396,14 @@ def run_trial(cfg: TrialConfig, floors: dict | None = None, on_epoch: Callable[[
     evaluator = Evaluator(data, cfg, device, [other for other, _ in transfers])
     online_probe = evaluator.online_probe(method.backbone) if cfg.online_probe else None
     if resume is None:
-        log(f"{cfg.method}: {data.name}, {len(data.pretrain_images)} pretraining images, "
-            f"{len(data.train_images)} train / {len(data.test_images)} test for evaluation, device {device}")
+        log(f"{cfg.method}: {data.name}, {len(data.pretrain_images)} pretraining images, {len(data.train_images)} "
+            f"train / {len(data.test_images)} {evaluated_on(cfg)} for evaluation, device {device}")
         state = TrialState(floors=floors if floors is not None else evaluator.floors(method.backbone),
                            random_init_map=evaluator.embedding(method.backbone) if cfg.embedding_map else None)
     else:
-        method.load_state_dict(resume.method)
-        optimizer.load_state_dict(resume.optimizer)
+        state = restore(cfg, method, optimizer, resume, log)
         if online_probe is not None:
             online_probe.load_state_dict(resume.online_probe)
-        state = copy.deepcopy(resume.state)
-        log(f"{cfg.method}: resuming at epoch {state.epoch + 1}/{cfg.epochs}")
     pretrain(cfg, method, model, optimizer, data, state, evaluator, online_probe, on_epoch=on_epoch, log=log)
     scores = evaluator(method) if state.status == "ok" else {}
     if scores and scores["effective_rank"] < collapse_rank(cfg.projection_dim):
@@ -429,6 +453,7 @@ def trial_result(cfg: TrialConfig, data: ImageData, device: torch.device, state:
         "run": {"device": str(device), "image_size": data.image_size, "channels": data.channels,
                 "num_classes": data.num_classes, "pretrain_images": len(data.pretrain_images),
                 "train_images": len(data.train_images), "test_images": len(data.test_images),
+                "evaluated_on": evaluated_on(cfg),
                 "global_batch_size": cfg.global_batch_size, "steps_per_epoch": steps_per_epoch,
                 "total_steps": cfg.epochs * steps_per_epoch, "peak_lr": cfg.peak_lr,
                 "lr_warmup_steps": round(cfg.lr_warmup_epochs * steps_per_epoch), "timed_steps": len(step_times),

@@ -9,8 +9,10 @@ the sweep's tables, manifest and report.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import socket
@@ -18,13 +20,19 @@ import sys
 import tempfile
 import time
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
+
+import pandas as pd
 
 from byol_bench.config import TrialConfig, floor_setting, make_config
 from byol_bench.errors import UserError
 from byol_bench.provenance import git_revision, versions
+from byol_bench.progress import search_line
 from byol_bench.results import (check_writable, embedding_rows, epoch_rows, summary, trial_row, write_json,
-                                write_tables)
+                                write_parquet, write_tables)
+from byol_bench.search import (SEARCH_FILES, SEARCH_FOLDER, SEARCH_RECORD, SEARCH_TABLE, Search, SearchRecord,
+                               best_trials, chosen, defaults, final_runs, search_knobs)
 from byol_bench.sweep import PlannedTrial, Sweep, expand, run_order
 from byol_bench.tracking import Tracking, check_tracking, param_space
 
@@ -51,23 +59,31 @@ def trainable(config: dict, planned_by_id: dict, worker_resources: dict, train_s
         _drive_ddp_trial(trial, trial_floors, worker_resources, train_storage)
         return
 
-    def report(metrics: dict, checkpoint_folder: str | None = None) -> None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_folder) if checkpoint_folder else None)
-
-    _run_and_report(trial_id, make_config(trial.knobs), trial_floors, tune.get_checkpoint(), report, saves_checkpoints=True)
+    _run_and_report(trial_id, make_config(trial.knobs), trial_floors, tune.get_checkpoint(), _tune_report,
+                    saves_checkpoints=True)
 
 
-def _run_and_report(trial_id: str, cfg: TrialConfig, floors: dict | None, checkpoint, report, saves_checkpoints: bool) -> None:
-    """``run_trial`` inside Ray (with the sweep's ``floors`` for it, if measured): resume from ``checkpoint``, then ``report(metrics, checkpoint_folder)``
-    every epoch (with the state when ``saves_checkpoints``) and once more with the whole result."""
+def _tune_report(metrics: dict, checkpoint_folder: str | None = None) -> None:
+    """What a trial reports to Tune: an epoch's metrics, with its checkpoint when there is one."""
+    from ray import tune
+
+    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_folder) if checkpoint_folder else None)
+
+
+def _resume_point(checkpoint):
+    """The ``train.Checkpoint`` in a Ray checkpoint (None: none)."""
+    if checkpoint is None:
+        return None
     import torch
 
-    from byol_bench.train import run_trial
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / "state.pt", weights_only=False)
 
-    resume = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = torch.load(Path(folder) / "state.pt", weights_only=False)  # a train.Checkpoint
+
+def _epoch_reporter(report, saves_checkpoints: bool):
+    """``on_epoch`` for a trial inside Ray: ``report(metrics, checkpoint_folder)``, with the state when
+    ``saves_checkpoints``."""
+    import torch
 
     def report_epoch(row: dict, trial_checkpoint) -> None:
         metrics = {k: v for k, v in row.items() if v is not None}
@@ -78,8 +94,20 @@ def _run_and_report(trial_id: str, cfg: TrialConfig, floors: dict | None, checkp
             torch.save(trial_checkpoint, Path(folder) / "state.pt")
             report(metrics, folder)
 
-    result = run_trial(cfg, floors=floors, on_epoch=report_epoch, resume=resume,
-                       log=lambda line: print(f"{trial_id}: {line}", file=sys.stderr, flush=True))
+    return report_epoch
+
+
+def _log_as(name: str):
+    return lambda line: print(f"{name}: {line}", file=sys.stderr, flush=True)
+
+
+def _run_and_report(trial_id: str, cfg: TrialConfig, floors: dict | None, checkpoint, report, saves_checkpoints: bool) -> None:
+    """``run_trial`` inside Ray (with the sweep's ``floors`` for it, if measured): resume from ``checkpoint``, then ``report(metrics, checkpoint_folder)``
+    every epoch (with the state when ``saves_checkpoints``) and once more with the whole result."""
+    from byol_bench.train import run_trial
+
+    result = run_trial(cfg, floors=floors, on_epoch=_epoch_reporter(report, saves_checkpoints),
+                       resume=_resume_point(checkpoint), log=_log_as(trial_id))
     summary = {k: v for k, v in result["metrics"].items() if v is not None}
     report({**summary, "status": result["status"], "result_json": json.dumps(result, default=str)})
 
@@ -258,8 +286,7 @@ def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict],
         result = by_id.get(plan.trial_id)
         metrics = (result.metrics or {}) if result is not None else {}
         if result is not None and result.error is not None:
-            message = str(result.error).strip().splitlines()
-            trials.append(trial_row(plan.trial_id, plan.resolved, "failed", error=" | ".join(message[-3:])[:2000]))
+            trials.append(trial_row(plan.trial_id, plan.resolved, "failed", error=_last_lines(result.error)))
         elif "result_json" in metrics:
             outcome = json.loads(metrics["result_json"])
             trials.append(trial_row(plan.trial_id, plan.resolved, outcome["status"], outcome))
@@ -268,6 +295,11 @@ def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict],
         else:
             trials.append(trial_row(plan.trial_id, plan.resolved, "incomplete"))
     return trials, epochs, embeddings
+
+
+def _last_lines(error: Exception) -> str:
+    """A trial's error as a table cell: its last three lines."""
+    return " | ".join(str(error).strip().splitlines()[-3:])[:2000]
 
 
 def _storage_holds(uri: str) -> bool:
@@ -290,8 +322,8 @@ def _check_results_folder(sweep: Sweep, folder: Path, ray_storage: str, storage:
     check_writable(folder, "results folder", "pass --results-dir")
     holds_sweep = _storage_holds(f"{ray_storage}/{TUNE_FOLDER}") if storage else (folder / TUNE_FOLDER).is_dir()
     manifest_path = folder / "manifest.json"
-    if not resume:
-        if (folder.exists() and any(folder.iterdir())) or holds_sweep:
+    if not resume:  # a tuned comparison's final runs go in beside its search
+        if (folder.exists() and any(path.name not in SEARCH_FILES for path in folder.iterdir())) or holds_sweep:
             raise UserError(f"{ray_storage if holds_sweep else folder} already holds results; "
                             "pass --resume to continue that sweep, or --results-dir (and --storage) to write elsewhere")
         return {}
@@ -336,8 +368,7 @@ def _progress_callback(planned: list[PlannedTrial]):
 
     from byol_bench.progress import SweepProgress
 
-    configs = {p.trial_id: make_config(p.knobs) for p in planned}
-    trials = {trial_id: (cfg.method, cfg.epochs) for trial_id, cfg in configs.items()}
+    trials = {p.trial_id: p.resolved for p in planned}
 
     class Progress(tune.Callback):
         def setup(self, **info) -> None:
@@ -392,7 +423,7 @@ def _trial_dirname(trial) -> str:
 
 def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resume: bool = False,
               max_concurrent: int | None = None, storage: str | None = None, track: list[str] | None = None,
-              tracking_uri: str | None = None, verbose: bool = False) -> int:
+              tracking_uri: str | None = None, verbose: bool = False, planned: list[PlannedTrial] | None = None) -> int:
     """Run (or resume) a sweep, write its tables, manifest and report; returns the command's exit code.
 
     Ray's state (Tune's trial folders, checkpoints, DDP trials' Ray Train runs) goes to
@@ -401,15 +432,16 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
     line per trial and epoch and a summary every half minute; ``verbose`` adds Tune's tables and every
     worker's own output. Every trial is logged
     to the trackers in ``track`` (``tracking.TRACKERS``), MLflow's to ``tracking_uri`` (default: a SQLite
-    file in the results folder).
+    file in the results folder). ``planned``: the trials to run when the sweep's grid cannot express them
+    (a tuned comparison's final runs); by default the grid's.
     """
-    planned = expand(sweep)
+    planned = planned or expand(sweep)
     folder = (results_dir / sweep.name).resolve()
     tracking = check_tracking(track or [], tracking_uri, folder)
     ray_storage = f"{storage.rstrip('/')}/{sweep.name}" if storage else str(folder)
     previous = _check_results_folder(sweep, folder, ray_storage, storage, resume, [p.trial_id for p in planned])
-    if not storage:  # local state is cheap to save: every 2 s instead of every 10+, so that a driver killed
-        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # outright loses at most that much recorded progress
+    if not storage:
+        _save_state_often()
     ray, started_here = _start_ray(address, verbose)
     try:
         largest = max(p.workers for p in planned)
@@ -436,10 +468,13 @@ def _finish(sweep: Sweep, planned: list[PlannedTrial], grid, folder: Path, manif
     manifest.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), complete=not counts.get("incomplete"))
     write_json(folder / "manifest.json", manifest)
     print(summary(trial_table, sweep.axes))
-    from byol_bench.report import settings_summary, write_report  # plotting libraries load only once needed
+    from byol_bench.history import record_sweep  # plotting libraries load only once there is something to plot
+    from byol_bench.report import settings_summary, write_report
 
     print(f"per setting: mean [95% bootstrap interval over seeds]\n{settings_summary(folder)}")
     print(f"results: {folder}/trials.parquet, epochs.parquet, manifest.json")
+    if manifest["complete"]:
+        print(record_sweep(folder, results_dir / "history"))
     print(f"report: {write_report(folder)}")
     if counts.get("incomplete"):
         print(f"sweep interrupted: {counts['incomplete']} of {len(planned)} trials unfinished; continue with "
@@ -447,3 +482,217 @@ def _finish(sweep: Sweep, planned: list[PlannedTrial], grid, folder: Path, manif
               + " --resume'", file=sys.stderr)
         return 130
     return 0 if counts.get("ok", 0) == len(planned) else 1
+
+
+# --- tuned comparisons: a search per method, then the final runs as a sweep -----------------------------
+
+
+def search_trainable(config: dict, knobs: dict) -> None:
+    """A Tune function trainable: one search trial (the sampled ``config`` over the method's search ``knobs``),
+    reporting every epoch's row, its validation kNN monitor among them (ASHA's and the search's score), with a
+    checkpoint."""
+    from ray import tune
+
+    from byol_bench.train import run_search_trial
+
+    run_search_trial(make_config({**knobs, **config}), on_epoch=_epoch_reporter(_tune_report, saves_checkpoints=True),
+                     resume=_resume_point(tune.get_checkpoint()), log=_log_as("search"))
+
+
+def _algorithm_used(search: Search) -> str:
+    """The search algorithm that runs: the one asked for, or random search where Optuna is asked for but is not
+    installed (saying so)."""
+    import importlib.util
+
+    if search.algorithm == "optuna" and importlib.util.find_spec("optuna") is None:
+        print("search: optuna is not installed (pip install 'byol-bench[tune]'); searching at random instead",
+              file=sys.stderr, flush=True)
+        return "random"
+    return search.algorithm
+
+
+def _search_algorithm(name: str, seed: int, max_concurrent: int | None):
+    """Tune's search algorithm ``name``, seeded: Optuna's TPE sampler, or random sampling (which takes the
+    concurrency limit itself: Tune applies its own max_concurrent_trials to a Searcher such as Optuna's only)."""
+    if name == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study: the search prints its own
+        return OptunaSearch(seed=seed)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
+
+
+def _search_space(space: dict) -> dict:
+    from ray import tune
+
+    made = {"loguniform": lambda values: tune.loguniform(*values), "uniform": lambda values: tune.uniform(*values),
+            "choice": lambda values: tune.choice(list(values))}
+    return {key: made[distribution.kind](distribution.values) for key, distribution in space.items()}
+
+
+FIRST_TAG = {"optuna": 1, "random": 0}  # where each algorithm's count of trials (a trial's experiment tag) starts
+
+
+def _search_number(trial, algorithm: str) -> int:
+    """A search trial's number within its method's search, from 1: the count at the start of its tag."""
+    return int(trial.experiment_tag.split("_", 1)[0]) - FIRST_TAG[algorithm] + 1
+
+
+def _search_progress(method: str, epochs: int, algorithm: str):
+    """A Tune callback: each search trial's epochs (``progress.epoch_line``) and how it ended."""
+    from ray import tune
+
+    from byol_bench.progress import epoch_line, search_trial_line
+
+    class Progress(tune.Callback):
+        def setup(self, **info) -> None:
+            self.seen = set()  # the trials that reported since this run (or resumption) began
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            name = f"{method} search #{_search_number(trial, algorithm)}"
+            if trial.trial_id not in self.seen and result.get("epoch", 1) > 1:
+                print(f"{name}: resumed at epoch {result['epoch']} from its checkpoint", file=sys.stderr, flush=True)
+            self.seen.add(trial.trial_id)
+            if "epoch" in result:
+                print(epoch_line(name, result, epochs), file=sys.stderr, flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            print(search_trial_line(method, _search_number(trial, algorithm), trial.last_result or {}, epochs),
+                  file=sys.stderr, flush=True)
+
+    return Progress()
+
+
+def _search_tuner(search: Search, method: str, storage: Path, algorithm: str, resume: bool, verbose: bool):
+    """Ray Tune's Tuner for one method's search (or the one an interrupted search left behind): ``algorithm``
+    samples the space (a fresh one per method: no search learns from another's), ASHA stops the trials whose
+    validation kNN trails at a rung, and every method gets the same budget."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    runnable = tune.with_resources(tune.with_parameters(search_trainable, knobs=search_knobs(search, method)),
+                                   tune.PlacementGroupFactory([{"CPU": search.sweep.cpus_per_worker,
+                                                                "GPU": search.sweep.gpus_per_worker}]))
+    if resume and tune.Tuner.can_restore(str(storage / method)):
+        return tune.Tuner.restore(str(storage / method), trainable=runnable, resume_errored=True)
+    return tune.Tuner(
+        runnable, param_space=_search_space(search.space[method]),
+        tune_config=tune.TuneConfig(
+            metric=SCORE, mode="max", search_alg=_search_algorithm(algorithm, search.seed, search.sweep.max_concurrent),
+            num_samples=search.trials or -1,
+            scheduler=ASHAScheduler(time_attr="epoch", max_t=search.epochs, grace_period=search.grace_period,
+                                    reduction_factor=search.reduction_factor, stop_last_trials=False),
+            time_budget_s=search.hours * 3600 if search.hours else None,
+            max_concurrent_trials=search.sweep.max_concurrent, reuse_actors=True,
+            trial_name_creator=lambda trial: f"{method} search #{_search_number(trial, algorithm)}",
+            trial_dirname_creator=lambda trial: f"{method}-{_search_number(trial, algorithm):03d}"),
+        run_config=tune.RunConfig(
+            name=method, storage_path=str(storage), verbose=1 if verbose else 0,
+            callbacks=[_search_progress(method, search.epochs, algorithm)],
+            failure_config=tune.FailureConfig(max_failures=search.sweep.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+    )
+
+
+SCORE = "knn_top1"  # what a search maximises: the kNN monitor's top-1, on the validation split
+
+
+def _search_rows(search: Search, method: str, grid) -> list[dict]:
+    """One row per search trial that began: its sampled values, its last epoch and validation kNN, whether ASHA
+    stopped it early, its status and seconds."""
+    rows = []
+    for result in grid:
+        if not result.metrics and result.error is None:  # not begun (a stopped search's): --resume runs it
+            continue
+        metrics = result.metrics
+        epochs = metrics.get("epoch", 0)
+        loss = metrics.get("loss", 0.0)
+        status = "failed" if result.error is not None else "ok" if math.isfinite(loss) else "diverged"
+        rows.append({"method": method, "trial": int(Path(result.path).name.rsplit("-", 1)[-1]),
+                     **{key: (result.config or {}).get(key) for key in search.space[method]},
+                     SCORE: metrics.get(SCORE), "epochs": epochs,
+                     "stopped_early": status == "ok" and epochs < search.epochs, "status": status,
+                     "time_s": metrics.get("time_total_s"),
+                     "error": _last_lines(result.error) if result.error else None})
+    return sorted(rows, key=lambda row: row["trial"])
+
+
+def run_search(search: Search, folder: Path, resume: bool = False, verbose: bool = False) -> tuple[list[dict], str]:
+    """Each method's search in turn, into ``folder/search/<method>/``: (a row per search trial, the algorithm
+    that ran). Ctrl-C raises KeyboardInterrupt (``_ctrl_c_raises``); --resume then continues the search, and a
+    finished method's search is read back, not rerun."""
+    rows, algorithm = [], _algorithm_used(search)
+    for method in search.methods:
+        print(f"search {method}: up to {search.trials or 'unlimited'} trials"
+              + (f" in {search.hours:g} h" if search.hours else "") + f" of {search.epochs} epochs, ASHA on the "
+              "validation kNN", file=sys.stderr, flush=True)
+        with _ctrl_c_raises():
+            grid = _search_tuner(search, method, folder / SEARCH_FOLDER, algorithm, resume, verbose).fit()
+        method_rows = _search_rows(search, method, grid)
+        rows += method_rows
+        print(search_line(method, method_rows, search.epochs), file=sys.stderr, flush=True)
+    return rows, algorithm
+
+
+@contextlib.contextmanager
+def _ctrl_c_raises():
+    """Ctrl-C as a KeyboardInterrupt inside Tune's fit(): Tune's own handler would end it as if every trial had
+    finished, and a stopped search would pass for a finished one. Tune saves its state every few seconds
+    (``_save_state_often``), from which --resume continues."""
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        yield
+    finally:
+        del os.environ["TUNE_DISABLE_SIGINT_HANDLER"]
+
+
+def _save_state_often() -> None:
+    """Tune's state saved every 2 s instead of every 10+ (it is local, so cheap): a driver killed outright
+    loses at most that much recorded progress."""
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+
+
+def _check_tune_folder(folder: Path, resume: bool) -> None:
+    check_writable(folder, "results folder", "pass --results-dir")
+    if not resume and folder.exists() and any(folder.iterdir()):
+        raise UserError(f"{folder} already holds results; pass --resume to continue that tune, or --results-dir "
+                        "to write elsewhere")
+    if resume and not (folder / SEARCH_FOLDER).is_dir():
+        raise UserError(f"--resume: {folder} holds no search to resume; run without --resume first")
+
+
+def run_tune(search: Search, results_dir: Path, address: str | None = None, resume: bool = False,
+             track: list[str] | None = None, tracking_uri: str | None = None, verbose: bool = False) -> int:
+    """A tuned comparison: each method's search (``run_search``), its table and record, then each method's
+    chosen values (and defaults) over the final seeds as a sweep into the same folder, with its report;
+    returns the command's exit code (130 when interrupted)."""
+    folder = (results_dir / search.sweep.name).resolve()
+    _check_tune_folder(folder, resume)
+    check_tracking(track or [], tracking_uri, folder)
+    _save_state_often()
+    ray, started_here = _start_ray(address, verbose)
+    try:
+        _check_resources(ray, search.sweep, 1)
+        try:
+            rows, algorithm = run_search(search, folder, resume, verbose)
+        except KeyboardInterrupt:
+            print(f"tune interrupted: continue with 'byol-bench tune {search.sweep.path} --results-dir {results_dir} "
+                  "--resume'", file=sys.stderr)
+            return 130
+        table = pd.DataFrame(rows, columns=["method", "trial", *search.searched, SCORE, "epochs", "stopped_early",
+                                            "status", "time_s", "error"])
+        table["chosen"] = table.index.isin(list(best_trials(search, table).values()))
+        write_parquet(folder / SEARCH_TABLE, table)
+        best = chosen(search, table)
+        write_json(folder / SEARCH_RECORD, asdict(SearchRecord(
+            algorithm=algorithm, epochs=search.epochs, trials=search.trials, hours=search.hours,
+            validation=search.validation, defaults=defaults(search), chosen=best)))
+        final, planned = final_runs(search, best)
+        return run_sweep(final, results_dir, address=address, resume=(folder / TUNE_FOLDER).is_dir(), track=track,
+                         tracking_uri=tracking_uri, verbose=verbose, planned=planned)
+    finally:
+        if started_here:
+            ray.shutdown()

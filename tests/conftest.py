@@ -7,7 +7,8 @@ from byol_bench.tune_runner import quiet_ray
 
 # The files of the longest tests (real trials, Ray sweeps) first: pytest-xdist hands out whole files in
 # collection order (the Makefile's --no-loadscope-reorder), and a long file handed out last would end the run alone.
-LONGEST_FIRST = ("test_compare.py", "test_distributed.py", "test_sweep.py", "test_tracking.py", "test_trial.py")
+LONGEST_FIRST = ("test_compare.py", "test_distributed.py", "test_sweep.py", "test_tune.py", "test_tracking.py",
+                 "test_trial.py")
 
 
 def pytest_collection_modifyitems(items):

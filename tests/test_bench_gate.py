@@ -23,7 +23,8 @@ def _make(target, tmp_path, delay):
     # A pytest session of its own: without the xdist worker's variables, which would switch benchmarks off.
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}, "PLANTED_DELAY": str(delay)}
     return subprocess.run(["make", "-s", "-C", str(REPO), target, f"BENCH_PATHS={tmp_path / 'bench_planted.py'}",
-                           f"BENCH_STORAGE={tmp_path / 'storage'}"], capture_output=True, text=True, env=env, timeout=300)
+                           f"BENCH_STORAGE={tmp_path / 'storage'}", f"BENCH_HISTORY={tmp_path / 'history'}"],
+                          capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_bench_compare_fails_on_a_planted_slowdown_only(tmp_path):
@@ -31,6 +32,7 @@ def test_bench_compare_fails_on_a_planted_slowdown_only(tmp_path):
     saved = _make("bench", tmp_path, 0.02)
     assert saved.returncode == 0, saved.stdout + saved.stderr
     assert list((tmp_path / "storage").rglob("*.json"))
+    assert len(list((tmp_path / "history" / "runs").glob("*.parquet"))) == 1  # and appended to the history
     unchanged = _make("bench-compare", tmp_path, 0.02)
     assert unchanged.returncode == 0, unchanged.stdout + unchanged.stderr
     slower = _make("bench-compare", tmp_path, 0.04)

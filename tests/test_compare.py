@@ -101,6 +101,8 @@ def test_unmatched_and_unfinished_trials_are_reported_not_crashed_on(tmp_path):
     assert [g["method"] for g in result["unmatched"]["candidate_only"]] == ["simclr"]
     assert result["not_ok"] == [{"run": "cand", "trial_id": "method=byol,batch_size=256,seed=0", "status": "failed"}]
     assert result["protocol_changes"] == {"epochs": [4, 8]}
+    run.trials["precision"] = "bf16"  # precision auto resolved otherwise on the candidate's machine
+    assert compare_runs(load_run(base), run)["protocol_changes"] == {"epochs": [4, 8], "precision": ["auto", "bf16"]}
     markdown = to_markdown(result)
     assert markdown.startswith("# Regression check: cand against base\n")
     lost_trial = "\n| method=byol, batch_size=256, momentum_schedule=cosine:0.99-1.0 | 3 → 2 | regressed |"

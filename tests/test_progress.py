@@ -21,10 +21,14 @@ def test_a_result_line_sets_accuracy_against_the_floors():
     assert result_line("byol", diverged).startswith("byol: diverged, 180 img/s")
 
 
+def knobs(method: str, epochs: int, **others) -> dict:
+    return {"method": method, "epochs": epochs, "seed": 0, **others}
+
+
 def test_the_summary_counts_trials_and_estimates_the_time_left_from_measured_epochs():
     now, lines = [0.0], []
-    progress = SweepProgress({"a": ("byol", 4), "b": ("byol", 4), "c": ("simclr", 4)}, print_line=lines.append,
-                             clock=lambda: now[0])
+    progress = SweepProgress({"a": knobs("byol", 4), "b": knobs("byol", 4), "c": knobs("simclr", 4)},
+                             print_line=lines.append, clock=lambda: now[0])
     statuses = {"a": "running", "b": "pending", "c": "pending"}
     progress.tick(statuses)
     assert lines == []  # not due yet
@@ -49,7 +53,7 @@ def simulated_sweep(trials: dict[str, tuple[str, int, float]], overhead_s: float
     with ``overhead_s`` of set-up and evaluation, on a fake clock: (the estimates of time left after the first
     minute, each as (time, estimate), and when the sweep ended)."""
     now = [0.0]
-    progress = SweepProgress({t: (method, epochs) for t, (method, epochs, _) in trials.items()},
+    progress = SweepProgress({t: knobs(method, epochs) for t, (method, epochs, _) in trials.items()},
                              print_line=lambda line: None, clock=lambda: now[0])
     status = dict.fromkeys(trials, "pending")
     ends = {}  # running trial -> [(time, event), ...] still to come
@@ -85,3 +89,17 @@ def test_the_time_left_holds_within_30_percent_over_trials_of_unequal_speed():
     for at, estimate in estimates:
         actual = end - at
         assert abs(estimate - actual) <= 0.3 * actual + 2, (at, estimate, actual)  # + 2: the 1 s ticks' rounding
+
+
+def test_a_trial_not_yet_measured_is_timed_by_its_other_seeds_before_its_method():
+    now = [0.0]
+    progress = SweepProgress({"fp32": knobs("byol", 2, precision="fp32"), "bf16": knobs("byol", 2, precision="bf16"),
+                              "bf16-seed1": knobs("byol", 2, precision="bf16", seed=1)},
+                             print_line=lambda line: None, clock=lambda: now[0])
+    progress.tick({"fp32": "running", "bf16": "running", "bf16-seed1": "pending"})
+    now[0] = 10.0
+    progress.result("fp32", {"epoch": 1, "loss": 0.1, "lr": 0.1, "epoch_time_s": 10.0})
+    progress.result("bf16", {"epoch": 1, "loss": 0.1, "lr": 0.1, "epoch_time_s": 4.0})
+    # bf16: 1 epoch left at 4 s; then bf16-seed1 on that slot: the set-up the two took beyond their first epoch
+    # (0 and 6 s: 3 s) and 2 epochs at its setting's 4 s, not its method's 7 s; fp32 ends before, 10 s from now
+    assert progress.time_left({"fp32": "running", "bf16": "running", "bf16-seed1": "pending"}) == 4 + 3 + 2 * 4

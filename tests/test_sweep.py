@@ -48,6 +48,7 @@ def test_method_specific_axes_cross_only_the_methods_that_read_them(tmp_path):
     ("byol-ablation", 4 * 7 * 2),  # 4 target decay rates x 7 batch sizes x 2 seeds
     ("fashion-mnist-resnet18", 3 * 3),  # 3 methods x 3 seeds
     ("gpu-check", 3),  # one trial per method
+    ("quick-precision", 8 * 2 * 3),  # the quick preset's 8 settings x fp32, bf16 x 3 seeds
 ])
 def test_presets_dry_run_to_the_expected_trial_count(preset, trials, capsys):
     assert main(["sweep", str(PRESETS / f"{preset}.yaml"), "--dry-run"]) == 0
@@ -77,6 +78,7 @@ def test_a_sweep_writes_both_tables_and_a_manifest(tmp_path, ray_cluster, capsys
     manifest = json.loads((folder / "manifest.json").read_text())
     assert len(manifest["grid"]) == 3 and manifest["finished"] and "CPU" in manifest["cluster_resources"]
     assert manifest["sweep_file"] == path.read_text() and manifest["versions"]["ray"]
+    assert len(list((tmp_path / "results" / "history" / "runs").glob("*.parquet"))) == 1  # appended to the history
 
 
 def test_a_failing_trial_is_recorded_while_the_others_finish(tmp_path, ray_cluster, capsys):

@@ -20,9 +20,11 @@ from byol_bench.report import figures
 from byol_bench.report.load import Results, load_results
 from byol_bench.report.render import Figure, Table, write_documents, writable
 from byol_bench.report.tables import (ACCURACY_COLUMNS, COMPARED, COST_COLUMNS, anchor_table, axis_label,
-                                      comparison_table, evaluation_columns, floor_table, improvement_frame, improvement_table, per_group,
-                                      protocol, protocol_differences, provenance_table, ranking_warnings,
-                                      seeds_needed_table, settings_title, status_counts, unfinished_table)
+                                      chosen_table, comparison_table, evaluation_columns, floor_table,
+                                      improvement_frame, improvement_table, per_group, protocol, protocol_differences,
+                                      provenance_table, ranking_warnings, search_budget_table, seeds_needed_table,
+                                      settings_title, status_counts, tuned_vs_defaults, unfinished_table)
+from byol_bench.search import CHOSEN_DIGITS, budget_text
 from byol_bench.stats import BOOTSTRAP_RESAMPLES, MIN_EFFECT_POINTS
 
 __all__ = ["write_report", "write_comparison", "settings_summary"]
@@ -44,6 +46,7 @@ def write_report(source: Path, heatmap_axes: tuple[str, str] = ("method", "globa
         ("Overview", _overview(results)),
         (settings_title("Results", results.other_axes), _result_tables(results, above)),
         ("How sure: probability of improvement and seeds needed", _confidence(results, improvements, acc_points)),
+        *([("Search", _search_section(results, figures_dir, above))] if results.search is not None else []),
         ("Trials that did not finish", [Table("Failed, diverged, incomplete and missing trials", unfinished, above)
                                         if len(unfinished) else "Every trial finished."]),
         ("Regression checks", _regression_checks(results.report_dir)),
@@ -108,6 +111,29 @@ def _confidence(results: Results, improvements, acc_points: float) -> list:
               "over each method's settings).") if len(needed) else "No seeds needed: no trial finished.",
         *(ranking_warnings(results, acc_points) or [f"Every ranking step in the tables is at least {acc_points:g} "
                                                     "points and detectable with the seeds run."]),
+    ]
+
+
+def _search_section(results: Results, folder: Path, above: str) -> list:
+    """A tuned comparison's search: what it was, each method's trace, the values it chose beside the defaults,
+    the budget each method used, and the final runs' test accuracy at the defaults and the chosen values."""
+    record = results.search_record
+    return [
+        f"Every method got the same budget: {budget_text(record.trials, record.hours)} of at most {record.epochs} "
+        f"epochs, sampled by {record.algorithm} search; ASHA stopped the trials whose kNN top-1 trailed at a rung. "
+        "Every search trial was scored on a "
+        f"validation split ({record.validation:g} of the train split, held out; the test split unread); the "
+        "chosen values and the defaults then ran over the seeds above, on the test split.",
+        figures.save(folder, "search_trace", "Search trace",
+                     "each search trial's validation kNN top-1 at its last epoch, in the order sampled; hollow: "
+                     "stopped early by ASHA (eN: after epoch N); ringed: the chosen trial",
+                     figures.search_trace(results, figures.method_palette(results.search["method"].unique()))),
+        Table("Chosen values beside the defaults", chosen_table(results),
+              f"The chosen trial's values, numbers to {CHOSEN_DIGITS} significant digits."),
+        Table("Budget used", search_budget_table(results),
+              f"{results.compute_unit}: the search trials' wall time × what each held."),
+        Table("Tuned vs defaults on the test set", tuned_vs_defaults(results),
+              f"{above} Mean ± std over seeds; clear of ±1 std: the difference exceeds the two std's summed."),
     ]
 
 

@@ -258,6 +258,34 @@ def improvement_probabilities(improvements: pd.DataFrame):
     return figure
 
 
+def search_trace(results: Results, palette: dict):
+    """Each method's search: the validation kNN top-1 of every search trial in the order they were sampled, a
+    filled marker for a trial that trained every epoch, a hollow one (labelled with its last epoch) for one
+    ASHA stopped early, a ring around the chosen one."""
+    search = results.search.dropna(subset=["knn_top1"])
+    if search.empty:
+        return "no search trial reported a validation kNN"
+    methods = in_registry_order(search["method"])
+    figure, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods) + 1, 3.4), sharey=True, squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        trials = search[search["method"] == method].assign(value=lambda frame: frame["knn_top1"] * 100)
+        full, early = trials[~trials["stopped_early"]], trials[trials["stopped_early"]]
+        ax.scatter(full["trial"], full["value"], color=palette[method], s=40, label="every epoch")
+        ax.scatter(early["trial"], early["value"], facecolors="none", edgecolors=palette[method], s=40,
+                   label="stopped early")
+        for row in early.itertuples():
+            ax.annotate(f"e{row.epochs}", (row.trial, row.value), xytext=(4, -10), textcoords="offset points",
+                        fontsize=7, color="0.3")
+        best = trials[trials["chosen"]]
+        ax.scatter(best["trial"], best["value"], s=200, facecolors="none", edgecolors="0.2", label="chosen")
+        ax.set(title=method, xlabel="search trial")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0][0].set_ylabel("validation kNN top-1 (%)")
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    figure.tight_layout()
+    return figure
+
+
 def embedding_maps(results: Results):
     """Small multiples of the embedding maps, coloured by class: the random-init backbone's, then one trial's per
     method (its lowest finished seed, at its first setting)."""
@@ -278,5 +306,37 @@ def embedding_maps(results: Results):
                         ax=ax)
         ax.set(title=title, xticks=[], yticks=[], xlabel="", ylabel="")
     sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False, title="class", markerscale=2)
+    figure.tight_layout()
+    return figure
+
+
+def history_series(points: pd.DataFrame, changes: pd.DataFrame):
+    """One metric's runs against the revision, a panel per source, protocol and machine type (series of other
+    machines or protocols are never drawn together), a colour per setting: each run a dot, the levels between change
+    points a step line with its noise band, each change point a dashed line labelled with its size."""
+    if points.empty:
+        return "no runs of this metric"
+    panel_keys = ["source", "protocol", "machine"]
+    panels = list(points.groupby(panel_keys, sort=False))
+    figure, axes = plt.subplots(len(panels), 1, figsize=(11, 3.4 * len(panels)), squeeze=False)
+    for ax, (panel, runs) in zip(axes[:, 0], panels):
+        revisions = list(dict.fromkeys(runs["revision"]))  # the runs come oldest commit first
+        position = runs["revision"].map({revision: index for index, revision in enumerate(revisions)})
+        colours = dict(zip(runs["setting"].unique(), sns.color_palette("colorblind", runs["setting"].nunique())))
+        for setting, rows in runs.groupby("setting", sort=False):
+            x, band = position[rows.index], 2 * rows["noise"]
+            ax.scatter(x, rows["value"], color=colours[setting], s=14, label=setting, zorder=3)
+            ax.step(x, rows["level"], where="mid", color=colours[setting], linewidth=1)
+            ax.fill_between(x, rows["level"] - band, rows["level"] + band, step="mid", color=colours[setting],
+                            alpha=0.15)
+        for change in changes.merge(runs[["setting", "metric", *panel_keys]].drop_duplicates()).itertuples():
+            at = revisions.index(change.after_revision) - 0.5
+            ax.axvline(at, color=colours[change.setting], linestyle="--", linewidth=1)
+            ax.annotate(f"{change.change_percent:+.0f}%", (at, 1), xycoords=ax.get_xaxis_transform(), xytext=(2, -10),
+                        textcoords="offset points", fontsize=8, color=colours[change.setting])
+        ax.set_xticks(range(len(revisions)), [revision[:7] for revision in revisions], rotation=45, fontsize=7)
+        ax.set_title(" · ".join(panel), fontsize=9)
+        ax.set(xlabel="revision (oldest commit first)", ylabel=runs["metric"].iloc[0])
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     figure.tight_layout()
     return figure

@@ -13,6 +13,7 @@ from byol_bench.config import resolved_config
 from byol_bench.errors import UserError
 from byol_bench.results import (EMBEDDING_COLUMNS, FLOORS, METRICS, NOT_READ, axis_values, embedding_rows, epoch_rows,
                                 setting_axes, trial_row)
+from byol_bench.search import SEARCH_RECORD, SEARCH_TABLE, SearchRecord
 
 # One row of every results table: a setting, whose seeds are its samples. Trials that differ only in their DDP
 # workers (a scaling study at one global batch) are different settings, not seeds of one; so are trials that differ
@@ -38,6 +39,8 @@ class Results:
     compute_unit: str  # "CPU-hours" or "GPU-hours", the unit of the trials' compute_hours column
     compute_basis: str  # how compute_hours was reckoned
     embeddings: pd.DataFrame  # the trials' embedding maps, a row per point (results.EMBEDDING_COLUMNS)
+    search: pd.DataFrame | None = None  # a tuned comparison's search trials (search.parquet), with compute_hours
+    search_record: SearchRecord | None = None  # and what search.json records of it
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -54,8 +57,13 @@ def load_results(source: Path) -> Results:
     source = Path(source)
     if source.is_dir():
         trials, epochs, embeddings = _read_tables(source)
-        return _results(source.name, source, source, trials, epochs, embeddings,
-                        _read_manifest(source / "manifest.json"))
+        results = _results(source.name, source, source, trials, epochs, embeddings,
+                           _read_manifest(source / "manifest.json"))
+        if (source / SEARCH_TABLE).is_file() and (source / SEARCH_RECORD).is_file():
+            results.search = _read_parquet(source / SEARCH_TABLE)
+            results.search["compute_hours"] = results.search["time_s"] * _held(trials, results.manifest)[0] / 3600
+            results.search_record = SearchRecord.read(source / SEARCH_RECORD)
+        return results
     if source.is_file():
         trials, epochs, embeddings = _trial_tables(source)
         return _results(source.stem, source, source.with_name(f"{source.stem}-report"), trials, epochs, embeddings, {})
@@ -164,17 +172,19 @@ def _global_batch_size(trials: pd.DataFrame) -> pd.Series:
     return recorded.fillna(planned).astype(int)
 
 
-def _compute_hours(trials: pd.DataFrame, manifest: dict) -> tuple[pd.Series, str, str]:
-    """Pretraining time × what a trial held: GPU-hours when trials had GPUs, else CPU-hours."""
+def _held(trials: pd.DataFrame, manifest: dict) -> tuple[float, str, str]:
+    """What each worker of a trial held (GPUs when trials had GPUs, else CPUs), the unit of its hours, and
+    how it is known."""
     resources = manifest.get("resources")
-    workers = trials["workers"]
     if resources:  # a sweep: what Ray reserved for each worker of a trial
         gpus, cpus, held = resources.get("gpu", 0), resources.get("cpu", 1), "reserved for each worker"
     else:  # one trial: the device it ran on and its torch threads
         gpus = int(trials["device"].astype(str).str.startswith("cuda").any())
         cpus, held = trials["threads"].max() if trials["threads"].notna().any() else 1, "it used"
-    if gpus:
-        return (trials["pretrain_time_s"] * gpus * workers / 3600, "GPU-hours",
-                f"pretraining time × the {gpus:g} GPU {held} × workers")
-    return (trials["pretrain_time_s"] * cpus * workers / 3600, "CPU-hours",
-            f"pretraining time × the {cpus:g} CPU {held} × workers")
+    return (gpus, "GPU-hours", f"the {gpus:g} GPU {held}") if gpus else (cpus, "CPU-hours", f"the {cpus:g} CPU {held}")
+
+
+def _compute_hours(trials: pd.DataFrame, manifest: dict) -> tuple[pd.Series, str, str]:
+    """Pretraining time × what a trial held: GPU-hours when trials had GPUs, else CPU-hours."""
+    amount, unit, held = _held(trials, manifest)
+    return trials["pretrain_time_s"] * amount * trials["workers"] / 3600, unit, f"pretraining time × {held} × workers"

@@ -1,0 +1,129 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from byol_bench import history
+from byol_bench.cli import main
+from byol_bench.config import resolved_config
+from byol_bench.errors import UserError
+from byol_bench.history import (append, bench_entry, change_points, load_history, regressions, series_points,
+                                sweep_entry)
+from byol_bench.provenance import git_commit
+from byol_bench.results import trial_row, write_json, write_tables
+
+# Run-to-run spread of one trial's images/s on this machine: six runs of the same BYOL trial (2 cores, AMX Xeon,
+# under other work) had a coefficient of variation of about 10% (docs/regression-tracking.md).
+NOISE = 0.10
+
+
+def series(values, metric="images_per_s", setting="method=byol", machine="cpu A") -> pd.DataFrame:
+    """A history of one series, a run per revision rev00, rev01, ... in commit order."""
+    return pd.DataFrame({"source": "sweep quick", "protocol": "quick 0", "machine": machine, "setting": setting,
+                         "metric": metric, "value": values, "revision": [f"rev{i:02d}" for i in range(len(values))],
+                         "commit_time": [f"2026-12-01T00:{i:02d}:00" for i in range(len(values))],
+                         "run_time": "", "run_id": [f"{setting}-{i}" for i in range(len(values))]})
+
+
+def noisy(levels, seed) -> np.ndarray:
+    return np.asarray(levels, dtype=float) * (1 + NOISE * np.random.default_rng(seed).standard_normal(len(levels)))
+
+
+def test_a_planted_slowdown_is_named_at_its_revision_and_a_drift_is_found():
+    slowdown = noisy(100 * np.where(np.arange(30) < 15, 1.0, 0.85), seed=1)  # 15% slower from rev15 on
+    drift = noisy(100 * 0.97 ** np.arange(20), seed=2)  # 3% slower at every revision
+    _, changes = series_points(pd.concat([series(slowdown), series(drift, setting="method=simclr")]))
+    planted = changes[changes["setting"] == "method=byol"]
+    assert list(planted["after_revision"]) == ["rev15"] and list(planted["before_revision"]) == ["rev14"]
+    assert planted["direction"].iloc[0] == "regression" and -20 < planted["change_percent"].iloc[0] < -10
+    drifted = changes[changes["setting"] == "method=simclr"]
+    assert len(drifted) >= 1 and set(drifted["direction"]) == {"regression"}
+    assert set(regressions(changes, tolerance_percent=5)["setting"]) == {"method=byol", "method=simclr"}
+
+
+def test_pure_noise_raises_no_change_point_and_one_outlier_is_not_a_change():
+    # About 1 series in 100 (alpha 0.01); benchmarks/history_detector.py prints the rate over 1,000 seeds.
+    flagged = [seed for seed in range(20) if change_points(noisy(np.full(30, 100.0), seed))]
+    assert len(flagged) <= 1
+    outlier = np.full(12, 100.0) + np.arange(12) % 3  # one wild run at the end: a change needs two runs after it
+    outlier[-1] = 60
+    assert change_points(outlier) == []
+
+
+def test_a_step_up_in_a_lower_is_better_metric_is_a_regression():
+    _, changes = series_points(series(noisy([1.0] * 10 + [1.3] * 10, seed=3), metric="median_s"))
+    assert list(changes["direction"]) == ["regression"] and changes["after_revision"].iloc[0] in ("rev09", "rev10")
+
+
+def test_other_machine_types_are_series_of_their_own():
+    fast = series(noisy([100.0] * 10, seed=4), machine="cpu A")
+    slow = series(noisy([60.0] * 10, seed=5), machine="cpu B")
+    points, changes = series_points(pd.concat([fast, slow]))
+    assert changes.empty and points.groupby("machine")["level"].nunique().to_dict() == {"cpu A": 1, "cpu B": 1}
+
+
+def make_sweep(folder, knn=0.7, speed=400.0, complete=True):
+    """A finished two-setting sweep at this checkout's revision, as a sweep writes it."""
+    rows = [trial_row(f"method={method},seed={seed}", resolved_config({"method": method, "seed": seed}), "ok",
+                      {"metrics": {"knn_top1": knn, "linear_top1": knn, "images_per_s": speed + seed,
+                                   "peak_memory_bytes": 1e9}})
+            for method in ("byol", "simclr") for seed in (0, 1)]
+    write_tables(folder, rows, [])
+    write_json(folder / "manifest.json", {"sweep": folder.name, "axes": ["method", "seed"], "fixed": {"epochs": 1},
+                                          "git_revision": git_commit().revision, "started": str(folder),
+                                          "complete": complete, "versions": {"torch": "2.x"}})
+    return folder
+
+
+def test_a_sweep_is_appended_once_with_its_revision_and_machine(tmp_path):
+    if git_commit() is None:
+        pytest.skip("not a git checkout")
+    entry = sweep_entry(make_sweep(tmp_path / "quick"))
+    assert append(entry, tmp_path / "history") and not append(entry, tmp_path / "history")
+    assert len(list((tmp_path / "history" / "runs").iterdir())) == 1
+    stored = load_history(tmp_path / "history")
+    byol = stored[(stored["setting"] == "method=byol")].set_index("metric")
+    assert byol.loc["images_per_s", "value"] == 400.5
+    assert byol.loc["images_per_s", "spread"] == pytest.approx(0.7071, 1e-3)
+    assert set(stored["setting"]) == {"method=byol", "method=simclr"} and "seed" not in stored["setting"].iloc[0]
+    assert stored["revision"].iloc[0] == git_commit().revision and stored["machine"].iloc[0] == history.this_machine()
+    unfinished = make_sweep(tmp_path / "interrupted", complete=False)
+    with pytest.raises(UserError, match="not a finished sweep"):
+        sweep_entry(unfinished)
+
+
+def test_a_benchmark_run_keeps_its_own_machine_and_commit(tmp_path):
+    saved = {"machine_info": {"cpu": {"brand_raw": "Some CPU", "flags": ["avx2", "fma"], "count": 8}},
+             "commit_info": {"id": "abc123", "time": "2026-12-01T00:00:00+00:00", "branch": "main", "dirty": False},
+             "datetime": "2026-12-01T00:01:00",
+             "benchmarks": [{"name": "test_knn", "stats": {"median": 0.5, "iqr": 0.02}}]}
+    (tmp_path / "0001.json").write_text(json.dumps(saved))
+    entry = bench_entry(tmp_path / "0001.json")
+    assert entry[["setting", "metric", "value", "spread", "revision"]].values.tolist() == [
+        ["test_knn", "median_s", 0.5, 0.02, "abc123"]]
+    assert entry["machine"].iloc[0] == "Some CPU (avx2), no GPU, 8 cores"
+
+
+def test_history_commands_report_check_and_refuse_bad_input(tmp_path, capsys):
+    runs = tmp_path / "history" / "runs"
+    runs.mkdir(parents=True)
+    steady, slower = series(noisy([100.0] * 12, seed=6)), series(noisy([100.0] * 6 + [80.0] * 6, seed=7), setting="b")
+    for run_id, run in pd.concat([steady, slower]).groupby("run_id"):
+        run.to_parquet(runs / f"{run_id}.parquet")
+    folder = ["--history-dir", str(tmp_path / "history")]
+    assert main(["history", *folder]) == 0
+    assert "regression at rev06" in capsys.readouterr().out
+    assert (tmp_path / "history" / "figures" / "history-images_per_s.png").exists()
+    assert "figures/history-images_per_s.png" in (tmp_path / "history" / "history.md").read_text()
+    assert main(["history", "check", *folder]) == 1
+    assert "REGRESSED sweep quick · b · images_per_s" in capsys.readouterr().out
+    assert main(["history", "check", "--series", "byol", *folder]) == 0
+    assert main(["history", "check", "--tolerance", "25", *folder]) == 0
+    capsys.readouterr()
+    assert main(["history", "--metric", "knn", *folder]) == 2
+    assert main(["history", "check", "--history-dir", str(tmp_path / "none")]) == 2
+    assert main(["history", "backfill", "HEAD..HEAD", "--sweep", "benchmarks/sweeps/history-tiny.yaml", *folder]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and "choose one of: images_per_s" in errors[0] and "no runs yet" in errors[1]
+    assert "no revision in HEAD..HEAD" in errors[2]
