@@ -86,7 +86,8 @@ def _result_tables(results: Results, above: str) -> list:
     evaluations = evaluation_columns(results)
     return [
         Table("Accuracy", per_group(results, ACCURACY_COLUMNS), above),
-        *([Table("Online probe, fewer labels, transfer", per_group(results, evaluations), above)] if evaluations else []),
+        *([Table("Online probe, fewer labels, transfer", per_group(results, evaluations), above)]
+          if evaluations else []),
         Table("Published numbers next to ours", anchors, above) if anchors is not None else no_anchors,
         Table("Speed and cost", per_group(results, cost), f"{above} {results.compute_unit}: {results.compute_basis}."),
         Table("Floors: random-init backbone and raw pixels", floors, above) if len(floors)
@@ -107,8 +108,8 @@ def _confidence(results: Results, improvements, acc_points: float) -> list:
         else "No probability of improvement: it needs two or more methods with finished trials at a common batch size.",
         Table("Seeds needed", needed,
               "Seeds per setting that a two-sample t-test (alpha 0.05, power 0.8) needs to detect an accuracy "
-              f"difference of {acc_points:g} point{'s' if acc_points != 1 else ''} (--acc-tol), given the seed-to-seed std this sweep measured (pooled "
-              "over each method's settings).") if len(needed) else "No seeds needed: no trial finished.",
+              f"difference of {acc_points:g} point{'s' if acc_points != 1 else ''} (--acc-tol), given the "
+              "seed-to-seed std this sweep measured (pooled over each method's settings).") if len(needed) else "No seeds needed: no trial finished.",
         *(ranking_warnings(results, acc_points) or [f"Every ranking step in the tables is at least {acc_points:g} "
                                                     "points and detectable with the seeds run."]),
     ]
