@@ -10,7 +10,7 @@ from pathlib import Path
 
 from byol_bench.config import KEYS, TrialConfig, knob_types, make_config, read_yaml
 from byol_bench.errors import UserError
-from byol_bench.results import check_writable, write_json, write_json_or_fallback
+from byol_bench.results import check_writable, write_atomic, write_json, write_json_or_fallback
 from byol_bench.stats import MIN_EFFECT_POINTS
 
 DESCRIPTION = """\
@@ -148,7 +148,7 @@ def cmd_compare(args) -> int:
     folder = Path(args.candidate) if Path(args.candidate).is_dir() else baselines / args.candidate
     stem = f"regression-vs-{baseline.name}"
     write_json(folder / f"{stem}.json", comparison)
-    (folder / f"{stem}.md").write_text(markdown + "\n")
+    write_atomic(folder / f"{stem}.md", (markdown + "\n").encode())
     print(f"wrote {folder / stem}.md and .json")
     if (folder / "trials.parquet").exists():  # a sweep: its report shows the verdicts too
         from byol_bench.report import write_report

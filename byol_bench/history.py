@@ -149,7 +149,7 @@ def append(entry: pd.DataFrame, history_dir: Path = HISTORY_DIR) -> bool:
     if path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: entry.to_parquet(tmp, index=False))
+    write_atomic(path, entry.to_parquet(index=False))
     return True
 
 

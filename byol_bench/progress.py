@@ -75,6 +75,7 @@ class TrialTimes:
     last: float | None = None  # when it was first seen running, then when it last reported
     setup_s: float | None = None  # seen here: from its start to its first epoch, beyond that epoch's time
     evaluation_s: float | None = None  # seen here: from its last epoch to its result
+    retried: bool = False  # failed, and started again: its next epoch says where it continues
 
 
 class SweepProgress:
@@ -100,14 +101,29 @@ class SweepProgress:
             trial.done, trial.last = trial.epochs, now
             self.print(result_line(trial_id, json.loads(result["result_json"])))
         elif "epoch" in result:
-            if trial.done == 0 and result["epoch"] > 1:  # its first epoch here: a checkpoint's next
-                self.print(f"{trial_id}: resumed at epoch {result['epoch']} from its checkpoint")
+            if "note" in result:  # e.g. a damaged checkpoint passed over
+                self.print(f"{trial_id}: {result['note']}")
+            if trial.retried or result["epoch"] != trial.done + 1:  # a retried trial's, or a resumed sweep's
+                self.print(self._restart_line(trial_id, result["epoch"]))
+                trial.retried = False
             if "epoch_time_s" in result:
                 if result["epoch"] == 1 and trial.last is not None:
                     trial.setup_s = max(0.0, now - trial.last - result["epoch_time_s"])
                 trial.epoch_s.append(result["epoch_time_s"])
             trial.done, trial.last = result["epoch"], now
             self.print(epoch_line(trial_id, result, trial.epochs))
+
+    def retry(self, trial_id: str, failures: int) -> None:
+        """A trial failed (its error is in Tune's log above) and Tune starts it again."""
+        self.trials[trial_id].retried = True
+        self.print(f"{trial_id}: failed (failure {failures}); retrying it from its last checkpoint")
+
+    def _restart_line(self, trial_id: str, epoch: int) -> str:
+        """A trial continuing at ``epoch`` (from its checkpoint, or from scratch), with the epochs seen here that
+        it does again: those its checkpoint had not kept."""
+        rerun = self.trials[trial_id].done - (epoch - 1)
+        return (f"{trial_id}: " + (f"resumed at epoch {epoch} from its checkpoint" if epoch > 1 else "restarted from epoch 1")
+                + (f", {rerun} epoch(s) run again" if rerun > 0 else ""))
 
     def tick(self, statuses: dict[str, str]) -> None:
         """Called often with each trial's status (done, running, pending, failed): prints the summary when due."""

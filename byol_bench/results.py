@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -20,7 +22,7 @@ METRICS = ("knn_top1", "knn_top5", "knn_top1_best", "linear_top1", "linear_top5"
 FLOORS = ("random_init_knn_top1", "random_init_knn_top5", "random_init_linear_top1", "random_init_linear_top5",
           "raw_pixels_knn_top1", "raw_pixels_knn_top5")
 RUN_FIELDS = ("device", "precision", "global_batch_size", "pretrain_images", "train_images", "test_images",
-              "total_steps", "peak_lr", "transfer")
+              "total_steps", "peak_lr", "transfer", "restarts")
 PROVENANCE_FIELDS = ("device_name", "threads", "git_revision", "torch", "lightly", "hostname", "time")
 NOT_READ = "-"  # an axis's value in a trial whose method does not read that knob (SimCLR's momentum schedule)
 EMPTY_MEANS = {"subset": "all", "test_subset": "all"}  # what an empty (null) knob means, where it is not "null"
@@ -115,21 +117,42 @@ def check_writable(path: Path, what: str, fix: str, file: bool = False) -> None:
                 missing.rmdir()
 
 
-def write_atomic(path: Path, write) -> None:
-    """``write(temporary_path)``, then rename over ``path``: a crash never leaves half a table."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+class DiskFull(UserError):
+    """A write that found no space left: names the file, what it needed and what was free."""
+
+    strerror = os.strerror(errno.ENOSPC)
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 1e6:.2f} MB"
+
+
+def disk_full(folder: Path, names: str, needed: int) -> DiskFull:
+    free = shutil.disk_usage(folder).free
+    return DiskFull(f"no space left for {folder}/{names}: {megabytes(needed)} needed, {megabytes(free)} free on "
+                    "its disk; free some space there and run again")
+
+
+def write_atomic(path: Path, content: bytes) -> None:
+    """``content`` into a temporary file beside ``path``, then renamed over it: a crash or a full disk never
+    leaves half a file; a full disk (or quota) is a ``DiskFull`` and leaves no temporary file."""
+    temporary = None
     try:
-        write(temporary)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(handle, "wb") as file:
+            file.write(content)
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+    except BaseException as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(path.parent, path.name, len(content)) from None
         raise
 
 
 def write_json(path: Path, payload) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2, default=str)))
+    write_atomic(path, json.dumps(payload, indent=2, default=str).encode())
 
 
 def write_json_or_fallback(path: Path, payload) -> Path:
@@ -139,12 +162,12 @@ def write_json_or_fallback(path: Path, payload) -> Path:
     try:
         write_json(path, payload)
         return path
-    except OSError as error:
+    except (OSError, DiskFull) as error:
         try:
             handle, fallback = tempfile.mkstemp(prefix=f"{path.stem}-", suffix=".json")
             os.close(handle)
             write_json(Path(fallback), payload)
-        except OSError as second:
+        except (OSError, DiskFull) as second:
             raise UserError(f"cannot write {path} ({error.strerror}), nor a copy in {tempfile.gettempdir()} "
                             f"({second.strerror}): the result is lost; check the disks") from None
         print(f"byol-bench: warning: cannot write {path} ({error.strerror}); wrote {fallback} instead",
@@ -154,24 +177,28 @@ def write_json_or_fallback(path: Path, payload) -> Path:
 
 def write_tables(folder: Path, trials: list[dict], epochs: list[dict],
                  embeddings: list[dict] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``trials.parquet`` (+ ``.csv``), ``epochs.parquet`` and ``embeddings.parquet`` in ``folder``."""
+    """``trials.parquet`` (+ ``.csv``), ``epochs.parquet`` and ``embeddings.parquet`` in ``folder``, each written
+    whole; none when the disk lacks room for all of them (``DiskFull``)."""
     folder.mkdir(parents=True, exist_ok=True)
     trial_table = pd.DataFrame(trials).sort_values("trial_id", kind="stable").reset_index(drop=True)
     epoch_columns = ["trial_id", "epoch", "loss", "lr", "momentum", "images_per_s", "epoch_time_s", "knn_top1"]
     epoch_table = pd.DataFrame(epochs, columns=None if epochs else epoch_columns)
     axes = trial_table[["trial_id", "method", "batch_size", "momentum_schedule", "seed"]]
     epoch_table = axes.merge(epoch_table, on="trial_id", how="inner")
-    write_parquet(folder / "trials.parquet", trial_table)
-    write_atomic(folder / "trials.csv", lambda tmp: trial_table.to_csv(tmp, index=False))
-    write_parquet(folder / "epochs.parquet", epoch_table)
     embedding_table = pd.DataFrame(list(embeddings), columns=EMBEDDING_COLUMNS)
-    write_parquet(folder / "embeddings.parquet", embedding_table)
+    tables = {"trials.parquet": trial_table.to_parquet(index=False), "trials.csv": trial_table.to_csv(index=False).encode(),
+              "epochs.parquet": epoch_table.to_parquet(index=False), "embeddings.parquet": embedding_table.to_parquet(index=False)}
+    needed = sum(map(len, tables.values()))
+    if needed > shutil.disk_usage(folder).free:  # all or none: never a new trials table beside old epochs
+        raise disk_full(folder, f"{', '.join(tables)}", needed)
+    for name, content in tables.items():
+        write_atomic(folder / name, content)
     return trial_table, epoch_table
 
 
 def write_parquet(path: Path, table: pd.DataFrame) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: table.to_parquet(tmp, index=False))
+    write_atomic(path, table.to_parquet(index=False))
 
 
 def summary(trial_table: pd.DataFrame, axes) -> str:

@@ -58,6 +58,7 @@ class TrialState:
     compile_time_s: float = 0.0  # the steps that compiled the training loss (one per process that compiled)
     peak_memory_bytes: int = 0
     random_init_map: dict | None = None  # with embedding_map: Evaluator.embedding of the backbone before training
+    restarts: list[int] = field(default_factory=list)  # the epochs done when each resume or retry continued
 
 
 @dataclass
@@ -363,6 +364,7 @@ def restore(cfg: TrialConfig, method: nn.Module, optimizer: torch.optim.Optimize
     method.load_state_dict(resume.method)
     optimizer.load_state_dict(resume.optimizer)
     state = copy.deepcopy(resume.state)
+    state.restarts.append(state.epoch)
     log(f"{cfg.method}: resuming at epoch {state.epoch + 1}/{cfg.epochs}")
     return state
 
@@ -458,6 +460,7 @@ def trial_result(cfg: TrialConfig, data: ImageData, device: torch.device, state:
                 "total_steps": cfg.epochs * steps_per_epoch, "peak_lr": cfg.peak_lr,
                 "lr_warmup_steps": round(cfg.lr_warmup_epochs * steps_per_epoch), "timed_steps": len(step_times),
                 "compiled": compiles(cfg, device, cfg.epochs * steps_per_epoch), "precision": precision,
+                "restarts": len(state.restarts), "restarted_after_epochs": state.restarts,
                 "probe_recipe": {**asdict(probe), **PROBE_METHOD}},
         "history": state.history,
         "metrics": metrics,

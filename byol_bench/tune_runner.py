@@ -10,11 +10,14 @@ the sweep's tables, manifest and report.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
 import re
+import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -27,10 +30,11 @@ import pandas as pd
 
 from byol_bench.config import TrialConfig, floor_setting, make_config
 from byol_bench.errors import UserError
+from byol_bench.folder_lock import LOCK_FILE, hold_folder
 from byol_bench.provenance import git_revision, versions
 from byol_bench.progress import search_line
-from byol_bench.results import (check_writable, embedding_rows, epoch_rows, summary, trial_row, write_json,
-                                write_parquet, write_tables)
+from byol_bench.results import (DiskFull, check_writable, disk_full, embedding_rows, epoch_rows, megabytes, summary,
+                                trial_row, write_json, write_parquet, write_tables)
 from byol_bench.search import (SEARCH_FILES, SEARCH_FOLDER, SEARCH_RECORD, SEARCH_TABLE, Search, SearchRecord,
                                best_trials, chosen, defaults, final_runs, search_knobs)
 from byol_bench.sweep import PlannedTrial, Sweep, expand, run_order
@@ -38,6 +42,7 @@ from byol_bench.tracking import Tracking, check_tracking, param_space
 
 TUNE_FOLDER = "tune"  # Ray Tune's experiment folder inside results/<sweep>/
 TRAIN_FOLDER = "train"  # Ray Train's runs (DDP trials' checkpoints) inside results/<sweep>/
+ROOM_MARGIN = 4 * 2**20  # what a sweep's disk keeps free beyond its checkpoints: Ray's experiment state, the tables
 DRIVER_MEMORY = 512 * 2**20  # what a DDP trial's driver reserves: it only waits on its workers, which hold the CPUs/GPUs
 RAY_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
                 "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
@@ -70,29 +75,40 @@ def _tune_report(metrics: dict, checkpoint_folder: str | None = None) -> None:
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_folder) if checkpoint_folder else None)
 
 
-def _resume_point(checkpoint):
-    """The ``train.Checkpoint`` in a Ray checkpoint (None: none)."""
+def _resume_point(checkpoint, notes: list[str], log):
+    """The ``train.Checkpoint`` to continue from: the newest whole one of a Ray checkpoint (``_newest_whole``;
+    what became of damaged ones logged and kept in ``notes``), or None: start over."""
     if checkpoint is None:
         return None
-    import torch
+    resume = _newest_whole(checkpoint, notes.append)
+    for note in notes:
+        log(note)
+    return resume
 
-    with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / "state.pt", weights_only=False)
 
-
-def _epoch_reporter(report, saves_checkpoints: bool):
+def _epoch_reporter(report, saves_checkpoints: bool, notes: list[str]):
     """``on_epoch`` for a trial inside Ray: ``report(metrics, checkpoint_folder)``, with the state when
-    ``saves_checkpoints``."""
+    ``saves_checkpoints``, and with the first epoch the ``notes`` on its resume point (for the driver's console)."""
     import torch
 
     def report_epoch(row: dict, trial_checkpoint) -> None:
         metrics = {k: v for k, v in row.items() if v is not None}
+        if notes:
+            metrics["note"] = "; ".join(notes)
+            notes.clear()
         if not saves_checkpoints:
             report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
             torch.save(trial_checkpoint, Path(folder) / "state.pt")
-            report(metrics, folder)
+            try:
+                report(metrics, folder)
+            except OSError as error:  # Ray copying it into the sweep's storage
+                if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                size = megabytes((Path(folder) / "state.pt").stat().st_size)
+                raise OSError(error.errno, f"no space left to save epoch {row['epoch']}'s checkpoint ({size}) "
+                                           "into the sweep's storage") from None
 
     return report_epoch
 
@@ -106,10 +122,38 @@ def _run_and_report(trial_id: str, cfg: TrialConfig, floors: dict | None, checkp
     every epoch (with the state when ``saves_checkpoints``) and once more with the whole result."""
     from byol_bench.train import run_trial
 
-    result = run_trial(cfg, floors=floors, on_epoch=_epoch_reporter(report, saves_checkpoints),
-                       resume=_resume_point(checkpoint), log=_log_as(trial_id))
+    log, notes = _log_as(trial_id), []
+    resume = _resume_point(checkpoint, notes, log)
+    result = run_trial(cfg, floors=floors, on_epoch=_epoch_reporter(report, saves_checkpoints, notes), resume=resume,
+                       log=log)
     summary = {k: v for k, v in result["metrics"].items() if v is not None}
     report({**summary, "status": result["status"], "result_json": json.dumps(result, default=str)})
+
+
+def _newest_whole(checkpoint, say):
+    """The ``train.Checkpoint`` in ``checkpoint`` (Ray's, of Tune or Ray Train) or, where that file is truncated
+    or damaged (a full disk, a crash as it was written), in the newest whole one before it, saying so; None
+    (start over) when none is whole. torch.save writes a zip archive: a CRC test finds the damage."""
+    import pyarrow.fs
+    import torch
+
+    parent, name = checkpoint.path.rstrip("/").rsplit("/", 1)
+    found = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
+    names = sorted((info.base_name for info in found if info.type == pyarrow.fs.FileType.Directory
+                    and info.base_name.startswith("checkpoint_") and info.base_name <= name), reverse=True)
+    for earlier in names:
+        with type(checkpoint)(f"{parent}/{earlier}", filesystem=checkpoint.filesystem).as_directory() as folder:
+            try:
+                with zipfile.ZipFile(Path(folder) / "state.pt") as archive:
+                    if archive.testzip() is None:
+                        return torch.load(Path(folder) / "state.pt", weights_only=False)
+            except (OSError, zipfile.BadZipFile, RuntimeError, EOFError):
+                pass
+        say(f"checkpoint {parent}/{earlier} is truncated or damaged; "
+            + ("falling back to the one before it" if earlier != names[-1] else "starting over from epoch 1"))
+    if not names:
+        say(f"checkpoint {checkpoint.path} is missing; starting over from epoch 1")
+    return None
 
 
 def _drive_ddp_trial(trial: PlannedTrial, floors: dict | None, worker_resources: dict, train_storage: str) -> None:
@@ -182,22 +226,15 @@ def _shared_floors(ray, sweep: Sweep, planned: list[PlannedTrial]) -> dict[tuple
     return floors
 
 
-def _check_checkpoints(folder: Path) -> None:
-    """Every trial's newest checkpoint (Tune's, or Ray Train's for a DDP trial) must be whole before a
-    resume continues from it.
-
-    torch.save writes a zip archive, so a CRC test finds a truncated or damaged file without loading it.
-    """
-    for run in sorted({checkpoint.parent for checkpoint in folder.rglob("checkpoint_*") if checkpoint.is_dir()}):
-        state = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())[-1] / "state.pt"
+def _check_tune_state(experiment: Path) -> None:
+    """Tune's newest experiment state must be whole for a resume: from one cut short (its disk filled, or the
+    machine failed, as Ray saved it in place) Tune would start the grid anew in the old trial folders."""
+    for state in sorted(experiment.glob("experiment_state-*.json"))[-1:]:
         try:
-            with zipfile.ZipFile(state) as archive:
-                damaged = archive.testzip()
-        except (OSError, zipfile.BadZipFile):
-            damaged = state.name
-        if damaged is not None:
-            raise UserError(f"checkpoint {state} is corrupt; restore it from a backup, or rerun the sweep "
-                            "into a new --results-dir (the finished trials' rows are in trials.parquet)")
+            json.loads(state.read_bytes())
+        except ValueError:  # UnicodeDecodeError included
+            raise UserError(f"--resume: Ray Tune's state {state} is cut short, so the sweep cannot be resumed; run it "
+                            f"again into a new --results-dir (the finished trials' results are in {experiment}/*/result.json)") from None
 
 
 def _check_reachable(address: str) -> None:
@@ -271,10 +308,15 @@ def _concurrency(sweep: Sweep, workers: int, available: dict, requested: int | N
     the cluster holds (Ray's advice)."""
     if workers == 1:
         return requested
+    limit = _trials_that_fit(sweep, workers, available)
+    return min(limit, requested) if limit and requested else limit or requested
+
+
+def _trials_that_fit(sweep: Sweep, workers: int, available: dict) -> int | None:
+    """How many trials of ``workers`` workers the cluster's CPUs and GPUs hold at once (None: no bound asked)."""
     fits = [available.get("CPU", 0) / (sweep.cpus_per_worker * workers)] if sweep.cpus_per_worker else []
     fits += [available.get("GPU", 0) / (sweep.gpus_per_worker * workers)] if sweep.gpus_per_worker else []
-    limit = max(1, int(min(fits))) if fits else None
-    return min(limit, requested) if limit and requested else limit or requested
+    return max(1, int(min(fits))) if fits else None
 
 
 def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict], list[dict]]:
@@ -319,11 +361,10 @@ def _check_results_folder(sweep: Sweep, folder: Path, ray_storage: str, storage:
                           grid_ids: list[str]) -> dict:
     """Refuse to mix two sweeps in one folder or storage; for ``resume``, check that the sweep there is this
     one and its checkpoints are whole. Returns the manifest of the run being resumed (or {})."""
-    check_writable(folder, "results folder", "pass --results-dir")
     holds_sweep = _storage_holds(f"{ray_storage}/{TUNE_FOLDER}") if storage else (folder / TUNE_FOLDER).is_dir()
     manifest_path = folder / "manifest.json"
     if not resume:  # a tuned comparison's final runs go in beside its search
-        if (folder.exists() and any(path.name not in SEARCH_FILES for path in folder.iterdir())) or holds_sweep:
+        if any(path.name not in (*SEARCH_FILES, LOCK_FILE) for path in folder.iterdir()) or holds_sweep:
             raise UserError(f"{ray_storage if holds_sweep else folder} already holds results; "
                             "pass --resume to continue that sweep, or --results-dir (and --storage) to write elsewhere")
         return {}
@@ -333,7 +374,7 @@ def _check_results_folder(sweep: Sweep, folder: Path, ray_storage: str, storage:
     if not holds_sweep:
         raise UserError(f"--resume: {ray_storage} holds no sweep to resume; run without --resume first")
     if not storage:
-        _check_checkpoints(folder)
+        _check_tune_state(folder / TUNE_FOLDER)
     if previous.get("grid") and [t["trial_id"] for t in previous["grid"]] != grid_ids:
         raise UserError(f"--resume: {folder} belongs to a sweep with another grid; "
                         "resume with the same sweep file, or pass --results-dir to start a new one")
@@ -377,16 +418,44 @@ def _progress_callback(planned: list[PlannedTrial]):
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
             self.progress.result(trial.config["trial_id"], result)
 
+        def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+            self.progress.retry(trial.config["trial_id"], trial.num_failures)
+
         def on_step_end(self, iteration, trials, **info) -> None:
             self.progress.tick({trial.config["trial_id"]: TUNE_STATUS.get(trial.status, "pending") for trial in trials})
 
     return Progress()
 
 
+def _disk_guard(folder: Path, slots: int):
+    """A Tune callback that stops the sweep as Ctrl-C does (resumably) once the disk of its results ``folder``
+    lacks ``_room_needed`` for ``slots`` trials at once: Ray writes checkpoints and its experiment state in place, so a disk that fills under
+    it leaves them cut short, and Tune cannot resume from a cut experiment state."""
+    from ray import tune
+
+    class DiskGuard(tune.Callback):
+        def setup(self, **info) -> None:
+            self.largest = _largest_checkpoint(folder)  # a resumed sweep's, then each new one's
+            self.stopping = False  # a second SIGINT would no longer reach Tune's handler, which stops gracefully once
+
+        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+            self.largest = max(self.largest, (Path(checkpoint.path) / "state.pt").stat().st_size)
+
+        def on_step_end(self, iteration, trials, **info) -> None:
+            free, needed = shutil.disk_usage(folder).free, _room_needed(self.largest, slots)
+            if free < needed and not self.stopping:
+                self.stopping = True
+                print(f"the disk holding {folder} has {megabytes(free)} free, less than the {megabytes(needed)} the sweep "
+                      "needs: stopping it while Ray's state can still be saved", file=sys.stderr, flush=True)
+                signal.raise_signal(signal.SIGINT)  # Tune's own handler: stop, save the experiment state, return
+
+    return DiskGuard()
+
+
 def _tuner(sweep: Sweep, planned: list[PlannedTrial], floors: dict, ray_storage: str, resume: bool,
-           max_concurrent: int | None, tracking: Tracking, verbose: bool):
+           max_concurrent: int | None, tracking: Tracking, verbose: bool, guards: list):
     """Ray Tune's Tuner over the planned trials' ids (their knobs beside them, for the trackers), or the one
-    a resumed sweep left behind, which keeps the trackers it started with."""
+    a resumed sweep left behind, which keeps the trackers and ``guards`` it started with."""
     from ray import tune
 
     planned_by_id = {p.trial_id: p for p in planned}
@@ -406,7 +475,7 @@ def _tuner(sweep: Sweep, planned: list[PlannedTrial], floors: dict, ray_storage:
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=TUNE_FOLDER, storage_path=ray_storage, verbose=1 if verbose else 0,  # 1: Tune's boxed tables
-            callbacks=[_progress_callback(planned), *tracking.callbacks(sweep.name)],
+            callbacks=[_progress_callback(planned), *tracking.callbacks(sweep.name), *guards],
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
@@ -430,13 +499,22 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
     ``<storage>/<sweep>/`` when ``storage`` (a URI every node can reach) is given, else into the results
     folder; the tables, manifest and report always go to ``results_dir/<sweep>/``. The console shows one
     line per trial and epoch and a summary every half minute; ``verbose`` adds Tune's tables and every
-    worker's own output. Every trial is logged
+    worker's own output. One sweep at a time runs in a results folder (``folder_lock``). Every trial is logged
     to the trackers in ``track`` (``tracking.TRACKERS``), MLflow's to ``tracking_uri`` (default: a SQLite
     file in the results folder). ``planned``: the trials to run when the sweep's grid cannot express them
     (a tuned comparison's final runs); by default the grid's.
     """
-    planned = planned or expand(sweep)
     folder = (results_dir / sweep.name).resolve()
+    check_writable(folder, "results folder", "pass --results-dir")
+    with hold_folder(folder, "pass --results-dir to write elsewhere"):
+        return _run_sweep(sweep, folder, results_dir, planned or expand(sweep), address, resume, max_concurrent, storage,
+                          track, tracking_uri, verbose)
+
+
+def _run_sweep(sweep: Sweep, folder: Path, results_dir: Path, planned: list[PlannedTrial], address: str | None, resume: bool,
+               max_concurrent: int | None, storage: str | None, track: list[str] | None, tracking_uri: str | None,
+               verbose: bool) -> int:
+    """``run_sweep`` in its results ``folder``, which this process holds."""
     tracking = check_tracking(track or [], tracking_uri, folder)
     ray_storage = f"{storage.rstrip('/')}/{sweep.name}" if storage else str(folder)
     previous = _check_results_folder(sweep, folder, ray_storage, storage, resume, [p.trial_id for p in planned])
@@ -449,39 +527,78 @@ def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resum
         manifest = _manifest(sweep, planned, cluster, address, ray_storage, previous)
         write_json(folder / "manifest.json", manifest)
         concurrency = _concurrency(sweep, largest, cluster, max_concurrent or sweep.max_concurrent)
+        slots = min(n for n in (len(planned), concurrency, _trials_that_fit(sweep, 1, cluster)) if n)  # trials at once
         floors = {} if resume else _shared_floors(ray, sweep, planned)  # resumed trials have theirs in their checkpoints
-        grid = _tuner(sweep, planned, floors, ray_storage, resume, concurrency, tracking, verbose).fit()
+        guards = [] if storage else [_disk_guard(folder, slots)]  # Ray's state in the results folder: watch its disk
+        try:
+            grid = _tuner(sweep, planned, floors, ray_storage, resume, concurrency, tracking, verbose, guards).fit()
+        except Exception:
+            if not storage:  # a full disk under Ray's state fails Tune in many ways
+                _check_room(folder, slots, _resume_command(sweep, results_dir, storage))
+            raise
     finally:
         if started_here:
             ray.shutdown()
-    exit_code = _finish(sweep, planned, grid, folder, manifest, results_dir, storage)
+    exit_code = _finish(sweep, planned, grid, folder, manifest, results_dir, storage, slots)
     for line in tracking.where(sweep.name, f"{ray_storage}/{TUNE_FOLDER}"):
         print(line)
     return exit_code
 
 
 def _finish(sweep: Sweep, planned: list[PlannedTrial], grid, folder: Path, manifest: dict, results_dir: Path,
-            storage: str | None) -> int:
-    """The sweep's tables, finished manifest and report; the exit code (130 when trials are unfinished)."""
-    trial_table, _ = write_tables(folder, *_collect(planned, grid))
-    counts = trial_table["status"].value_counts().to_dict()
-    manifest.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), complete=not counts.get("incomplete"))
-    write_json(folder / "manifest.json", manifest)
-    print(summary(trial_table, sweep.axes))
-    from byol_bench.history import record_sweep  # plotting libraries load only once there is something to plot
-    from byol_bench.report import settings_summary, write_report
+            storage: str | None, slots: int) -> int:
+    """The sweep's tables, finished manifest and report; the exit code (130 when trials are unfinished). A sweep
+    stopped for want of room (``_disk_guard``) writes nothing more: a resume writes it all."""
+    trials, epochs, embeddings = _collect(planned, grid)
+    resume = _resume_command(sweep, results_dir, storage)
+    if not storage and any(row["status"] == "incomplete" for row in trials):
+        _check_room(folder, slots, resume)
+    try:
+        trial_table, _ = write_tables(folder, trials, epochs, embeddings)
+        counts = trial_table["status"].value_counts().to_dict()
+        manifest.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), complete=not counts.get("incomplete"))
+        write_json(folder / "manifest.json", manifest)
+        print(summary(trial_table, sweep.axes))
+        from byol_bench.history import record_sweep  # plotting libraries load only once there is something to plot
+        from byol_bench.report import settings_summary, write_report
 
-    print(f"per setting: mean [95% bootstrap interval over seeds]\n{settings_summary(folder)}")
-    print(f"results: {folder}/trials.parquet, epochs.parquet, manifest.json")
-    if manifest["complete"]:
-        print(record_sweep(folder, results_dir / "history"))
-    print(f"report: {write_report(folder)}")
+        print(f"per setting: mean [95% bootstrap interval over seeds]\n{settings_summary(folder)}")
+        print(f"results: {folder}/trials.parquet, epochs.parquet, manifest.json")
+        if manifest["complete"]:
+            print(record_sweep(folder, results_dir / "history"))
+        print(f"report: {write_report(folder)}")
+    except DiskFull as error:  # the finished trials are safe in Ray's state: a resume writes their rows
+        raise _resumable(error, resume) from None
     if counts.get("incomplete"):
-        print(f"sweep interrupted: {counts['incomplete']} of {len(planned)} trials unfinished; continue with "
-              f"'byol-bench sweep {sweep.path} --results-dir {results_dir}" + (f" --storage {storage}" if storage else "")
-              + " --resume'", file=sys.stderr)
+        print(f"sweep interrupted: {counts['incomplete']} of {len(planned)} trials unfinished; continue with '{resume}'",
+              file=sys.stderr)
         return 130
     return 0 if counts.get("ok", 0) == len(planned) else 1
+
+
+def _resume_command(sweep: Sweep, results_dir: Path, storage: str | None) -> str:
+    return f"byol-bench sweep {sweep.path} --results-dir {results_dir}" + (f" --storage {storage}" if storage else "") + " --resume"
+
+
+def _resumable(error: DiskFull, resume: str) -> DiskFull:
+    return DiskFull(f"{error} with '{resume}' (its finished trials are kept, not rerun)")
+
+
+def _largest_checkpoint(folder: Path) -> int:
+    return max((path.stat().st_size for path in folder.rglob("checkpoint_*/state.pt")), default=0)
+
+
+def _room_needed(largest_checkpoint: int, slots: int) -> int:
+    """The free space a sweep needs to go on: a new checkpoint (as large as the largest) beside the old one for
+    each trial that may run at once, and ``ROOM_MARGIN``."""
+    return 2 * largest_checkpoint * slots + ROOM_MARGIN
+
+
+def _check_room(folder: Path, slots: int, resume: str) -> None:
+    """A ``DiskFull`` naming ``resume`` when the disk of ``folder`` (the sweep's Ray state) lacks ``_room_needed``."""
+    needed = _room_needed(_largest_checkpoint(folder), slots)
+    if shutil.disk_usage(folder).free < needed:
+        raise _resumable(disk_full(folder, f"{TUNE_FOLDER}/ (checkpoints and Ray's state)", needed), resume) from None
 
 
 # --- tuned comparisons: a search per method, then the final runs as a sweep -----------------------------
@@ -495,8 +612,10 @@ def search_trainable(config: dict, knobs: dict) -> None:
 
     from byol_bench.train import run_search_trial
 
-    run_search_trial(make_config({**knobs, **config}), on_epoch=_epoch_reporter(_tune_report, saves_checkpoints=True),
-                     resume=_resume_point(tune.get_checkpoint()), log=_log_as("search"))
+    log, notes = _log_as("search"), []
+    resume = _resume_point(tune.get_checkpoint(), notes, log)
+    run_search_trial(make_config({**knobs, **config}), on_epoch=_epoch_reporter(_tune_report, True, notes),
+                     resume=resume, log=log)
 
 
 def _algorithm_used(search: Search) -> str:

@@ -56,10 +56,9 @@ def earlier_results(tmp: Path, *flags):
     return sweep_file(tmp, *flags)
 
 
-def corrupt_checkpoint(tmp: Path):
-    checkpoint = tmp / "results" / "s" / "tune" / "trainable_00000" / "checkpoint_000001"
-    checkpoint.mkdir(parents=True)
-    (checkpoint / "state.pt").write_bytes(b"PK\x03\x04 truncated")
+def cut_tune_state(tmp: Path):
+    (tmp / "results" / "s" / "tune").mkdir(parents=True)
+    (tmp / "results" / "s" / "tune" / "experiment_state-2026-12-03_06-04-30.json").write_text('{"trial_data": [["{\\"trial_id')
     return sweep_file(tmp, "--resume")
 
 
@@ -138,7 +137,7 @@ CASES = {
     "results of another run": (lambda t, m: earlier_results(t), "already holds results; pass --resume"),
     "nothing to resume": (lambda t, m: sweep_file(t, "--resume"), "holds no sweep to resume"),
     "unwritable results dir": (lambda t, m: sweep_file(t) + ["--results-dir", str(a_file_as_folder(t))], "cannot be written"),
-    "corrupt checkpoint": (lambda t, m: corrupt_checkpoint(t), "is corrupt; restore it from a backup"),
+    "Tune state cut short": (lambda t, m: cut_tune_state(t), "experiment_state-2026-12-03_06-04-30.json is cut short, so the sweep cannot be resumed"),
     "report of nothing": (lambda t, m: ["report", str(t / "no-such-sweep")], "does not exist"),
     "unknown baseline": (lambda t, m: ["compare", "no-such-baseline", str(t), "--baselines-dir", str(t)], "neither a results folder"),
 }

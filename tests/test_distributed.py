@@ -3,9 +3,11 @@
 import functools
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -183,12 +185,12 @@ def test_torchrun_runs_a_ddp_trial_through_the_train_command(tmp_path):
 # --- DDP trials in sweeps (Ray Train inside Ray Tune) ---------------------------------------------
 
 
-def _ddp_sweep(folder: Path, name: str, axes: dict, **trial) -> Path:
+def _ddp_sweep(folder: Path, name: str, axes: dict, max_failures: int = 0, **trial) -> Path:
     path = folder / f"{name}.yaml"
     knobs = {**TINY, "subset": 256, "batch_size": 32, "epochs": 2, **trial}
     knobs.pop("threads")
     path.write_text(yaml.safe_dump({"name": name, "trial": knobs, "axes": axes, "resources": {"cpu": 1},
-                                    "max_failures": 0}))
+                                    "max_failures": max_failures}))
     return path
 
 
@@ -210,22 +212,56 @@ def test_a_ddp_trial_in_a_sweep_is_one_row_with_its_global_batch(tmp_path, ray_c
     assert checkpoint.state.epoch == 2 and "backbone.0.weight" in checkpoint.method
 
 
-def test_a_sweep_runs_across_two_ray_nodes_into_one_results_folder(tmp_path):
-    """Two simulated nodes of one CPU each (ray.cluster_utils.Cluster): the 2-worker DDP trial must span
-    both, and every trial's results land in the one results folder the driver names."""
+# Quick node-death detection for the simulated cluster: a node is declared dead after about 1.5 s of silence.
+FAST_NODE_DEATH = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
+
+
+def _node_running(nodes: list, title: str):
+    """The node among ``nodes`` (ray.cluster_utils' simulated ones) with a worker process titled ``title``: Ray titles
+    each worker after the actor it runs (a Tune trial's ImplicitFunc, a DDP rank's RayTrainWorker)."""
+    import psutil
+
+    for node in nodes:
+        raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+        for worker in raylet.children(recursive=True):
+            try:
+                if title in " ".join(worker.cmdline()):
+                    return node
+            except psutil.Error:  # ended meanwhile
+                pass
+    raise AssertionError(f"no node runs a {title}")
+
+
+def test_a_trial_whose_node_is_lost_continues_from_its_checkpoint_on_the_nodes_left(tmp_path):
+    """Simulated nodes of one CPU each (the head has none), into one results folder. Part-way through each trial, a
+    node it runs on is killed (for the 2-rank DDP trial, one rank's) and a fresh node joins: Tune retries the trial
+    on the nodes left from its last checkpoint. One row per trial, each recording its restart; no epoch twice
+    in the tables, none run again."""
     from ray.cluster_utils import Cluster
 
     quiet_fast_ray()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
+                                                            "_system_config": FAST_NODE_DEATH})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
     try:
         cluster.wait_for_nodes()
         address = cluster.address
-        path = _ddp_sweep(tmp_path, "nodes", {"workers": [2], "method": ["byol"]}, epochs=1)
+        path = _ddp_sweep(tmp_path, "nodes", {"workers": [1, 2]}, max_failures=1, method="simclr", epochs=6, subset=512)
+        folder = tmp_path / "results" / "nodes"
         script = os.path.join(os.path.dirname(sys.executable), "byol-bench")
-        run = subprocess.run([script, "sweep", str(path), "--results-dir", str(tmp_path / "results"),
-                              "--address", address], capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        sweep = subprocess.Popen([script, "sweep", str(path), "--results-dir", str(tmp_path / "results"), "--address", address],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # The one-worker trial runs first (the grid's order; one trial at a time: the DDP trial takes both CPUs).
+        for checkpoints, title in (("tune/workers=1-*/checkpoint_*", "ImplicitFunc"), ("train/*/checkpoint_*", "RayTrainWorker")):
+            deadline = time.time() + 300
+            while not list(folder.glob(checkpoints)):
+                assert time.time() < deadline and sweep.poll() is None, sweep.communicate()[0][-3000:]
+                time.sleep(0.2)
+            lost = _node_running(nodes, title)
+            cluster.remove_node(lost, allow_graceful=False)
+            nodes = [node for node in nodes if node is not lost] + [cluster.add_node(num_cpus=1)]
+        output, _ = sweep.communicate(timeout=600)
+        assert sweep.returncode == 0, output[-3000:]
         # Without --address a sweep starts a cluster of its own, even while this one runs on the same machine.
         private = subprocess.run([sys.executable, "-c", "from byol_bench.tune_runner import _start_ray; "
                                   "print(_start_ray(None, False)[0].get_runtime_context().gcs_address)"],
@@ -233,12 +269,17 @@ def test_a_sweep_runs_across_two_ray_nodes_into_one_results_folder(tmp_path):
         assert private.returncode == 0 and private.stdout.strip() not in ("", address), private.stderr[-3000:]
     finally:
         cluster.shutdown()
-    folder = tmp_path / "results" / "nodes"
-    trials = pd.read_parquet(folder / "trials.parquet")
-    assert len(trials) == 1 and set(trials["status"]) == {"ok"} and set(trials["global_batch_size"]) == {64}
+    for trial_id in ("workers=1", "workers=2"):
+        assert f"{trial_id}: failed (failure 1); retrying it from its last checkpoint" in output
+        assert re.search(f"{trial_id}: resumed at epoch [2-6] from its checkpoint\n", output), output[-3000:]
+    assert "run again" not in output
+    trials = pd.read_parquet(folder / "trials.parquet").set_index("trial_id")
+    assert set(trials["status"]) == {"ok"} and trials["restarts"].to_dict() == {"workers=1": 1, "workers=2": 1}
+    assert trials.loc["workers=2", "global_batch_size"] == 64
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    assert epochs.groupby("trial_id")["epoch"].apply(list).to_dict() == {trial_id: [1, 2, 3, 4, 5, 6] for trial_id in trials.index}
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["address"] == address and manifest["cluster_resources"]["CPU"] == 2
-    assert [p for p in (folder / "train").glob("*/checkpoint_2*") if p.is_dir()]  # rank 0, on either node
     assert (folder / "report.html").exists()
 
 

@@ -48,6 +48,24 @@ def test_the_summary_counts_trials_and_estimates_the_time_left_from_measured_epo
     assert lines[-1].startswith("a: ok, kNN top-1 0.712") and progress.trials["a"].done == 4
 
 
+def test_a_retried_trial_says_where_it_continues_and_what_it_runs_again():
+    lines = []
+    progress = SweepProgress({"a": knobs("byol", 4), "b": knobs("byol", 4)}, print_line=lines.append)
+    for trial_id in ("a", "b"):
+        progress.result(trial_id, {**ROW, "epoch": 1})
+        progress.result(trial_id, ROW)
+    progress.retry("a", 1)
+    assert lines[-1] == "a: failed (failure 1); retrying it from its last checkpoint"
+    progress.result("a", {**ROW, "note": "checkpoint x is truncated or damaged; falling back to the one before it"})
+    assert lines[-3:-1] == ["a: checkpoint x is truncated or damaged; falling back to the one before it",
+                            "a: resumed at epoch 2 from its checkpoint, 1 epoch(s) run again"]
+    progress.retry("b", 1)
+    progress.result("b", {**ROW, "epoch": 3})  # its checkpoint held every epoch seen
+    assert lines[-2] == "b: resumed at epoch 3 from its checkpoint"
+    progress.result("b", {**ROW, "epoch": 4})
+    assert lines[-1].startswith("b: epoch 4/4")  # the next epoch, after the restart: no word of it again
+
+
 def simulated_sweep(trials: dict[str, tuple[str, int, float]], overhead_s: float, slots: int):
     """A Tune-like run of ``trials`` (id -> method, epochs, seconds per epoch), ``slots`` at a time in order, each
     with ``overhead_s`` of set-up and evaluation, on a fake clock: (the estimates of time left after the first

@@ -19,6 +19,7 @@ from byol_bench.methods import METHODS  # noqa: E402
 from byol_bench.report.load import Results  # noqa: E402
 from byol_bench.report.render import Figure  # noqa: E402
 from byol_bench.report.tables import distinct, in_registry_order  # noqa: E402
+from byol_bench.results import write_atomic  # noqa: E402
 
 # The floors each accuracy is read against: a method that does not beat them has learned nothing useful.
 FLOOR_LINES = {"knn_top1": {"random_init_knn_top1": "random-init kNN", "raw_pixels_knn_top1": "raw-pixel kNN"},
@@ -32,12 +33,13 @@ def save(folder: Path, name: str, title: str, caption: str, figure) -> Figure:
         for suffix in (".png", ".svg"):  # a file from an earlier report must not outlive its figure
             (folder / f"{name}{suffix}").unlink(missing_ok=True)
         return Figure(name, title, figure)
-    figure.savefig(folder / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    svg, png = io.BytesIO(), io.BytesIO()
+    figure.savefig(svg, format="svg", bbox_inches="tight", metadata={"Date": None})
+    figure.savefig(png, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
-    (folder / f"{name}.png").write_bytes(buffer.getvalue())
-    return Figure(name, title, caption, buffer.getvalue())
+    write_atomic(folder / f"{name}.svg", svg.getvalue())
+    write_atomic(folder / f"{name}.png", png.getvalue())
+    return Figure(name, title, caption, png.getvalue())
 
 
 # One colour per registered method, in the registry's order: apart for colour-blind readers and legible on white.

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from byol_bench.errors import UserError
+from byol_bench.results import write_atomic
 
 
 @dataclass
@@ -113,7 +114,7 @@ def writable(folder: Path) -> Path:
 
 def write_documents(folder: Path, stem: str, title: str, sections: list[Section]) -> Path:
     """``<stem>.md`` and ``<stem>.html`` in ``folder``; returns the HTML path."""
-    (writable(folder) / f"{stem}.md").write_text(to_markdown(title, sections), encoding="utf-8")
+    write_atomic(writable(folder) / f"{stem}.md", to_markdown(title, sections).encode())
     path = folder / f"{stem}.html"
-    path.write_text(to_html(title, sections), encoding="utf-8")
+    write_atomic(path, to_html(title, sections).encode())
     return path
