@@ -11,6 +11,7 @@ from pathlib import Path
 from byol_bench.config import KEYS, TrialConfig, knob_types, make_config, read_yaml
 from byol_bench.errors import UserError
 from byol_bench.results import check_writable, write_atomic, write_json, write_json_or_fallback
+from byol_bench.stats import MIN_EFFECT_POINTS
 
 DESCRIPTION = """\
 Benchmark self-supervised learning methods for vision (BYOL, SimCLR, SimSiam, MoCo, Barlow Twins,
@@ -152,7 +153,7 @@ def cmd_compare(args) -> int:
     if (folder / "trials.parquet").exists():  # a sweep: its report shows the verdicts too
         from byol_bench.report import write_report
 
-        print(f"report: {write_report(folder)}")
+        print(f"report: {write_report(folder, acc_points=args.acc_tol)}")
     return 1 if comparison["regressed"] else 0
 
 
@@ -172,7 +173,7 @@ def cmd_report(args) -> int:
     if args.other:
         path = write_comparison(Path(args.source), Path(args.other))
     else:
-        path = write_report(Path(args.source), heatmap_axes=tuple(args.heatmap))
+        path = write_report(Path(args.source), heatmap_axes=tuple(args.heatmap), acc_points=args.acc_tol)
     print(f"report: {path}")
     return 0
 
@@ -299,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="verdicts of a candidate sweep against a baseline; exit 1 on regression")
     compare.add_argument("baseline", help="a saved baseline's name or folder, or a sweep folder")
     compare.add_argument("candidate", help="a sweep folder (or a saved baseline)")
-    compare.add_argument("--acc-tol", type=float, default=1.0, metavar="POINTS", help="smallest accuracy change that counts (default 1.0)")
+    compare.add_argument("--acc-tol", type=float, default=MIN_EFFECT_POINTS, metavar="POINTS",
+                         help=f"smallest accuracy change that counts (default {MIN_EFFECT_POINTS})")
     compare.add_argument("--speed-tol", type=float, default=10.0, metavar="PERCENT", help="allowed images/s drop (default 10)")
     compare.add_argument("--memory-tol", type=float, default=10.0, metavar="PERCENT", help="allowed peak-memory growth (default 10)")
     compare.add_argument("--baselines-dir", default="results/baselines", help="where baselines live")
@@ -318,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(written into the first's folder as compare-<other>.html/.md)")
     report.add_argument("--heatmap", nargs=2, metavar=("ROWS", "COLUMNS"), default=["method", "global_batch_size"],
                         help="the two trial columns the mean-kNN heatmap spans (default: method global_batch_size)")
+    report.add_argument("--acc-tol", type=float, default=MIN_EFFECT_POINTS, metavar="POINTS",
+                        help="the accuracy difference the seeds-needed table sizes the seeds for, and below which a "
+                             f"ranking is flagged (default {MIN_EFFECT_POINTS})")
     report.set_defaults(run=cmd_report)
 
     history = commands.add_parser("history", help="every sweep and 'make bench' run over revisions: series, change "

@@ -24,6 +24,8 @@ from scipy import stats
 from byol_bench.errors import UserError
 from byol_bench.report import render
 from byol_bench.results import setting_axes, settings, write_json
+from byol_bench.stats import (MIN_EFFECT_POINTS, NO_INTERVAL, bootstrap_interval, difference_of_means, ratio_of_means,
+                              with_interval)
 
 BASELINES_DIR = Path("results") / "baselines"
 ACCURACY_METRICS = ("knn_top1", "linear_top1")
@@ -35,7 +37,7 @@ BROKEN = ("failed", "diverged", "collapsed")  # outcomes a change can cause; "in
 
 @dataclass(frozen=True)
 class Tolerances:
-    acc_points: float = 1.0  # smallest accuracy change, in percentage points, that counts
+    acc_points: float = MIN_EFFECT_POINTS  # smallest accuracy change, in percentage points, that counts
     speed_percent: float = 10.0  # images/s may drop this much before it is a regression
     memory_percent: float = 10.0  # peak memory may grow this much
     alpha: float = 0.05  # significance level of Welch's t-test
@@ -110,8 +112,9 @@ def _accuracy_verdict(base: np.ndarray, cand: np.ndarray, tol: Tolerances) -> di
         verdict = "regressed"
     elif significant and delta >= tol.acc_points:
         verdict = "improved"
+    interval = bootstrap_interval([100 * base, 100 * cand], difference_of_means)
     return {"baseline": float(base.mean()), "candidate": float(cand.mean()), "delta_points": float(delta),
-            "test": test, "p_value": p_value, "verdict": verdict}
+            "delta_interval": interval, "test": test, "p_value": p_value, "verdict": verdict}
 
 
 def _ratio_verdict(base: np.ndarray, cand: np.ndarray, tolerance_percent: float, higher_is_better: bool) -> dict:
@@ -119,6 +122,7 @@ def _ratio_verdict(base: np.ndarray, cand: np.ndarray, tolerance_percent: float,
     worse = ratio < 1 - tolerance_percent / 100 if higher_is_better else ratio > 1 + tolerance_percent / 100
     better = ratio > 1 + tolerance_percent / 100 if higher_is_better else ratio < 1 - tolerance_percent / 100
     return {"baseline": float(base.mean()), "candidate": float(cand.mean()), "ratio": ratio,
+            "ratio_interval": bootstrap_interval([base, cand], ratio_of_means),
             "verdict": "regressed" if worse else "improved" if better else "unchanged"}
 
 
@@ -182,19 +186,29 @@ def _nan_safe(value, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def _with_interval(value: float, interval: tuple | None, decimals: int, sign: str = "") -> str:
+    """A verdict's difference or ratio with its 95% bootstrap interval, or why it has none."""
+    text = with_interval(value, interval, decimals, sign)
+    return text if interval is not None else f"{text} ({NO_INTERVAL})"
+
+
 def verdict_table(comparison: dict) -> pd.DataFrame:
-    """One row per matched group: status, the accuracy deltas (points, with p), the ratios, and each verdict."""
+    """One row per matched group: status, the accuracy deltas (points, with their 95% interval and p), the ratios
+    (with theirs), and each verdict."""
     rows = []
     for g in comparison["groups"]:
         row = {"group": ", ".join(f"{k}={v}" for k, v in g["group"].items()),
                "seeds ok": f"{g['seeds']['baseline']} → {g['seeds']['candidate']}", "status verdict": g["status"]["verdict"]}
         for metric, label in (("knn_top1", "kNN top-1"), ("linear_top1", "linear top-1")):
             found = g.get(metric)
-            row[f"{label} Δ points (p)"] = f"{found['delta_points']:+.2f} ({_nan_safe(found['p_value'], '.3f')})" if found else "-"
+            row[f"{label} Δ points [95% CI] (p)"] = "-" if not found else (
+                f"{_with_interval(found['delta_points'], found.get('delta_interval'), 2, '+')} "
+                f"(p {_nan_safe(found['p_value'], '.3f')})")
             row[f"{label} verdict"] = found["verdict"] if found else "-"
         for metric, label in (("images_per_s", "images/s"), ("peak_memory_bytes", "memory")):
             found = g.get(metric)
-            row[f"{label} ratio"] = f"{found['ratio']:.3f}" if found else "-"
+            row[f"{label} ratio [95% CI]"] = (_with_interval(found["ratio"], found.get("ratio_interval"), 3)
+                                              if found else "-")
             row[f"{label} verdict"] = found["verdict"] if found else "-"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -204,7 +218,9 @@ def notes(comparison: dict) -> list[str]:
     """What the verdict table cannot show: unmatched groups, unfinished trials, protocol changes, the verdict."""
     tol = comparison["tolerances"]
     lines = [f"Accuracy: Welch's t-test (alpha {tol['alpha']}) with at least 2 seeds a side, and a change of at least "
-             f"{tol['acc_points']} points; speed tolerance {tol['speed_percent']}%, memory {tol['memory_percent']}%."]
+             f"{tol['acc_points']} points; speed tolerance {tol['speed_percent']}%, memory {tol['memory_percent']}%. "
+             "In brackets: the 95% bootstrap interval of the difference (or ratio) of the means, each side's seeds "
+             "resampled on their own."]
     unmatched = comparison["unmatched"]
     for side, label in (("baseline_only", "only in the baseline"), ("candidate_only", "only in the candidate")):
         if unmatched[side]:

@@ -4,6 +4,7 @@ parsed and validated up front."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -20,12 +21,13 @@ COMPILE_MIN_STEPS = 4000
 
 
 def knob(default, help: str, *, choices: tuple[str, ...] = (), above: float | None = None,
-         at_least: float | None = None):
+         at_least: float | None = None, items: type | None = None):
     """A config field: its default, one line of help (``byol-bench train --help``) and its own
     constraint, checked by ``validate``: one of ``choices``, or a number ``above`` / ``at_least`` a bound.
-    None (an optional knob left empty) always passes."""
+    None (an optional knob left empty) always passes. A knob of ``items`` is a list of them: a YAML list or
+    comma-separated text, kept as that text (a table cell, a grouping key)."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "above": above,
-                                                        "at_least": at_least})
+                                                        "at_least": at_least, "items": items})
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,20 @@ class TrialConfig:
                                   "epoch's (knn_top1_best, what lightly's benchmarks report)", at_least=0)
     probe_epochs: int = knob(100, "epochs of the linear probe on frozen features", above=0)
     probe_lr: float = knob(0.01, "the linear probe's learning rate", above=0)
+    probe_label_fractions: str | None = knob(None, "low-label evaluation: the kNN and linear probe also on seeded, "
+                                             "class-stratified fractions of the train images' labels, each in (0, 1], "
+                                             "e.g. 0.01,0.1 (metrics knn_top1_1pct, linear_top1_10pct, ...; 1 is "
+                                             "knn_top1 and linear_top1)", items=float)
+    eval_datasets: str | None = knob(None, "transfer evaluation: the frozen backbone's kNN and linear probe also on "
+                                     "these data sets, each a registered name (e.g. cifar10) or an imagefolder tree's "
+                                     "path, converted to the pretraining images' channels and size (metrics "
+                                     "transfer_<name>_knn_top1 and _linear_top1)", items=str)
+    embedding_map: bool = knob(False, "a 2-D map of the test features (UMAP where umap-learn is installed, else "
+                               "scikit-learn's t-SNE) of the trained and of the random-init backbone, for the "
+                               "report; needs pip install 'byol-bench[embedding]'")
+    online_probe: bool = knob(False, "also train a linear classifier on the detached backbone features of the training "
+                              "batches during pretraining (solo-learn's online probe), its test top-1 every epoch; it "
+                              "leaves the pretraining's numbers as they are. Needs labelled pretraining images")
     # execution (each speed switch is recorded with the result)
     device: str = knob("auto", "auto, cpu, cuda or cuda:N")
     precision: str = knob("auto", "the training step's: bf16 (autocast; evaluation stays fp32), fp32, or auto: bf16 "
@@ -125,6 +141,7 @@ class TrialConfig:
 
 
 KEYS = tuple(f.name for f in fields(TrialConfig))
+KNOBS = {f.name: f for f in fields(TrialConfig)}
 # What a trial's floors (random-init backbone, raw pixels) depend on: trials that agree on these share them.
 FLOOR_KNOBS = ("dataset", "data_dir", "subset", "test_subset", "validation", "image_size", "backbone", "seed",
                "knn_k", "knn_t", "probe_epochs", "probe_lr")
@@ -167,12 +184,32 @@ def _typed(key: str, value):
     kinds = knob_types(key)
     if type(None) in kinds and (value is None or (isinstance(value, str) and value.lower() in _NULL)):
         return None
+    items = KNOBS[key].metadata["items"]
+    if items is not None:
+        return _listed(key, items, value)
     for kind in kinds:
         try:
             return _as(kind, value)
         except ValueError:
             continue
     raise UserError(f"{key}: {value!r} is not valid; give {' or '.join(_TYPE_NAMES[kind] for kind in kinds)}")
+
+
+def _listed(key: str, kind: type, value) -> str:
+    """A list knob's YAML list or comma-separated text as its canonical text, each item read as ``kind``."""
+    parts = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else None
+    try:
+        if not parts:
+            raise ValueError(value)
+        return ",".join(str(_as(kind, part.strip() if isinstance(part, str) else part)) for part in parts)
+    except ValueError:
+        raise UserError(f"{key}: {value!r} is not valid; give {_TYPE_NAMES[kind]} or several, as a YAML list or "
+                        "comma-separated text") from None
+
+
+def listed(text: str | None) -> list[str]:
+    """A list knob's items (its canonical text split)."""
+    return text.split(",") if text else []
 
 
 def make_config(values: dict) -> TrialConfig:
@@ -231,6 +268,17 @@ def validate(cfg: TrialConfig) -> None:
         raise UserError(f"compile: {cfg.compile!r} is not valid; give true, false or auto")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise UserError(f"device '{cfg.device}' is not valid; give auto, cpu, cuda or cuda:N")
+    for fraction in map(float, listed(cfg.probe_label_fractions)):
+        if not 0 < fraction <= 1:
+            raise UserError(f"probe_label_fractions: {fraction:g} is not a fraction of the labels; give each in "
+                            "(0, 1], e.g. 0.01,0.1")
+    _validate_eval_datasets(listed(cfg.eval_datasets))
+    if cfg.embedding_map and not any(importlib.util.find_spec(package) for package in ("umap", "sklearn")):
+        raise UserError("embedding_map needs scikit-learn (t-SNE) or umap-learn (UMAP): pip install "
+                        "'byol-bench[embedding]', or leave embedding_map out")
+    if cfg.online_probe and DATASETS[cfg.dataset].unlabeled_pretraining:
+        raise UserError(f"online_probe: {cfg.dataset} pretrains on unlabeled images, which the online probe cannot "
+                        "learn from; leave online_probe out")
     if cfg.crop_min_scale is not None and cfg.crop_min_scale > 1:
         raise UserError(f"crop_min_scale {cfg.crop_min_scale} is above 1; give an area fraction in (0, 1]")
     spec = DATASETS[cfg.dataset]
@@ -260,6 +308,28 @@ def validate(cfg: TrialConfig) -> None:
             if requested is not None and requested > available:
                 raise UserError(f"{key} {requested} is larger than {cfg.dataset}'s {available} images; give at most {available}")
     _validate_method_knobs(cfg, cfg.image_size or spec.image_size, pretrain)
+
+
+def _validate_eval_datasets(items: list[str]) -> None:
+    """Each transfer data set a registered one (imagefolder is given by its path) or a folder of class folders,
+    and no two named alike in the metrics."""
+    from byol_bench.data import DATASETS, transfer_name
+
+    registered = [name for name in DATASETS if name != "imagefolder"]
+    for item in items:
+        if item in registered:
+            continue
+        path = Path(item).expanduser()
+        if not path.is_dir():
+            raise UserError(f"eval_datasets: {item!r} is neither a data set{did_you_mean(item, registered)} nor a "
+                            f"folder; give one of {', '.join(registered)} or an imagefolder tree's path")
+        if not any(child.is_dir() for child in path.iterdir()):
+            raise UserError(f"eval_datasets: {item} holds no class folders, so its classes cannot be read; give the "
+                            "root of a <class>/<image> tree")
+    names = [transfer_name(item) for item in items]
+    if len(set(names)) < len(names):
+        raise UserError(f"eval_datasets: {', '.join(items)} name the same metrics ({', '.join(names)}); give each "
+                        "data set once, and folders of different names")
 
 
 def _validate_method_knobs(cfg: TrialConfig, image_size: int, pretrain_images: int | None) -> None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from byol_bench.errors import UserError, unknown
@@ -41,6 +43,7 @@ class ImageData:
     std: tuple[float, ...]
     num_classes: int
     pretrain_images: Tensor
+    pretrain_labels: Tensor | None  # None where pretraining uses unlabeled images (STL-10)
     train_images: Tensor
     train_labels: Tensor
     test_images: Tensor
@@ -58,6 +61,7 @@ class DatasetSpec:
     description: str
     sizes: tuple[int, int, int] | None = None  # (pretrain, train, test) images; None: known only once loaded
     any_size: bool = False  # decoded (imagefolder) or drawn (synthetic) at the trial's image_size
+    unlabeled_pretraining: bool = False  # pretrains on images without labels (STL-10's unlabeled split)
 
 
 def data_root(data_dir: str | None) -> Path:
@@ -244,7 +248,8 @@ DATASETS: dict[str, DatasetSpec] = {
     "fashion-mnist": DatasetSpec(28, 1, (0.2860,), (0.3530,), _load_fashion_mnist, "Fashion-MNIST, 70k 28 px grayscale", (60000, 60000, 10000)),
     "cifar10": DatasetSpec(32, 3, CIFAR10_MEAN, CIFAR10_STD, _cifar("CIFAR10"), "CIFAR-10, 60k 32 px", (50000, 50000, 10000)),
     "cifar100": DatasetSpec(32, 3, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), _cifar("CIFAR100"), "CIFAR-100, 60k 32 px", (50000, 50000, 10000)),
-    "stl10": DatasetSpec(96, 3, (0.4408, 0.4279, 0.3867), (0.2682, 0.2610, 0.2686), _load_stl10, "STL-10, 96 px; pretrains on unlabeled+train", (105000, 5000, 8000)),
+    "stl10": DatasetSpec(96, 3, (0.4408, 0.4279, 0.3867), (0.2682, 0.2610, 0.2686), _load_stl10, "STL-10, 96 px; pretrains on unlabeled+train", (105000, 5000, 8000),
+                          unlabeled_pretraining=True),
     "imagefolder": DatasetSpec(64, 3, IMAGENET_MEAN, IMAGENET_STD, _load_imagefolder, "any root/<class>/<image> tree (--data-dir)", any_size=True),
     "synthetic": DatasetSpec(32, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), _load_synthetic, "generated gratings for tests; not a benchmark", (2000, 2000, 500),
                              any_size=True),
@@ -279,6 +284,57 @@ def split_validation(images: Tensor, labels: Tensor, fraction: float,
     return images[~held_out], labels[~held_out], images[held_out], labels[held_out]
 
 
+# --- transfer evaluation -------------------------------------------------------------------------
+
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601's weights, PIL's convert("L")
+
+
+def transfer_name(item: str) -> str:
+    """An eval_datasets item's name in metric columns: the data set's, or the folder's, in lower case and '_'."""
+    name = item if item in DATASETS else Path(item).expanduser().name
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def conform(images: Tensor, channels: int, size: int) -> Tensor:
+    """uint8 images with ``channels`` channels (RGB to grayscale by luminance, grayscale repeated to RGB) and
+    ``size`` px sides (bilinear, antialiased), as a backbone trained on such images expects them."""
+    chunks = []
+    for chunk in images.split(4096):  # in float, a whole data set at once would take gigabytes
+        x = chunk.float()
+        if x.shape[1] == 3 and channels == 1:
+            x = (x * torch.tensor(LUMINANCE).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+        elif x.shape[1] == 1 and channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        chunks.append(x.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(chunks)
+
+
+def load_transfer(item: str, like: ImageData, data_dir: str | None, subset: int | None, test_subset: int | None,
+                  seed: int) -> tuple[ImageData, str]:
+    """An eval_datasets item (a registered data set under the data root, or an imagefolder tree's path) as ``like``'s
+    backbone sees images: ``like``'s channels, size and normalisation; at most ``subset`` train and ``test_subset``
+    test images (seeded, stratified). Returns it and a line saying what was converted."""
+    if item in DATASETS:
+        loaded = load_data(item, data_dir, seed=seed)
+    else:  # decoded straight at the pretraining size
+        loaded = load_data("imagefolder", item, image_size=like.image_size, seed=seed)
+    train_count, test_count = len(loaded.train_labels), len(loaded.test_labels)
+    train = stratified_subset(loaded.train_labels, min(subset or train_count, train_count), seed)
+    test = stratified_subset(loaded.test_labels, min(test_subset or test_count, test_count), seed)
+    train_images = conform(loaded.train_images[train], like.channels, like.image_size)
+    converted = ImageData(
+        name=transfer_name(item), image_size=like.image_size, channels=like.channels, mean=like.mean, std=like.std,
+        num_classes=loaded.num_classes, pretrain_images=train_images, pretrain_labels=loaded.train_labels[train],
+        train_images=train_images, train_labels=loaded.train_labels[train],
+        test_images=conform(loaded.test_images[test], like.channels, like.image_size),
+        test_labels=loaded.test_labels[test])
+    description = (f"{converted.name} ({loaded.channels}→{like.channels} channels, "
+                   f"{loaded.image_size}→{like.image_size} px, {len(train)} train / {len(test)} test images)")
+    return converted, description
+
+
 def load_data(name: str, data_dir: str | None = None, subset: int | None = None,
               test_subset: int | None = None, image_size: int | None = None, seed: int = 0,
               download: bool = True, validation: float | None = None) -> ImageData:
@@ -311,5 +367,6 @@ def load_data(name: str, data_dir: str | None = None, subset: int | None = None,
         name=name, image_size=train_x.shape[-1], channels=train_x.shape[1], mean=spec.mean, std=spec.std,
         num_classes=int(max(train_y.max(), test_y.max())) + 1,
         pretrain_images=train_x if unlabeled is None else unlabeled,
+        pretrain_labels=train_y if unlabeled is None else None,
         train_images=train_x, train_labels=train_y, test_images=test_x, test_labels=test_y,
     )

@@ -13,9 +13,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from byol_bench.distributed import gather_rows, shard
+from byol_bench.config import listed
+from byol_bench.data import stratified_subset
+from byol_bench.distributed import gather_rows, shard, world_size
 from byol_bench.views import normalize
 
+EMBEDDING_POINTS = 500  # test images in an embedding map: t-SNE's time grows faster than their number
 KNN_MAX_SIMILARITIES = 1 << 25  # elements of one test-chunk x bank similarity block (128 MiB in fp32)
 # Images per forward when extracting features: on a CPU a smaller batch's activations stay in its caches, which is
 # faster per image (benchmarks/test_hot_paths.py::test_feature_extraction measures both); a GPU wants large batches.
@@ -118,6 +121,36 @@ def evaluate_features(train_features: Tensor, train_labels: Tensor, test_feature
     return result
 
 
+def low_label_metric(metric: str, fraction: float) -> str:
+    """The name of ``metric`` measured with ``fraction`` of the labels: linear_top1 at 0.01 is linear_top1_1pct."""
+    return f"{metric}_{fraction * 100:g}pct".replace(".", "p")
+
+
+def embedding_map(features: Tensor, seed: int) -> tuple[list, str]:
+    """2-D coordinates of the L2-normalised ``features`` (the kNN's cosine geometry), and the algorithm's name:
+    UMAP where umap-learn is installed, else scikit-learn's t-SNE; seeded, on the trial's torch threads (the
+    libraries' own default, every core, oversubscribes a trial that holds one)."""
+    from threadpoolctl import threadpool_limits
+
+    points = F.normalize(features.float(), dim=1).cpu().numpy()
+    with threadpool_limits(torch.get_num_threads()):
+        try:
+            import umap
+
+            return umap.UMAP(n_components=2, random_state=seed, n_jobs=1).fit_transform(points).tolist(), "UMAP"
+        except ImportError:
+            from sklearn.manifold import TSNE
+
+            tsne = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30.0, len(points) - 1.0),
+                        n_jobs=1)
+            return tsne.fit_transform(points).tolist(), "t-SNE"
+
+
+def transfer_metric(name: str, metric: str) -> str:
+    """The name of ``metric`` measured on transfer data set ``name``: transfer_cifar10_knn_top1."""
+    return f"transfer_{name}_{metric}"
+
+
 def representation_stats(features: Tensor) -> dict:
     """Collapse indicators of a feature matrix (N, D).
 
@@ -161,8 +194,10 @@ def collapse_rank(projection_dim: int) -> float:
 class Evaluator:
     """Evaluates a frozen backbone on un-augmented train (bank/probe) and test images."""
 
-    def __init__(self, data, cfg, device: torch.device):
-        self.data, self.cfg, self.device = data, cfg, device
+    def __init__(self, data, cfg, device: torch.device, transfers: list | None = None):
+        """``transfers``: the eval_datasets, loaded (``data.load_transfer``) before training, so that a bad one fails
+        the trial before it trains."""
+        self.data, self.cfg, self.device, self.transfers = data, cfg, device, transfers or []
         self.train_labels = data.train_labels.to(device)
         self.test_labels = data.test_labels.to(device)
         self.probe = ProbeRecipe(epochs=cfg.probe_epochs, lr=cfg.probe_lr)
@@ -182,10 +217,35 @@ class Evaluator:
         return self._scores(train, test, with_probe=False)["knn_top1"]
 
     def __call__(self, method: nn.Module) -> dict:
-        """kNN and linear-probe accuracy of ``method.backbone``, and the collapse indicators of its projections
-        (the projection head run on the test features already extracted)."""
+        """kNN and linear-probe accuracy of ``method.backbone`` (also on the low-label subsets), and the collapse
+        indicators of its projections (the projection head run on the test features already extracted)."""
         train, test = self._extract(method.backbone, self.data.train_images), self._extract(method.backbone, self.data.test_images)
-        return {**self._scores(train, test, with_probe=True), **representation_stats(project(method.projection_head, test))}
+        return {**self._scores(train, test, with_probe=True), **self._low_label_scores(train, test),
+                **self._transfer_scores(method.backbone), **representation_stats(project(method.projection_head, test))}
+
+    def _transfer_scores(self, backbone: nn.Module) -> dict:
+        """kNN and linear top-1 of ``backbone``'s features on each transfer data set, with its own train and test
+        images and labels."""
+        scores = {}
+        for other in self.transfers:
+            train, test = self._extract(backbone, other.train_images), self._extract(backbone, other.test_images)
+            found = evaluate_features(train, other.train_labels.to(self.device), test,
+                                      other.test_labels.to(self.device), other.num_classes, self.cfg.knn_k,
+                                      self.cfg.knn_t, self.probe, self.cfg.seed)
+            scores.update({transfer_metric(other.name, name): found[name] for name in ("knn_top1", "linear_top1")})
+        return scores
+
+    def _low_label_scores(self, train: Tensor, test: Tensor) -> dict:
+        """kNN and linear top-1 with a seeded, class-stratified fraction of the train images' labels, for each
+        fraction of ``probe_label_fractions`` below 1 (at least one image a class)."""
+        scores = {}
+        for fraction in (float(text) for text in listed(self.cfg.probe_label_fractions) if float(text) < 1):
+            keep = stratified_subset(self.train_labels.cpu(), max(self.data.num_classes, round(fraction * len(train))),
+                                     self.cfg.seed).to(self.device)
+            found = evaluate_features(train[keep], self.train_labels[keep], test, self.test_labels,
+                                      self.data.num_classes, self.cfg.knn_k, self.cfg.knn_t, self.probe, self.cfg.seed)
+            scores.update({low_label_metric(name, fraction): found[name] for name in ("knn_top1", "linear_top1")})
+        return scores
 
     def floors(self, random_init_backbone: nn.Module) -> dict:
         """The same protocol on a random-init backbone and (for images <= 32 px) on raw pixels."""
@@ -198,3 +258,67 @@ class Evaluator:
             raw = self._scores(train, test, with_probe=False)
             floors.update(raw_pixels_knn_top1=raw["knn_top1"], raw_pixels_knn_top5=raw["knn_top5"])
         return floors
+
+    def embedding(self, backbone: nn.Module) -> dict:
+        """The embedding map of ``backbone``'s features of a seeded, stratified subset of the test images: the same
+        images for every backbone of the trial, so that maps can be set side by side."""
+        labels = self.data.test_labels
+        keep = stratified_subset(labels, min(EMBEDDING_POINTS, len(labels)), self.cfg.seed)
+        points, algorithm = embedding_map(self._extract(backbone, self.data.test_images[keep]), self.cfg.seed)
+        return {"algorithm": algorithm, "labels": labels[keep].tolist(), "points": points}
+
+    def online_probe(self, backbone: nn.Module) -> OnlineProbe:
+        """An online probe on ``backbone``'s features (their width read from one test image's)."""
+        feature_dim = extract_features(backbone, self.data.test_images[:1], self.data.mean, self.data.std,
+                                       self.device).shape[1]
+        return OnlineProbe(backbone, feature_dim, self.data.num_classes, self.cfg.probe_lr, self.cfg.seed, self.device)
+
+    def online_probe_top1(self, backbone: nn.Module, probe: OnlineProbe) -> float:
+        """The online probe's test top-1 on ``backbone``'s features of the un-augmented test images."""
+        return topk_accuracy(probe.predict(self._extract(backbone, self.data.test_images)), self.test_labels, (1,))[1]
+
+
+class OnlineProbe:
+    """solo-learn's online linear probe: a linear classifier trained alongside pretraining on the features the
+    backbone computed for each training batch's first view (kept by a forward hook, detached), one step per
+    training step. A BatchNorm without weights standardises the features first, as the offline probe does.
+
+    It changes nothing in pretraining: the hook only reads the backbone's output, the classifier's initial weights
+    come from a generator of its own, and its steps draw no random numbers."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, lr: float, seed: int, device):
+        with torch.random.fork_rng():  # every device's generator: manual_seed seeds them all
+            torch.manual_seed(seed)
+            self.classifier = nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False),
+                                            nn.Linear(feature_dim, num_classes)).to(device)
+        self.optimizer = torch.optim.AdamW(self.classifier.parameters(), lr=lr)
+        self.features: Tensor | None = None
+        backbone.register_forward_hook(self._keep_first_features)
+
+    def _keep_first_features(self, module: nn.Module, inputs, output: Tensor) -> None:
+        if module.training and self.features is None:  # the step's first view; evaluation runs in eval mode
+            self.features = output.detach()
+
+    def train_step(self, labels: Tensor) -> None:
+        """One step on the features kept since the last step and their ``labels`` (every rank's, in a DDP trial,
+        so that the ranks' classifiers stay the same)."""
+        features, self.features = self.features, None
+        features = gather_rows(features.float(), len(features) * world_size())
+        labels = gather_rows(labels, len(labels) * world_size())
+        self.classifier.train()
+        loss = F.cross_entropy(self.classifier(features), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    @torch.no_grad()
+    def predict(self, features: Tensor) -> Tensor:
+        self.classifier.eval()
+        return self.classifier(features)
+
+    def state_dict(self) -> dict:
+        return {"classifier": self.classifier.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.classifier.load_state_dict(state["classifier"])
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -21,8 +21,8 @@ METRICS = ("knn_top1", "knn_top5", "knn_top1_best", "linear_top1", "linear_top5"
            "flops_per_image", "peak_flops_per_s", "mfu", "final_loss")
 FLOORS = ("random_init_knn_top1", "random_init_knn_top5", "random_init_linear_top1", "random_init_linear_top5",
           "raw_pixels_knn_top1", "raw_pixels_knn_top5")
-RUN_FIELDS = ("device", "precision", "global_batch_size", "pretrain_images", "train_images", "test_images", "total_steps", "peak_lr",
-              "restarts")
+RUN_FIELDS = ("device", "precision", "global_batch_size", "pretrain_images", "train_images", "test_images",
+              "total_steps", "peak_lr", "transfer", "restarts")
 PROVENANCE_FIELDS = ("device_name", "threads", "git_revision", "torch", "lightly", "hostname", "time")
 NOT_READ = "-"  # an axis's value in a trial whose method does not read that knob (SimCLR's momentum schedule)
 EMPTY_MEANS = {"subset": "all", "test_subset": "all"}  # what an empty (null) knob means, where it is not "null"
@@ -69,7 +69,8 @@ def trial_row(trial_id: str, config: dict, status: str, result: dict | None = No
     row = {"trial_id": trial_id, "status": status, "error": error}
     row.update({key: config.get(key) for key in KEYS})
     result = result or {}
-    row.update({key: result.get("metrics", {}).get(key) for key in METRICS})
+    metrics = result.get("metrics", {})
+    row.update({key: metrics.get(key) for key in (*METRICS, *metrics)})  # the metrics a trial's knobs add, too
     row.update({key: result.get("baselines", {}).get(key) for key in FLOORS})
     row.update({key: result["run"][key] for key in RUN_FIELDS if key in result.get("run", {})})
     row.update({key: result.get("provenance", {}).get(key) for key in PROVENANCE_FIELDS})
@@ -78,6 +79,17 @@ def trial_row(trial_id: str, config: dict, status: str, result: dict | None = No
 
 def epoch_rows(trial_id: str, result: dict) -> list[dict]:
     return [{"trial_id": trial_id, **row} for row in result.get("history", [])]
+
+
+EMBEDDING_COLUMNS = ["trial_id", "map", "algorithm", "x", "y", "label"]
+
+
+def embedding_rows(trial_id: str, result: dict) -> list[dict]:
+    """A trial's embedding maps (``embedding_map``), a row per point: which map (trained, random_init), the
+    algorithm, the coordinates and the image's class."""
+    return [{"trial_id": trial_id, "map": name, "algorithm": found["algorithm"], "x": x, "y": y, "label": label}
+            for name, found in (result.get("embedding") or {}).items() if found
+            for (x, y), label in zip(found["points"], found["labels"])]
 
 
 def check_writable(path: Path, what: str, fix: str, file: bool = False) -> None:
@@ -163,19 +175,21 @@ def write_json_or_fallback(path: Path, payload) -> Path:
         return Path(fallback)
 
 
-def write_tables(folder: Path, trials: list[dict], epochs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``trials.parquet`` (+ ``.csv``) and ``epochs.parquet`` in ``folder``, each written whole; none when the
-    disk lacks room for all three (``DiskFull``)."""
+def write_tables(folder: Path, trials: list[dict], epochs: list[dict],
+                 embeddings: list[dict] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``trials.parquet`` (+ ``.csv``), ``epochs.parquet`` and ``embeddings.parquet`` in ``folder``, each written
+    whole; none when the disk lacks room for all of them (``DiskFull``)."""
     folder.mkdir(parents=True, exist_ok=True)
     trial_table = pd.DataFrame(trials).sort_values("trial_id", kind="stable").reset_index(drop=True)
     epoch_columns = ["trial_id", "epoch", "loss", "lr", "momentum", "images_per_s", "epoch_time_s", "knn_top1"]
     epoch_table = pd.DataFrame(epochs, columns=None if epochs else epoch_columns)
     axes = trial_table[["trial_id", "method", "batch_size", "momentum_schedule", "seed"]]
     epoch_table = axes.merge(epoch_table, on="trial_id", how="inner")
+    embedding_table = pd.DataFrame(list(embeddings), columns=EMBEDDING_COLUMNS)
     tables = {"trials.parquet": trial_table.to_parquet(index=False), "trials.csv": trial_table.to_csv(index=False).encode(),
-              "epochs.parquet": epoch_table.to_parquet(index=False)}
+              "epochs.parquet": epoch_table.to_parquet(index=False), "embeddings.parquet": embedding_table.to_parquet(index=False)}
     needed = sum(map(len, tables.values()))
-    if needed > shutil.disk_usage(folder).free:  # all three or none: never a new trials table beside old epochs
+    if needed > shutil.disk_usage(folder).free:  # all or none: never a new trials table beside old epochs
         raise disk_full(folder, f"{', '.join(tables)}", needed)
     for name, content in tables.items():
         write_atomic(folder / name, content)

@@ -23,11 +23,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 
 from byol_bench.backbones import build_backbone
-from byol_bench.config import COMPILE_MIN_STEPS, TrialConfig, memory_bank_too_large
-from byol_bench.data import ImageData, load_data
+from byol_bench.config import COMPILE_MIN_STEPS, TrialConfig, listed, memory_bank_too_large
+from byol_bench.data import ImageData, load_data, load_transfer
 from byol_bench.distributed import rank, sync_batchnorm, world_size
 from byol_bench.errors import UserError
-from byol_bench.evaluate import PROBE_METHOD, Evaluator, collapse_rank
+from byol_bench.evaluate import PROBE_METHOD, Evaluator, OnlineProbe, collapse_rank
 from byol_bench.instrument import (PeakMemory, StepClock, cpu_has_amx_bf16, images_per_second, measured_peak_flops,
                                    timed)
 from byol_bench.methods import METHODS, multi_crop, uses_momentum
@@ -57,6 +57,7 @@ class TrialState:
     flops_per_image: float | None = None  # counted on the first step
     compile_time_s: float = 0.0  # the steps that compiled the training loss (one per process that compiled)
     peak_memory_bytes: int = 0
+    random_init_map: dict | None = None  # with embedding_map: Evaluator.embedding of the backbone before training
     restarts: list[int] = field(default_factory=list)  # the epochs done when each resume or retry continued
 
 
@@ -67,6 +68,7 @@ class Checkpoint:
     state: TrialState
     method: dict  # the method's state_dict
     optimizer: dict  # the optimizer's state_dict
+    online_probe: dict | None = None  # the online probe's classifier and optimizer (OnlineProbe.state_dict)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -236,11 +238,13 @@ def counted_train_step(cfg: TrialConfig, model: nn.Module, optimizer, views, lr:
 
 
 def pretrain(cfg: TrialConfig, method: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
-             data: ImageData, state: TrialState, knn_monitor: Callable[[nn.Module], float] | None = None,
-             on_epoch: Callable[[dict, Checkpoint], None] | None = None, log: Callable[[str], None] = log_to_stderr) -> None:
+             data: ImageData, state: TrialState, evaluator: Evaluator | None = None,
+             online_probe: OnlineProbe | None = None, on_epoch: Callable[[dict, Checkpoint], None] | None = None,
+             log: Callable[[str], None] = log_to_stderr) -> None:
     """The training loop: from epoch ``state.epoch`` to ``cfg.epochs``, each epoch's row appended to
     ``state.history`` and passed to ``on_epoch`` with a checkpoint. ``model`` is what a step calls (the
-    method or its DDP wrapper). A non-finite epoch loss ends training with ``state.status`` = "diverged"."""
+    method or its DDP wrapper). ``evaluator`` runs the kNN monitor and tests the ``online_probe``, which takes a
+    step after every training step. A non-finite epoch loss ends training with ``state.status`` = "diverged"."""
     device = next(method.parameters()).device
     batches = make_batches(cfg, data, view_recipes(cfg, data.image_size), device)
     steps_per_epoch = len(data.pretrain_images) // cfg.global_batch_size
@@ -254,6 +258,8 @@ def pretrain(cfg: TrialConfig, method: nn.Module, model: nn.Module, optimizer: t
         clock, epoch_start, last_log = StepClock(device), time.perf_counter(), time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         tick = clock.now()
+        if online_probe is not None:  # this rank's batches' labels, in the order the batches come
+            probe_labels = data.pretrain_labels[epoch_order(cfg, len(data.pretrain_images), epoch)].to(device)
         for i, views in enumerate(batches(epoch)):
             got_batch = clock.now()
             step = epoch * steps_per_epoch + i
@@ -266,6 +272,8 @@ def pretrain(cfg: TrialConfig, method: nn.Module, model: nn.Module, optimizer: t
                 state.compile_time_s, compiling = state.compile_time_s + seconds, False
             else:
                 loss = train_step(cfg, compiled, optimizer, views, lr)
+            if online_probe is not None:
+                online_probe.train_step(probe_labels[i * cfg.batch_size : (i + 1) * cfg.batch_size])
             tau = momentum(step, total_steps) if momentum else None
             if tau is not None:
                 method.update_target(tau)
@@ -283,11 +291,14 @@ def pretrain(cfg: TrialConfig, method: nn.Module, model: nn.Module, optimizer: t
             tick = clock.now()
         row = end_epoch(cfg, state, clock, loss_sum / steps_per_epoch, epoch_start, lr, tau)
         state.peak_memory_bytes = max(state.peak_memory_bytes, peak_memory.bytes())
-        if state.status == "ok" and knn_monitor and cfg.knn_monitor_every and (epoch + 1) % cfg.knn_monitor_every == 0:
-            row["knn_top1"] = knn_monitor(method.backbone)
+        if state.status == "ok" and evaluator and cfg.knn_monitor_every and (epoch + 1) % cfg.knn_monitor_every == 0:
+            row["knn_top1"] = evaluator.knn_top1(method.backbone)
+        if state.status == "ok" and online_probe is not None:
+            row["online_probe_top1"] = evaluator.online_probe_top1(method.backbone, online_probe)
         log(epoch_line(cfg.method, row, cfg.epochs))
         if on_epoch is not None:  # a copy: the loop goes on changing the weights and the state
-            on_epoch(row, copy.deepcopy(Checkpoint(state, method.state_dict(), optimizer.state_dict())))
+            on_epoch(row, copy.deepcopy(Checkpoint(state, method.state_dict(), optimizer.state_dict(),
+                                                   online_probe.state_dict() if online_probe else None)))
         if state.status != "ok":
             break
 
@@ -365,7 +376,7 @@ def run_search_trial(cfg: TrialConfig, on_epoch: Callable[[dict, Checkpoint], No
     data, method, model, optimizer = setup(cfg)
     evaluator = Evaluator(data, cfg, next(method.parameters()).device)
     state = TrialState(floors={}) if resume is None else restore(cfg, method, optimizer, resume, log)
-    pretrain(cfg, method, model, optimizer, data, state, knn_monitor=evaluator.knn_top1, on_epoch=on_epoch, log=log)
+    pretrain(cfg, method, model, optimizer, data, state, evaluator, on_epoch=on_epoch, log=log)
     return state
 
 
@@ -382,18 +393,28 @@ def run_trial(cfg: TrialConfig, floors: dict | None = None, on_epoch: Callable[[
         log = lambda line: None  # noqa: E731 -- the ranks train in lockstep; one progress log is enough
     data, method, model, optimizer = setup(cfg)
     device = next(method.parameters()).device
-    evaluator = Evaluator(data, cfg, device)
+    transfers = [load_transfer(item, data, cfg.data_dir, cfg.subset, cfg.test_subset, cfg.seed)
+                 for item in listed(cfg.eval_datasets)]
+    evaluator = Evaluator(data, cfg, device, [other for other, _ in transfers])
+    online_probe = evaluator.online_probe(method.backbone) if cfg.online_probe else None
     if resume is None:
         log(f"{cfg.method}: {data.name}, {len(data.pretrain_images)} pretraining images, {len(data.train_images)} "
             f"train / {len(data.test_images)} {evaluated_on(cfg)} for evaluation, device {device}")
-        state = TrialState(floors=floors if floors is not None else evaluator.floors(method.backbone))
+        state = TrialState(floors=floors if floors is not None else evaluator.floors(method.backbone),
+                           random_init_map=evaluator.embedding(method.backbone) if cfg.embedding_map else None)
     else:
         state = restore(cfg, method, optimizer, resume, log)
-    pretrain(cfg, method, model, optimizer, data, state, knn_monitor=evaluator.knn_top1, on_epoch=on_epoch, log=log)
+        if online_probe is not None:
+            online_probe.load_state_dict(resume.online_probe)
+    pretrain(cfg, method, model, optimizer, data, state, evaluator, online_probe, on_epoch=on_epoch, log=log)
     scores = evaluator(method) if state.status == "ok" else {}
     if scores and scores["effective_rank"] < collapse_rank(cfg.projection_dim):
         state.status = "collapsed"
     result = trial_result(cfg, data, device, state, scores, evaluator.probe)
+    if transfers:
+        result["run"]["transfer"] = "; ".join(description for _, description in transfers)
+    if cfg.embedding_map and scores:
+        result["embedding"] = {"random_init": state.random_init_map, "trained": evaluator.embedding(method.backbone)}
     log(result_line(cfg.method, result))
     return result
 
@@ -408,11 +429,14 @@ def trial_result(cfg: TrialConfig, data: ImageData, device: torch.device, state:
                                      torch.get_num_threads())
     steps_per_epoch = len(data.pretrain_images) // cfg.global_batch_size
     monitored = [row["knn_top1"] for row in state.history if "knn_top1" in row]
+    probed = [row["online_probe_top1"] for row in state.history if "online_probe_top1" in row]
     metrics = {
         **{k: scores.get(k) for k in ("knn_top1", "knn_top5", "linear_top1", "linear_top5", "embedding_std",
-                                      "effective_rank")},
+                                      "effective_rank")},  # None where not evaluated (diverged)
+        **scores,  # with what the knobs add: the low-label accuracies
         # The best epoch's kNN accuracy, as lightly's benchmarks report it: only when the monitor ran every epoch.
         "knn_top1_best": max(monitored) if scores and cfg.knn_monitor_every == 1 else None,
+        "online_probe_top1": probed[-1] if scores and probed else None,  # the last epoch's
         "images_per_s": images_per_s,
         "step_time_median_s": float(torch.tensor(step_times).median()) if step_times else None,
         "data_wait_fraction": sum(data_times) / sum(step_times) if step_times else None,

@@ -33,8 +33,8 @@ from byol_bench.errors import UserError
 from byol_bench.folder_lock import LOCK_FILE, hold_folder
 from byol_bench.provenance import git_revision, versions
 from byol_bench.progress import search_line
-from byol_bench.results import (DiskFull, check_writable, disk_full, epoch_rows, megabytes, summary, trial_row, write_json,
-                                write_parquet, write_tables)
+from byol_bench.results import (DiskFull, check_writable, disk_full, embedding_rows, epoch_rows, megabytes, summary,
+                                trial_row, write_json, write_parquet, write_tables)
 from byol_bench.search import (SEARCH_FILES, SEARCH_FOLDER, SEARCH_RECORD, SEARCH_TABLE, Search, SearchRecord,
                                best_trials, chosen, defaults, final_runs, search_knobs)
 from byol_bench.sweep import PlannedTrial, Sweep, expand, run_order
@@ -319,10 +319,11 @@ def _trials_that_fit(sweep: Sweep, workers: int, available: dict) -> int | None:
     return max(1, int(min(fits))) if fits else None
 
 
-def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict]]:
-    """Rows for every planned trial from Tune's results: ok/diverged, failed with its error, or incomplete."""
+def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict], list[dict]]:
+    """Rows for every planned trial from Tune's results (ok/diverged, failed with its error, or incomplete), their
+    epochs' and their embedding maps' rows."""
     by_id = {result.config["trial_id"]: result for result in grid if result.config}
-    trials, epochs = [], []
+    trials, epochs, embeddings = [], [], []
     for plan in planned:
         result = by_id.get(plan.trial_id)
         metrics = (result.metrics or {}) if result is not None else {}
@@ -332,9 +333,10 @@ def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict]]
             outcome = json.loads(metrics["result_json"])
             trials.append(trial_row(plan.trial_id, plan.resolved, outcome["status"], outcome))
             epochs += epoch_rows(plan.trial_id, outcome)
+            embeddings += embedding_rows(plan.trial_id, outcome)
         else:
             trials.append(trial_row(plan.trial_id, plan.resolved, "incomplete"))
-    return trials, epochs
+    return trials, epochs, embeddings
 
 
 def _last_lines(error: Exception) -> str:
@@ -547,20 +549,21 @@ def _finish(sweep: Sweep, planned: list[PlannedTrial], grid, folder: Path, manif
             storage: str | None, slots: int) -> int:
     """The sweep's tables, finished manifest and report; the exit code (130 when trials are unfinished). A sweep
     stopped for want of room (``_disk_guard``) writes nothing more: a resume writes it all."""
-    trials, epochs = _collect(planned, grid)
+    trials, epochs, embeddings = _collect(planned, grid)
     resume = _resume_command(sweep, results_dir, storage)
     if not storage and any(row["status"] == "incomplete" for row in trials):
         _check_room(folder, slots, resume)
     try:
-        trial_table, _ = write_tables(folder, trials, epochs)
+        trial_table, _ = write_tables(folder, trials, epochs, embeddings)
         counts = trial_table["status"].value_counts().to_dict()
         manifest.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), complete=not counts.get("incomplete"))
         write_json(folder / "manifest.json", manifest)
         print(summary(trial_table, sweep.axes))
-        print(f"results: {folder}/trials.parquet, epochs.parquet, manifest.json")
         from byol_bench.history import record_sweep  # plotting libraries load only once there is something to plot
-        from byol_bench.report import write_report
+        from byol_bench.report import settings_summary, write_report
 
+        print(f"per setting: mean [95% bootstrap interval over seeds]\n{settings_summary(folder)}")
+        print(f"results: {folder}/trials.parquet, epochs.parquet, manifest.json")
         if manifest["complete"]:
             print(record_sweep(folder, results_dir / "history"))
         print(f"report: {write_report(folder)}")

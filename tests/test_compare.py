@@ -55,6 +55,10 @@ def test_a_significant_accuracy_drop_is_a_regression(tmp_path):
     assert verdicts == {"byol": "regressed", "simclr": "unchanged"} and result["regressed"]
     byol = [g for g in result["groups"] if g["group"]["method"] == "byol"][0]
     assert byol["knn_top1"]["delta_points"] == pytest.approx(-5.0) and byol["knn_top1"]["p_value"] < 0.05
+    # The interval of the difference: the seeds' spread around -5 points; the verdict table states it.
+    low, high = byol["knn_top1"]["delta_interval"]
+    assert -5.6 < low < -5.0 < high < -4.4
+    assert f"-5.00 [{low:+.2f}, {high:+.2f}] (p " in to_markdown(result)
 
 
 def test_a_small_but_significant_change_under_the_effect_size_is_not_flagged(tmp_path):
@@ -70,7 +74,9 @@ def test_a_small_but_significant_change_under_the_effect_size_is_not_flagged(tmp
 def test_one_seed_uses_the_tolerance(tmp_path):
     base = make_sweep(tmp_path, "base", {("byol", 256): SEEDS[:1]})
     cand = make_sweep(tmp_path, "cand", {("byol", 256): shifted(SEEDS[:1], knn=-0.02)})
-    knn = compare_runs(load_run(base), load_run(cand), Tolerances(acc_points=1.0))["groups"][0]["knn_top1"]
+    comparison = compare_runs(load_run(base), load_run(cand), Tolerances(acc_points=1.0))
+    knn = comparison["groups"][0]["knn_top1"]
+    assert knn["delta_interval"] is None and "(1 seed: no interval)" in to_markdown(comparison)
     assert knn["test"] == "tolerance" and knn["verdict"] == "regressed"
     knn = compare_runs(load_run(base), load_run(cand), Tolerances(acc_points=3.0))["groups"][0]["knn_top1"]
     assert knn["verdict"] == "unchanged"

@@ -23,14 +23,16 @@ from byol_bench.config import make_config, resolved_config
 from byol_bench.errors import UserError
 from byol_bench.methods import METHODS
 from byol_bench.report import write_comparison, write_report
-from byol_bench.report.figures import (accuracy_vs_batch_size, accuracy_vs_compute, byol_vs_momentum, heatmap,
-                                       method_palette, pareto_front, throughput_vs_batch_size, training_curves)
+from byol_bench.report.figures import (accuracy_vs_batch_size, accuracy_vs_compute, byol_vs_momentum, embedding_maps,
+                                       heatmap, method_palette, pareto_front, throughput_vs_batch_size, training_curves)
 from byol_bench.report.load import load_results
-from byol_bench.results import epoch_rows, summary, trial_row, write_json, write_tables
+from byol_bench.results import embedding_rows, epoch_rows, summary, trial_row, write_json, write_tables
+from byol_bench.stats import bootstrap_interval
+from byol_bench.stats import mean as mean_over_seeds
 
 FIXED = {"dataset": "fashion-mnist", "backbone": "small-cnn", "subset": 5000, "test_subset": 2000, "epochs": 3, "threads": 1}
 FIGURES = ("accuracy_vs_batch_size", "byol_vs_momentum", "throughput_vs_batch_size", "accuracy_vs_compute",
-           "training_curves", "heatmap")
+           "training_curves", "probability_of_improvement", "embedding_maps", "heatmap")
 TABLES = ("Accuracy", "Published numbers next to ours", "Speed and cost", "Floors: random-init backbone and raw pixels",
           "Failed, diverged, incomplete and missing trials")
 ANCHOR = {"method": "byol", "batch_size": 128, "knn_top1": 0.869, "source": "lightly CIFAR-10 benchmark"}
@@ -64,6 +66,8 @@ def fake_result(knobs: dict, status: str = "ok", offset: float = 0.0) -> dict:
                       "raw_pixels_knn_top1": 0.78, "raw_pixels_knn_top5": 0.95},
         "provenance": {"device_name": "Test CPU", "threads": 1, "git_revision": "abc1234", "torch": "2.5.0",
                        "lightly": "1.5.20", "hostname": "ci", "time": "2025-01-01T00:00:00"},
+        "embedding": {name: {"algorithm": "t-SNE", "labels": [index % 10 for index in range(30)],
+                             "points": rng.normal(size=(30, 2)).tolist()} for name in ("random_init", "trained")},
     }
 
 
@@ -87,7 +91,7 @@ def write_sweep(folder: Path, planned, outcomes: dict | None = None, offset: flo
                 axes=("method", "batch_size")) -> Path:
     """A results folder as run_sweep leaves it; ``outcomes`` maps trial ids to failed/diverged/incomplete/missing."""
     outcomes = outcomes or {}
-    trials, epochs = [], []
+    trials, epochs, embeddings = [], [], []
     for trial_id, knobs in planned:
         outcome = outcomes.get(trial_id, "ok")
         if outcome == "missing":
@@ -97,10 +101,11 @@ def write_sweep(folder: Path, planned, outcomes: dict | None = None, offset: flo
             result = fake_result(knobs, outcome, offset)
             trials.append(trial_row(trial_id, resolved, outcome, result))
             epochs += epoch_rows(trial_id, result)
+            embeddings += embedding_rows(trial_id, result)
         else:
             error = "RuntimeError: out of memory | while allocating 2 GiB" if outcome == "failed" else None
             trials.append(trial_row(trial_id, resolved, outcome, error=error))
-    write_tables(folder, trials, epochs)
+    write_tables(folder, trials, epochs, embeddings)
     write_json(folder / "manifest.json", {
         "sweep": folder.name, "description": "A hand-built sweep for the report tests.", "axes": list(axes),
         "fixed": FIXED, "resources": {"cpu": 1, "gpu": 0}, "anchors": [ANCHOR],
@@ -139,9 +144,10 @@ def markdown_table(markdown: str, title: str) -> pd.DataFrame:
     return pd.DataFrame(cells[2:], columns=cells[0])
 
 
-def mean_and_std(text: str) -> tuple[float, float]:
-    mean, _, std = text.partition(" ± ")
-    return float(mean), float(std or "nan")
+def mean_and_interval(text: str) -> tuple[float, tuple | None]:
+    """'mean [low, high]' or a lone value (one seed), as numbers."""
+    mean, _, interval = text.partition(" [")
+    return float(mean), tuple(map(float, interval.rstrip("]").split(", "))) if interval else None
 
 
 def test_the_report_has_every_table_and_figure(sweep):
@@ -160,6 +166,18 @@ def test_the_report_has_every_table_and_figure(sweep):
     assert "Not drawn" not in markdown
     assert page.count('<img src="data:image/png;base64,') == len(FIGURES)
     assert "CPU-hours" in markdown and "pretraining time × the 1 CPU reserved for each worker × workers" in markdown
+
+
+def test_the_embedding_maps_show_random_init_then_one_finished_seed_per_method(sweep):
+    results = load_results(sweep)
+    figure = embedding_maps(results)
+    titles = [ax.get_title() for ax in figure.axes]
+    assert titles == ["random init", "byol\nbatch 64, constant:0.99, seed 0", "simclr\nbatch 64, seed 0"]
+    drawn = figure.axes[1].collections[0].get_offsets()
+    trial = results.embeddings[(results.embeddings["trial_id"] == "method=byol,batch_size=64,momentum_schedule="
+                                "constant:0.99,seed=0") & (results.embeddings["map"] == "trained")]
+    assert np.allclose(drawn, trial[["x", "y"]].to_numpy())
+    plt.close("all")
 
 
 def test_the_floors_table_has_one_row_per_floor_setting(sweep, tmp_path):
@@ -215,15 +233,18 @@ def test_numbers_in_the_report_are_the_means_over_seeds_of_the_table(sweep):
         for label, column, scale, tolerance in (("kNN top-1 (%)", "knn_top1", 100, 0.05),
                                                 ("linear top-5 (%)", "linear_top5", 100, 0.05),
                                                 ("images/s", "images_per_s", 1, 0.5)):
-            mean, std = mean_and_std(row[label])
-            assert abs(mean - group[column].mean() * scale) <= tolerance, (key, label)
-            if len(group) > 1:
-                assert abs(std - group[column].std() * scale) <= tolerance, (key, label)
+            mean, interval = mean_and_interval(row[label])
+            values = group[column].to_numpy(float) * scale
+            assert abs(mean - values.mean()) <= tolerance, (key, label)
+            if len(group) > 1:  # the bootstrap interval of the mean of the seeds: within their range, around the mean
+                expected = bootstrap_interval([values], mean_over_seeds)
+                assert interval == pytest.approx(expected, abs=tolerance) and interval[0] <= mean <= interval[1]
+                assert values.min() - tolerance <= interval[0] < interval[1] <= values.max() + tolerance, (key, label)
             else:
-                assert math.isnan(std), (key, label)
+                assert interval is None, (key, label)
     assert shown[("byol", 128, "constant:0.99")]["n"] == "2"
-    assert shown[("byol", 64, "constant:0.99")]["n"] == "1 of 2"  # seed 1 failed
-    assert shown[("simclr", 128, "-")]["n"] == "1 of 2"  # seed 1 missing from the table
+    assert shown[("byol", 64, "constant:0.99")]["n"] == "1 of 2 (1 seed: no interval)"  # seed 1 failed
+    assert shown[("simclr", 128, "-")]["n"] == "1 of 2 (1 seed: no interval)"  # seed 1 missing from the table
 
 
 def test_published_anchors_stand_next_to_our_numbers(sweep):
@@ -233,7 +254,7 @@ def test_published_anchors_stand_next_to_our_numbers(sweep):
     assert len(anchors) == 1
     row = anchors.iloc[0]
     assert row["published"] == "86.9" and row["source"] == ANCHOR["source"] and row["n"] == str(len(ours))
-    assert abs(mean_and_std(row["ours"])[0] - ours["knn_top1"].mean() * 100) <= 0.05
+    assert abs(mean_and_interval(row["ours"])[0] - ours["knn_top1"].mean() * 100) <= 0.05
 
 
 def test_anchors_are_compared_with_the_metric_they_name(tmp_path):
@@ -250,7 +271,7 @@ def test_anchors_are_compared_with_the_metric_they_name(tmp_path):
     assert anchors.loc["best", "metric"] == "kNN top-1, best epoch (%)" and anchors.loc["best", "published"] == "86.8"
     trials = pd.read_parquet(folder / "trials.parquet")
     for source, column in (("final", "knn_top1"), ("best", "knn_top1_best")):
-        assert abs(mean_and_std(anchors.loc[source, "ours"])[0] - trials[column].mean() * 100) <= 0.05, source
+        assert abs(mean_and_interval(anchors.loc[source, "ours"])[0] - trials[column].mean() * 100) <= 0.05, source
 
 
 def test_ten_methods_have_ten_colours_of_their_own_in_every_report():
@@ -285,13 +306,14 @@ def test_a_single_trial_json_gets_a_report_next_to_it(tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith(str(report))
     markdown = read(report.with_suffix(".md"))
     row = markdown_table(markdown, "Accuracy").iloc[0]
-    assert (row["method"], row["batch size"], row["momentum schedule"], row["n"]) == ("simclr", "64", "-", "1")
+    assert (row["method"], row["batch size"], row["momentum schedule"], row["n"]) == ("simclr", "64", "-",
+                                                                                  "1 (1 seed: no interval)")
     assert row["kNN top-1 (%)"] == f"{result['metrics']['knn_top1'] * 100:.1f}"
     assert "Not drawn: no finished BYOL trials." in markdown
     assert "Not drawn: needs finished trials at two or more batch sizes (found 64)." in markdown
     assert "CPU-hours" in markdown and "the 1 CPU it used" in markdown
     drawn = {path.stem for path in (report.parent / "figures").glob("*.png")}
-    assert drawn == {"training_curves"}
+    assert drawn == {"training_curves", "embedding_maps"}  # its maps: the random-init one and its own
     assert "Every trial finished." in markdown
 
 
@@ -483,7 +505,8 @@ def test_trials_that_differ_only_in_workers_are_separate_settings(tmp_path):
                                                          "batch_size=64,workers=2,seed=2": "missing"})
     write_report(folder)
     accuracy = markdown_table(read(folder / "report.md"), "Accuracy")
-    assert accuracy[["batch size", "workers", "n"]].values.tolist() == [["128", "1", "3"], ["128", "2", "1 of 3"]]
+    assert accuracy[["batch size", "workers", "n"]].values.tolist() == [["128", "1", "3"],
+                                                                      ["128", "2", "1 of 3 (1 seed: no interval)"]]
     results = load_results(folder)
     trials = results.trials.set_index("trial_id")
     assert trials.loc["batch_size=64,workers=2,seed=2", "status"] == "missing"
@@ -518,7 +541,7 @@ def test_trials_that_differ_in_any_other_axis_are_separate_settings(tmp_path):
     assert len(accuracy) == len(expected) == 12 and set(accuracy["n"]) == {"2"}
     for (method, batch, lr, temperature), mean in expected.items():
         shown = accuracy.loc[(method, str(batch), str(lr), str(temperature)), "kNN top-1 (%)"]
-        assert abs(mean_and_std(shown)[0] - mean) <= 0.05
+        assert abs(mean_and_interval(shown)[0] - mean) <= 0.05
     results = load_results(folder)
     assert results.epochs.groupby("setting")["trial_id"].nunique().to_dict()[
         "batch 64, lr 0.4, temperature 0.5"] == 2  # SimCLR's curve for that setting, apart from the others
@@ -558,4 +581,58 @@ def test_missing_trials_of_a_sweep_that_leaves_knobs_at_their_defaults_join_thei
     write_report(folder)
     accuracy = markdown_table(read(folder / "report.md"), "Accuracy")
     assert accuracy[["method", "batch size", "momentum schedule", "n"]].values.tolist() == [
-        ["byol", "256", "cosine:0.99-1.0", "2"], ["simclr", "256", "-", "1 of 2"]]
+        ["byol", "256", "cosine:0.99-1.0", "2"], ["simclr", "256", "-", "1 of 2 (1 seed: no interval)"]]
+
+
+def test_probability_of_improvement_and_seeds_needed_come_from_the_seeds(tmp_path):
+    """P(A > B) is each batch size's Mann-Whitney U over n_A·n_B, averaged; the seeds needed follow the pooled
+    seed-to-seed std; a ranking under the minimum effect is flagged; one seed a side has no interval."""
+    from scipy import stats
+    from statsmodels.stats.power import TTestIndPower
+
+    folder = write_sweep(tmp_path / "three", planned_trials(seeds=(0, 1, 2)), {
+        "method=simclr,batch_size=64,seed=1": "failed", "method=simclr,batch_size=64,seed=2": "failed"})
+    assert main(["report", str(folder), "--acc-tol", "0.5"]) == 0
+    trials = pd.read_parquet(folder / "trials.parquet").query("status == 'ok'")
+    markdown = read(folder / "report.md")
+    table = markdown_table(markdown, "Probability of improvement").set_index(["A", "B"])
+    byol = trials[(trials["method"] == "byol") & (trials["momentum_schedule"] == "constant:0.99")]
+    simclr = trials[trials["method"] == "simclr"]
+    expected = np.mean([stats.mannwhitneyu(byol.loc[byol["batch_size"] == batch, "knn_top1"],
+                                           simclr.loc[simclr["batch_size"] == batch, "knn_top1"]).statistic
+                        / ((byol["batch_size"] == batch).sum() * (simclr["batch_size"] == batch).sum())
+                        for batch in (64, 128)])
+    row = table.loc[("byol, constant:0.99", "simclr")]
+    assert row["P(A > B), kNN top-1"] == f"{expected:.2f} (1 seed: no interval)"  # simclr ran one seed at 64
+    assert row["seeds (A, B)"] == "3, 1" and row["batch sizes"] == "64, 128"
+    both = table.loc[("byol, cosine:0.99-1.0", "byol, constant:0.99"), "P(A > B), kNN top-1"]
+    point, (low, high) = mean_and_interval(both)
+    assert 0 <= low <= point <= high <= 1 and low < high
+    needed = markdown_table(markdown, "Seeds needed").set_index("method")
+    # BYOL's four settings all finished three seeds: the pooled variance is their variances' mean.
+    pooled = np.sqrt(trials[trials["method"] == "byol"].groupby(["batch_size", "momentum_schedule"])["knn_top1"]
+                     .var().mean()) * 100
+    assert float(needed.loc["byol", "kNN top-1: std over seeds (points)"]) == pytest.approx(pooled, abs=0.005)
+    assert int(needed.loc["byol", "kNN top-1: seeds needed"]) == max(
+        2, math.ceil(TTestIndPower().solve_power(0.5 / pooled, alpha=0.05, power=0.8)))
+    assert "an accuracy difference of 0.5 points (--acc-tol)" in markdown
+    assert "Ranking warning (batch 64, kNN top-1):" in markdown  # simclr's one seed at batch 64
+    assert (folder / "figures" / "probability_of_improvement.png").stat().st_size > 1000
+
+
+def test_low_label_and_online_probe_accuracies_get_columns_where_measured(sweep, tmp_path):
+    fixed = {**FIXED, "probe_label_fractions": [0.1, 1.0], "online_probe": True}
+    trials = []
+    for trial_id, knobs in planned_trials(methods=("simclr",), batch_sizes=(64,), seeds=(0, 1), fixed=fixed):
+        result = fake_result(knobs)
+        result["metrics"].update(knn_top1_10pct=0.5 + 0.01 * knobs["seed"], linear_top1_10pct=0.6,
+                                 online_probe_top1=0.7)
+        trials.append(trial_row(trial_id, resolved_config(knobs), "ok", result))
+    write_tables(tmp_path / "low", trials, [])
+    write_report(tmp_path / "low")
+    accuracy = markdown_table(read(tmp_path / "low" / "report.md"), "Online probe, fewer labels, transfer").iloc[0]
+    assert mean_and_interval(accuracy["kNN top-1, 10% of labels (%)"]) == (50.5, (50.0, 51.0))
+    assert accuracy["linear top-1, 10% of labels (%)"].startswith("60.0 [")
+    assert accuracy["online probe top-1, last epoch (%)"].startswith("70.0 [")
+    assert "100% of labels" not in read(tmp_path / "low" / "report.md")  # 1.0 is the plain kNN and linear top-1
+    assert "Online probe, fewer labels, transfer" not in read(sweep / "report.md")

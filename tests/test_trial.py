@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from byol_bench.cli import main
 from byol_bench.config import make_config
@@ -34,6 +35,68 @@ def test_train_command_writes_a_complete_result(tmp_path, capsys):
         assert key in result["provenance"]
     assert result["run"]["probe_recipe"]["epochs"] == 5
     assert not [p for p in tmp_path.iterdir() if p.name != "trial.json"]  # no temporary file left behind
+
+
+def test_the_online_probe_learns_without_changing_pretraining_and_low_label_metrics_are_recorded(tmp_path):
+    """Bit for bit the same weights with the online probe (and the embedding maps) as without; its test top-1
+    every epoch, above chance; kNN and linear top-1 with a quarter of the labels beside the full ones; the maps of
+    the trained and the random-init backbone, drawn in the trial's report."""
+    def trained(**knobs):
+        checkpoints = []
+        floors = {"random_init_knn_top1": 0.0, "random_init_linear_top1": 0.0}  # not measured: not compared
+        # Batches of 16: enough steps for the backbone's BatchNorm statistics, which test images see, to settle.
+        result = run_trial(make_config(tiny("byol", batch_size=16, probe_epochs=2, **knobs)), floors=floors,
+                           on_epoch=lambda row, checkpoint: checkpoints.append(checkpoint), log=lambda line: None)
+        return checkpoints[-1].method, result
+
+    without, plain = trained()
+    weights, result = trained(online_probe=True, probe_label_fractions="0.25", embedding_map=True)
+    assert without.keys() == weights.keys() and all(torch.equal(without[key], weights[key]) for key in weights)
+    assert plain["metrics"]["knn_top1"] == result["metrics"]["knn_top1"]  # the same evaluation of the same weights
+    probed = [row["online_probe_top1"] for row in result["history"]]
+    assert len(probed) == 2 and result["metrics"]["online_probe_top1"] == probed[-1] > 0.2  # 10 classes: chance 0.1
+    assert "online_probe_top1" not in plain["history"][-1] and plain["metrics"]["online_probe_top1"] is None
+    for key in ("knn_top1_25pct", "linear_top1_25pct"):
+        assert 0.0 <= result["metrics"][key] <= 1.0 and key not in plain["metrics"]
+    maps = result["embedding"]
+    assert maps["trained"]["labels"] == maps["random_init"]["labels"] and len(maps["trained"]["labels"]) == 100
+    assert len(maps["trained"]["points"]) == 100 and maps["trained"]["points"] != maps["random_init"]["points"]
+    assert "embedding" not in plain
+    (tmp_path / "trial.json").write_text(json.dumps(result))
+    assert main(["report", str(tmp_path / "trial.json")]) == 0
+    assert (tmp_path / "trial-report" / "figures" / "embedding_maps.png").stat().st_size > 1000
+
+
+def test_transfer_evaluation_converts_other_data_sets_to_the_pretraining_images(tmp_path):
+    """A built-in data set at another size and a grayscale ImageFolder tree: each a metric group, each converted."""
+    from torchvision.transforms.functional import to_pil_image
+
+    for label, shade in (("dark", 40), ("light", 210)):  # two classes a random backbone already tells apart
+        (tmp_path / "tones" / label).mkdir(parents=True)
+        for index in range(20):
+            image = torch.full((1, 20, 20), shade + index, dtype=torch.uint8)
+            to_pil_image(image).save(tmp_path / "tones" / label / f"{index}.png")
+    floors = {"random_init_knn_top1": 0.0, "random_init_linear_top1": 0.0}  # not measured: not compared
+    result = run_trial(make_config(tiny("simclr", epochs=1, probe_epochs=2,
+                                        eval_datasets=["synthetic", str(tmp_path / "tones")])),
+                       floors=floors, log=lambda line: None)
+    assert result["run"]["transfer"] == ("synthetic (3→3 channels, 32→16 px, 256 train / 100 test images); "
+                                         "tones (3→3 channels, 16→16 px, 32 train / 8 test images)")
+    assert result["metrics"]["transfer_tones_knn_top1"] == result["metrics"]["transfer_tones_linear_top1"] == 1.0
+    assert 0.0 <= result["metrics"]["transfer_synthetic_knn_top1"] <= 1.0
+
+
+def test_conform_converts_channels_as_pil_does_and_resizes():
+    from torchvision.transforms.functional import pil_to_tensor, to_pil_image
+
+    from byol_bench.data import conform
+
+    rgb = torch.randint(0, 256, (2, 3, 12, 12), dtype=torch.uint8)
+    gray = conform(rgb, channels=1, size=12)
+    assert gray.shape == (2, 1, 12, 12)
+    assert (gray[0].int() - pil_to_tensor(to_pil_image(rgb[0]).convert("L")).int()).abs().max() <= 1
+    assert torch.equal(conform(gray, channels=3, size=12), gray.expand(-1, 3, -1, -1))
+    assert conform(gray, channels=1, size=28).shape == (2, 1, 28, 28)
 
 
 def test_config_file_and_flags_combine(tmp_path):

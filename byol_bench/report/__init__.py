@@ -15,20 +15,25 @@ import json
 from pathlib import Path
 
 from byol_bench.errors import UserError
+from byol_bench.evaluate import EMBEDDING_POINTS
 from byol_bench.report import figures
 from byol_bench.report.load import Results, load_results
 from byol_bench.report.render import Figure, Table, write_documents, writable
-from byol_bench.report.tables import (ACCURACY_COLUMNS, COST_COLUMNS, anchor_table, axis_label, chosen_table,
-                                      comparison_table, floor_table, per_group, protocol, protocol_differences,
-                                      provenance_table, search_budget_table, settings_title, status_counts,
-                                      tuned_vs_defaults, unfinished_table)
+from byol_bench.report.tables import (ACCURACY_COLUMNS, COMPARED, COST_COLUMNS, anchor_table, axis_label,
+                                      chosen_table, comparison_table, evaluation_columns, floor_table,
+                                      improvement_frame, improvement_table, per_group, protocol, protocol_differences,
+                                      provenance_table, ranking_warnings, search_budget_table, seeds_needed_table,
+                                      settings_title, status_counts, tuned_vs_defaults, unfinished_table)
 from byol_bench.search import CHOSEN_DIGITS, budget_text
+from byol_bench.stats import BOOTSTRAP_RESAMPLES, MIN_EFFECT_POINTS
 
-__all__ = ["write_report", "write_comparison"]
+__all__ = ["write_report", "write_comparison", "settings_summary"]
 
 
-def write_report(source: Path, heatmap_axes: tuple[str, str] = ("method", "global_batch_size")) -> Path:
-    """Tables and figures for a sweep folder or a trial JSON; returns the path of report.html."""
+def write_report(source: Path, heatmap_axes: tuple[str, str] = ("method", "global_batch_size"),
+                 acc_points: float = MIN_EFFECT_POINTS) -> Path:
+    """Tables and figures for a sweep folder or a trial JSON; returns the path of report.html. ``acc_points`` is
+    the accuracy difference the seeds-needed table sizes the seeds for."""
     results = load_results(source)
     for axis in heatmap_axes:
         if axis not in results.trials:
@@ -36,17 +41,24 @@ def write_report(source: Path, heatmap_axes: tuple[str, str] = ("method", "globa
                             "such as method, global_batch_size, batch_size, momentum_schedule, seed")
     above, unfinished = protocol(results), unfinished_table(results)
     figures_dir = writable(results.report_dir / "figures")
+    improvements = improvement_frame(results)
     sections = [
         ("Overview", _overview(results)),
         (settings_title("Results", results.other_axes), _result_tables(results, above)),
+        ("How sure: probability of improvement and seeds needed", _confidence(results, improvements, acc_points)),
         *([("Search", _search_section(results, figures_dir, above))] if results.search is not None else []),
         ("Trials that did not finish", [Table("Failed, diverged, incomplete and missing trials", unfinished, above)
                                         if len(unfinished) else "Every trial finished."]),
         ("Regression checks", _regression_checks(results.report_dir)),
-        ("Figures", _figures(results, figures_dir, *heatmap_axes)),
+        ("Figures", _figures(results, improvements, figures_dir, *heatmap_axes)),
         ("Provenance", [Table("Devices, versions and hosts of the trials", provenance_table(results))]),
     ]
     return write_documents(results.report_dir, "report", f"byol-bench report: {results.name}", sections)
+
+
+def settings_summary(source: Path) -> str:
+    """The console's table of a sweep's settings: accuracy and speed, each with its 95% interval and n."""
+    return per_group(load_results(source), COMPARED).to_string(index=False)
 
 
 def _overview(results: Results) -> list[str]:
@@ -57,9 +69,11 @@ def _overview(results: Results) -> list[str]:
         lines.insert(0, manifest.get("description") or f"Sweep {manifest.get('sweep', results.name)}.")
         lines.append(f"Started {manifest.get('started')}, finished {manifest.get('finished') or 'not recorded'}; "
                      f"complete: {manifest.get('complete')}. Resources per worker: {resources or 'not recorded'}.")
-    lines.append("Accuracies are in %, as mean ± std over the finished seeds; n counts those seeds "
-                 "('k of m' when only k of a setting's m trials finished). The batch size is the global batch "
-                 "(per-worker batch × workers).")
+    lines.append("Accuracies are in %; every figure of a setting is the mean over its finished seeds with its 95% "
+                 f"bootstrap confidence interval in brackets (percentile bootstrap over the seeds, "
+                 f"{BOOTSTRAP_RESAMPLES:,} resamples); "
+                 "n counts those seeds ('k of m' when only k of a setting's m trials finished), and one seed gives "
+                 "no interval. The batch size is the global batch (per-worker batch × workers).")
     return lines
 
 
@@ -69,12 +83,35 @@ def _result_tables(results: Results, above: str) -> list:
     no_anchors = "No published numbers: " + ("the manifest records no anchors (add 'anchors' to the sweep file)."
                                              if results.manifest else "a single trial has no manifest to record them.")
     cost = {**COST_COLUMNS, results.compute_unit: ("compute_hours", 1, 3)}
+    evaluations = evaluation_columns(results)
     return [
         Table("Accuracy", per_group(results, ACCURACY_COLUMNS), above),
+        *([Table("Online probe, fewer labels, transfer", per_group(results, evaluations), above)]
+          if evaluations else []),
         Table("Published numbers next to ours", anchors, above) if anchors is not None else no_anchors,
         Table("Speed and cost", per_group(results, cost), f"{above} {results.compute_unit}: {results.compute_basis}."),
         Table("Floors: random-init backbone and raw pixels", floors, above) if len(floors)
         else "No floors: no trial got as far as measuring them.",
+    ]
+
+
+def _confidence(results: Results, improvements, acc_points: float) -> list:
+    """P(A > B) between the contenders, the seeds a difference of ``acc_points`` needs, and the rankings that rest
+    on less."""
+    needed = seeds_needed_table(results, acc_points)
+    return [
+        Table("Probability of improvement", improvement_table(improvements),
+              "P(A > B): the chance that a seed of A beats a seed of B (ties half), averaged over the batch sizes both "
+              "ran, with its 95% stratified-bootstrap interval (Agarwal et al., NeurIPS 2021; rliable). A is the one "
+              "with the higher mean kNN top-1; 0.5 is a coin toss. With few seeds the interval is too narrow: when "
+              "every seed of A beats every seed of B, every resample does too.") if len(improvements)
+        else "No probability of improvement: it needs two or more methods with finished trials at a common batch size.",
+        Table("Seeds needed", needed,
+              "Seeds per setting that a two-sample t-test (alpha 0.05, power 0.8) needs to detect an accuracy "
+              f"difference of {acc_points:g} point{'s' if acc_points != 1 else ''} (--acc-tol), given the "
+              "seed-to-seed std this sweep measured (pooled over each method's settings).") if len(needed) else "No seeds needed: no trial finished.",
+        *(ranking_warnings(results, acc_points) or [f"Every ranking step in the tables is at least {acc_points:g} "
+                                                    "points and detectable with the seeds run."]),
     ]
 
 
@@ -111,7 +148,7 @@ def _regression_checks(folder: Path) -> list:
     return blocks or ["None yet: `byol-bench compare BASELINE this-folder` adds its verdicts here."]
 
 
-def _figures(results: Results, folder: Path, rows: str, columns: str) -> list[Figure]:
+def _figures(results: Results, improvements, folder: Path, rows: str, columns: str) -> list[Figure]:
     palette = figures.method_palette(results.trials["method"].unique())
     seeds, floors = "error bars ±1 std over seeds", figures.FLOOR_CAPTION
     return [
@@ -131,12 +168,25 @@ def _figures(results: Results, folder: Path, rows: str, columns: str) -> list[Fi
                      figures.accuracy_vs_compute(results, palette)),
         figures.save(folder, "training_curves", "Training curves",
                      "training loss per epoch and, where --knn-monitor-every was set, the kNN monitor's top-1 (%) "
-                     "with the kNN floors; mean and ±1 std over seeds", figures.training_curves(results, palette)),
+                     "with the kNN floors, where online_probe was on, the online probe's test top-1 (%) with the "
+                     "linear floor; mean and ±1 std over seeds", figures.training_curves(results, palette)),
+        figures.save(folder, "probability_of_improvement", "Probability of improvement",
+                     "P(A > B) per pair with its 95% stratified-bootstrap interval; hollow: one seed a side, no "
+                     "interval; the grey line is 0.5, a coin toss", figures.improvement_probabilities(improvements)),
+        figures.save(folder, "embedding_maps", "Embedding maps",
+                     f"{_map_algorithm(results)} of the backbone's features of the same {EMBEDDING_POINTS} test images "
+                     "(a seeded, stratified subset; L2-normalised, as the kNN sees them), coloured by class: the "
+                     "random-init backbone of the first trial shown, then one trial per method (its lowest seed)",
+                     figures.embedding_maps(results)),
         figures.save(folder, "heatmap", f"Mean kNN top-1: {rows} × {columns}",
                      f"mean kNN top-1 (%) over finished trials, {rows} × {columns}; "
                      f"{_averaged_over(results, rows, columns)}",
                      figures.heatmap(results, rows, columns)),
     ]
+
+
+def _map_algorithm(results: Results) -> str:
+    return " / ".join(results.embeddings["algorithm"].unique()) or "a 2-D map"
 
 
 def _averaged_over(results: Results, *shown_axes: str) -> str:

@@ -184,16 +184,22 @@ def accuracy_vs_compute(results: Results, palette: dict):
     return figure
 
 
+# Per-epoch accuracies the training curves draw where a trial recorded them, each against its floors.
+MONITORS = {"knn_top1": ("kNN top-1 (%, monitor)", "knn_top1"),
+            "online_probe_top1": ("online probe top-1 (%)", "linear_top1")}
+
+
 def training_curves(results: Results, palette: dict):
-    """Loss (and the kNN monitor in %, where it ran, with the kNN floors) per epoch: a row per method, a
-    column per curve."""
+    """Loss, and the kNN monitor and the online probe in % where they ran (with the kNN or linear floors), per
+    epoch: a row per method, a column per curve."""
     if results.epochs["loss"].notna().sum() == 0:
         return "no per-epoch rows (epochs.parquet, or the trial JSON's history, is missing or empty)"
     curves = {"loss": "training loss"}
     epochs = results.epochs
-    if "knn_top1" in epochs and epochs["knn_top1"].notna().any():
-        curves["knn_top1"] = "kNN top-1 (%, monitor)"
-        epochs = epochs.assign(knn_top1=epochs["knn_top1"] * 100)
+    for column, (label, _) in MONITORS.items():
+        if column in epochs and epochs[column].notna().any():
+            curves[column] = label
+            epochs = epochs.assign(**{column: epochs[column] * 100})
     long = (epochs.melt(id_vars=["trial_id", "method", "setting", "epoch"], value_vars=list(curves),
                         var_name="curve", value_name="value").dropna(subset=["value"]))
     long["curve"] = long["curve"].map(curves)
@@ -204,10 +210,11 @@ def training_curves(results: Results, palette: dict):
                        facet_kws={"sharey": False, "margin_titles": True})
     grid.set_titles(row_template="{row_name}", col_template="{col_name}")
     grid.set_ylabels("")
+    floors_of = {label: floors for label, floors in MONITORS.values()}
     for (method, curve), ax in grid.axes_dict.items():
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if curve == curves.get("knn_top1"):
-            draw_floors(ax, results.trials[results.trials["method"] == method], "knn_top1")
+        if curve in floors_of:
+            draw_floors(ax, results.trials[results.trials["method"] == method], floors_of[curve])
     return grid.figure
 
 
@@ -223,6 +230,32 @@ def heatmap(results: Results, rows: str, columns: str):
     sns.heatmap(table, annot=True, fmt=".1f", cmap="viridis", cbar_kws={"label": "mean kNN top-1 (%)"}, ax=ax)
     ax.set(xlabel=columns, ylabel=rows)
     ax.tick_params(axis="y", rotation=0)  # method names read across
+    figure.tight_layout()
+    return figure
+
+
+def improvement_probabilities(improvements: pd.DataFrame):
+    """P(A > B) per pair of contenders with its 95% interval, a panel per ranked accuracy (rliable's figure);
+    a pair with one seed a side is a hollow point without a bar."""
+    if improvements.empty:
+        return "needs two or more methods (or variants) with finished trials at a common batch size"
+    metrics = list(dict.fromkeys(improvements["metric"]))
+    pairs = list(dict.fromkeys(zip(improvements["a"], improvements["b"])))
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics) + 3, 1.2 + 0.4 * len(pairs)), sharey=True,
+                                squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        rows = improvements[improvements["metric"] == metric]
+        y = [pairs.index(pair) for pair in zip(rows["a"], rows["b"])]
+        for position, p, interval in zip(y, rows["p"], rows["interval"]):
+            if interval is None:
+                ax.plot(p, position, "o", mfc="none", color="0.35")
+            else:
+                ax.errorbar(p, position, xerr=[[p - interval[0]], [interval[1] - p]], fmt="o", color="#0173b2",
+                            capsize=3)
+        ax.axvline(0.5, color="0.6", linewidth=1, zorder=0)
+        ax.set(xlim=(-0.02, 1.02), xlabel=f"P(A > B), {metric}")
+    axes[0][0].set_yticks(range(len(pairs)), [f"{a} > {b}" for a, b in pairs])
+    axes[0][0].invert_yaxis()
     figure.tight_layout()
     return figure
 
@@ -251,6 +284,30 @@ def search_trace(results: Results, palette: dict):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_ylabel("validation kNN top-1 (%)")
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    figure.tight_layout()
+    return figure
+
+
+def embedding_maps(results: Results):
+    """Small multiples of the embedding maps, coloured by class: the random-init backbone's, then one trial's per
+    method (its lowest finished seed, at its first setting)."""
+    maps = results.embeddings
+    chosen = results.finished[results.finished["trial_id"].isin(set(maps["trial_id"]))]
+    if chosen.empty:
+        return "no finished trial drew an embedding map (set embedding_map: true)"
+    chosen = chosen.sort_values(["seed", "global_batch_size", "setting"]).drop_duplicates("method")
+    chosen = chosen.set_index("method").loc[in_registry_order(chosen["method"])]
+    first = chosen["trial_id"].iloc[0]
+    panels = [("random init", maps[(maps["trial_id"] == first) & (maps["map"] == "random_init")])]
+    panels += [(f"{method}\n{trial.setting}, seed {trial.seed}", maps[(maps["trial_id"] == trial.trial_id)
+                                                                     & (maps["map"] == "trained")])
+               for method, trial in chosen.iterrows()]
+    figure, axes = plt.subplots(1, len(panels), figsize=(2.8 * len(panels) + 1.5, 3.2), squeeze=False)
+    for ax, (title, points) in zip(axes[0], panels):
+        sns.scatterplot(points, x="x", y="y", hue="label", palette="tab10", s=6, linewidth=0, legend=ax is axes[0][-1],
+                        ax=ax)
+        ax.set(title=title, xticks=[], yticks=[], xlabel="", ylabel="")
+    sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False, title="class", markerscale=2)
     figure.tight_layout()
     return figure
 

@@ -11,7 +11,8 @@ import pandas as pd
 
 from byol_bench.config import resolved_config
 from byol_bench.errors import UserError
-from byol_bench.results import FLOORS, METRICS, NOT_READ, axis_values, epoch_rows, setting_axes, trial_row
+from byol_bench.results import (EMBEDDING_COLUMNS, FLOORS, METRICS, NOT_READ, axis_values, embedding_rows, epoch_rows,
+                                setting_axes, trial_row)
 from byol_bench.search import SEARCH_RECORD, SEARCH_TABLE, SearchRecord
 
 # One row of every results table: a setting, whose seeds are its samples. Trials that differ only in their DDP
@@ -37,6 +38,7 @@ class Results:
     other_axes: list[str]  # the sweep's axes beyond GROUP's (learning rate, temperature, ...): columns of trials
     compute_unit: str  # "CPU-hours" or "GPU-hours", the unit of the trials' compute_hours column
     compute_basis: str  # how compute_hours was reckoned
+    embeddings: pd.DataFrame  # the trials' embedding maps, a row per point (results.EMBEDDING_COLUMNS)
     search: pd.DataFrame | None = None  # a tuned comparison's search trials (search.parquet), with compute_hours
     search_record: SearchRecord | None = None  # and what search.json records of it
 
@@ -54,21 +56,23 @@ def load_results(source: Path) -> Results:
     """A sweep results folder (reported into itself), or one trial JSON (reported into ``<stem>-report/``)."""
     source = Path(source)
     if source.is_dir():
-        trials, epochs = _read_tables(source)
-        results = _results(source.name, source, source, trials, epochs, _read_manifest(source / "manifest.json"))
+        trials, epochs, embeddings = _read_tables(source)
+        results = _results(source.name, source, source, trials, epochs, embeddings,
+                           _read_manifest(source / "manifest.json"))
         if (source / SEARCH_TABLE).is_file() and (source / SEARCH_RECORD).is_file():
             results.search = _read_parquet(source / SEARCH_TABLE)
             results.search["compute_hours"] = results.search["time_s"] * _held(trials, results.manifest)[0] / 3600
             results.search_record = SearchRecord.read(source / SEARCH_RECORD)
         return results
     if source.is_file():
-        trials, epochs = _trial_tables(source)
-        return _results(source.stem, source, source.with_name(f"{source.stem}-report"), trials, epochs, {})
+        trials, epochs, embeddings = _trial_tables(source)
+        return _results(source.stem, source, source.with_name(f"{source.stem}-report"), trials, epochs, embeddings, {})
     raise UserError(f"{source} does not exist; {SOURCE_HINT}")
 
 
-def _read_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _read_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     trials_path, epochs_path = folder / "trials.parquet", folder / "epochs.parquet"
+    maps_path = folder / "embeddings.parquet"
     if not trials_path.is_file():
         raise UserError(f"{folder} holds no trials.parquet; {SOURCE_HINT} (a sweep writes it when it ends; "
                         "finish an interrupted one with 'byol-bench sweep FILE --resume')")
@@ -77,10 +81,11 @@ def _read_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     if lacking:
         raise UserError(f"{trials_path} lacks the columns {', '.join(lacking)}; it was not written by "
                         "'byol-bench sweep': re-run the sweep")
-    return trials, _read_parquet(epochs_path) if epochs_path.is_file() else pd.DataFrame()
+    return (trials, _read_parquet(epochs_path) if epochs_path.is_file() else pd.DataFrame(),
+            _read_parquet(maps_path) if maps_path.is_file() else pd.DataFrame(columns=EMBEDDING_COLUMNS))
 
 
-def _trial_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _trial_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """One trial JSON as the rows a sweep would have recorded for it."""
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
@@ -89,7 +94,8 @@ def _trial_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not isinstance(result, dict) or not isinstance(result.get("config"), dict) or "status" not in result:
         raise UserError(f"{path} holds no 'status' and 'config'; {SOURCE_HINT}")
     row = trial_row(path.stem, resolved_config(result["config"]), result["status"], result)
-    return pd.DataFrame([row]), pd.DataFrame(epoch_rows(path.stem, result))
+    return (pd.DataFrame([row]), pd.DataFrame(epoch_rows(path.stem, result)),
+            pd.DataFrame(embedding_rows(path.stem, result), columns=EMBEDDING_COLUMNS))
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -113,7 +119,7 @@ def _read_manifest(path: Path) -> dict:
 
 
 def _results(name: str, source: Path, report_dir: Path, trials: pd.DataFrame, epochs: pd.DataFrame,
-             manifest: dict) -> Results:
+             embeddings: pd.DataFrame, manifest: dict) -> Results:
     """The tables with the planned trials that never ran, and the columns the report groups and labels by."""
     trials["workers"] = trials["workers"].fillna(1).astype(int) if "workers" in trials else 1  # tables before DDP
     trials = _with_missing_trials(trials, manifest)
@@ -134,7 +140,7 @@ def _results(name: str, source: Path, report_dir: Path, trials: pd.DataFrame, ep
     epochs = trials[["trial_id", *GROUP, "setting"]].merge(epochs.drop(columns=EPOCH_AXES, errors="ignore"),
                                                            on="trial_id")
     epochs = epochs.replace([np.inf, -np.inf], np.nan)  # a diverged trial's last loss
-    return Results(name, source, report_dir, trials, epochs, manifest, other_axes, unit, basis)
+    return Results(name, source, report_dir, trials, epochs, manifest, other_axes, unit, basis, embeddings)
 
 
 def _label(*parts: str) -> str:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 
+from byol_bench.config import listed
+from byol_bench.data import transfer_name
+from byol_bench.evaluate import low_label_metric, transfer_metric
 from byol_bench.methods import METHODS
 from byol_bench.report.load import GROUP, Results
-from byol_bench.results import EMPTY_MEANS, FLOORS, axis_values
+from byol_bench.results import EMPTY_MEANS, FLOORS, NOT_READ, axis_values
+from byol_bench.stats import (NO_INTERVAL, bootstrap_interval, detectable_difference, estimate, pooled_std,
+                              probability_of_improvement, seeds_needed, with_interval)
 
 # label: (column, scale, decimals). Accuracies and fractions are shown in %.
 # kNN top-1 is the final epoch's; the best epoch's is what lightly's benchmarks report (the monitor every epoch).
@@ -25,6 +32,8 @@ COST_COLUMNS = {"images/s": ("images_per_s", 1, 0), "step time (ms)": ("step_tim
                 "pretraining (s)": ("pretrain_time_s", 1, 1)}
 COMPARED = {"kNN top-1 (%)": ("knn_top1", 100, 1), "linear top-1 (%)": ("linear_top1", 100, 1),
             "images/s": ("images_per_s", 1, 0)}
+# The accuracies that methods are ranked by, and their seeds counted for.
+RANKED = {"kNN top-1": "knn_top1", "linear top-1": "linear_top1"}
 PROVENANCE_COLUMNS = ["device_name", "threads", "git_revision", "torch", "lightly", "hostname"]
 # The knobs every number depends on: two sources that differ in one are not comparable.
 PROTOCOL_KNOBS = {"dataset": "data set", "subset": "train subset", "test_subset": "test subset", "backbone": "backbone",
@@ -54,6 +63,7 @@ def text(value, empty: str = "—") -> str:
 
 
 def mean_std(values: pd.Series, scale: float, decimals: int) -> str:
+    """The tuning search's tables' figure: mean ± std (their rule reads the ±1 std ranges)."""
     values = values.dropna().astype(float) * scale
     if values.empty:
         return "—"
@@ -87,7 +97,8 @@ def protocol(results: Results) -> str:
             f"{value('test_subset')}), backbone {value('backbone')}, {value('epochs')} pretraining epochs; "
             f"kNN k = {value('knn_k')}, T = {value('knn_t')}; linear probe {value('probe_epochs')} epochs at lr "
             f"{value('probe_lr')} on frozen features; device {value('device')} ({value('device_name')}), training step in "
-            f"{value('precision')}.")
+            f"{value('precision')}." + (f" Transfer evaluation on {value('transfer')}, normalised as the pretraining "
+                                        "images." if "transfer" in results.trials else ""))
 
 
 def protocol_differences(first: Results, second: Results) -> list[str]:
@@ -99,10 +110,11 @@ def protocol_differences(first: Results, second: Results) -> list[str]:
 
 def per_group(results: Results, columns: dict) -> pd.DataFrame:
     """One row per setting: method × global batch × momentum schedule (× workers, shown when a trial has more
-    than one; × the sweep's other axes): mean ± std over its finished seeds.
+    than one; × the sweep's other axes): the mean and 95% bootstrap interval over its finished seeds.
 
     Every group appears, also one whose trials all failed; n reads "k of m" when only k of its m
-    trials finished. The methods come in the registry's order (the figures' legends list them so).
+    trials finished, and says that one seed gives no interval. The methods come in the registry's order (the
+    figures' legends list them so).
     """
     rows, ddp = [], results.trials["workers"].max() > 1
     order = in_registry_order(results.trials["method"])
@@ -113,11 +125,35 @@ def per_group(results: Results, columns: dict) -> pd.DataFrame:
         row = {"method": setting["method"], "batch size": setting["global_batch_size"],
                "momentum schedule": setting["momentum_schedule"], **({"workers": setting["workers"]} if ddp else {}),
                **{axis_label(axis): text(setting[axis]) for axis in results.other_axes},
-               "n": str(len(finished)) if len(finished) == len(group) else f"{len(finished)} of {len(group)}"}
-        row.update({label: mean_std(finished[column], scale, decimals)
+               "n": seed_count(len(finished), len(group))}
+        row.update({label: estimate(finished[column], scale, decimals)
                     for label, (column, scale, decimals) in columns.items()})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def evaluation_columns(results: Results) -> dict:
+    """The accuracies that some trial's knobs added: the online probe's (its last epoch's), the low-label ones
+    (kNN and linear top-1 with each fraction of ``probe_label_fractions`` below 1) and the transfer ones (kNN and
+    linear top-1 on each of ``eval_datasets``)."""
+    trials, columns = results.trials, {}
+    if "online_probe_top1" in trials and trials["online_probe_top1"].notna().any():
+        columns["online probe top-1, last epoch (%)"] = ("online_probe_top1", 100, 1)
+    texts = trials["probe_label_fractions"].dropna() if "probe_label_fractions" in trials else []
+    for fraction in sorted({float(item) for text in texts for item in listed(text)} - {1.0}):
+        for metric, label in (("knn_top1", "kNN top-1"), ("linear_top1", "linear top-1")):
+            columns[f"{label}, {fraction * 100:g}% of labels (%)"] = (low_label_metric(metric, fraction), 100, 1)
+    texts = trials["eval_datasets"].dropna() if "eval_datasets" in trials else []
+    for name in dict.fromkeys(transfer_name(item) for text in texts for item in listed(text)):
+        for metric, label in (("knn_top1", "kNN top-1"), ("linear_top1", "linear top-1")):
+            columns[f"transfer to {name}: {label} (%)"] = (transfer_metric(name, metric), 100, 1)
+    return columns
+
+
+def seed_count(finished: int, planned: int) -> str:
+    """A setting's n: its finished seeds ("k of m" when not all m finished), and that one gives no interval."""
+    count = str(finished) if finished == planned else f"{finished} of {planned}"
+    return f"{count} ({NO_INTERVAL})" if finished == 1 else count
 
 
 def axis_label(axis: str) -> str:
@@ -148,7 +184,7 @@ def floor_table(results: Results) -> pd.DataFrame:
         row = {label: text(value, EMPTY_MEANS.get(column, "—"))
                for (column, label), value in zip(labels.items(), setting)}
         # The trials of one setting measured the same floors: one number, unless they disagree.
-        row.update({label: mean_std(group[column].drop_duplicates(), scale, decimals)
+        row.update({label: estimate(group[column].drop_duplicates(), scale, decimals)
                     for label, (column, scale, decimals) in FLOOR_COLUMNS.items()})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -171,7 +207,7 @@ def anchor_table(results: Results) -> pd.DataFrame | None:
         for column in (column for column in metrics if column in anchor):
             rows.append({"setting": ", ".join(f"{key} {value}" for key, value in selection.items()),
                          "metric": metrics[column], "published": f"{anchor[column] * 100:.1f}",
-                         "ours": mean_std(matched[column], 100, 1), "n": str(matched[column].notna().sum()),
+                         "ours": estimate(matched[column], 100, 1), "n": str(matched[column].notna().sum()),
                          "source": str(anchor.get("source", ""))})
     return pd.DataFrame(rows) if rows else None
 
@@ -226,6 +262,94 @@ def comparison_table(first: Results, second: Results, with_deltas: bool = True) 
         table[f"{label} B"] = _formatted(b, f".{decimals}f")
         table[f"{label} B − A"] = _formatted(b - a, f"+.{decimals}f") if with_deltas else ""
     return table
+
+
+def _contenders(results: Results) -> pd.DataFrame:
+    """The finished trials, each with its contender (its method, and its variant where it has one: the momentum
+    schedule, workers, the sweep's other axes) in the column 'contender'; the strata contenders meet in are the
+    global batch sizes."""
+    finished = results.finished
+    return finished.assign(contender=[method if variant == NOT_READ else f"{method}, {variant}"
+                                      for method, variant in zip(finished["method"], finished["variant"])])
+
+
+def improvement_frame(results: Results) -> pd.DataFrame:
+    """P(A > B) for every pair of contenders and ranked accuracy, over the batch sizes both ran (rliable's
+    probability of improvement, averaged over those strata), with its 95% stratified-bootstrap interval (None
+    with one seed a side). A is the contender with the higher mean kNN top-1."""
+    trials = _contenders(results)
+    order = trials.groupby("contender")["knn_top1"].mean().sort_values(ascending=False).index
+    rows = []
+    for first, second in ((a, b) for i, a in enumerate(order) for b in order[i + 1:]):
+        for label, column in RANKED.items():
+            runs = trials.dropna(subset=[column])
+            strata = sorted(set(runs.loc[runs["contender"] == first, "global_batch_size"])
+                            & set(runs.loc[runs["contender"] == second, "global_batch_size"]))
+            if not strata:
+                continue
+            samples = [runs.loc[(runs["contender"] == name) & (runs["global_batch_size"] == batch), column]
+                       .to_numpy(float) for batch in strata for name in (first, second)]
+            rows.append({"a": first, "b": second, "metric": label, "batch_sizes": ", ".join(map(str, strata)),
+                         "seeds_a": min(map(len, samples[::2])), "seeds_b": min(map(len, samples[1::2])),
+                         "p": float(probability_of_improvement(*samples)),
+                         "interval": bootstrap_interval(samples, probability_of_improvement)})
+    return pd.DataFrame(rows, columns=["a", "b", "metric", "batch_sizes", "seeds_a", "seeds_b", "p", "interval"])
+
+
+def improvement_table(improvements: pd.DataFrame) -> pd.DataFrame:
+    """``improvement_frame`` as a table: a row per pair, P(A > B) [interval] per ranked accuracy."""
+    rows = {}
+    for pair in improvements.itertuples():
+        row = rows.setdefault((pair.a, pair.b), {"A": pair.a, "B": pair.b, "batch sizes": pair.batch_sizes,
+                                                 "seeds (A, B)": f"{pair.seeds_a}, {pair.seeds_b}"})
+        row[f"P(A > B), {pair.metric}"] = (with_interval(pair.p, pair.interval, 2) if pair.interval is not None
+                                           else f"{pair.p:.2f} ({NO_INTERVAL})")
+    return pd.DataFrame(list(rows.values()))
+
+
+def _setting_runs(trials: pd.DataFrame, group: list[str], column: str) -> list[np.ndarray]:
+    return [rows[column].dropna().to_numpy(float) * 100 for _, rows in trials.groupby(group)]
+
+
+def seeds_needed_table(results: Results, acc_points: float) -> pd.DataFrame:
+    """Per method: the seed-to-seed std of each ranked accuracy (pooled over its settings) and the seeds per
+    setting a two-sample t-test needs to detect ``acc_points`` points (alpha 0.05, power 0.8)."""
+    rows = []
+    for method in in_registry_order(results.finished["method"]):
+        trials = results.finished[results.finished["method"] == method]
+        counts = trials.groupby(results.group).size()
+        row = {"method": method, "seeds run per setting": distinct(counts.to_frame("n"), "n")}
+        for label, column in RANKED.items():
+            std = pooled_std(_setting_runs(trials, results.group, column))
+            needed = seeds_needed(std, acc_points) if std is not None else None
+            row[f"{label}: std over seeds (points)"] = "— (one seed a setting)" if std is None else f"{std:.2f}"
+            row[f"{label}: seeds needed"] = text(needed, "—" if std is None else "over 1000")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ranking_warnings(results: Results, acc_points: float) -> list[str]:
+    """A line for each step of a ranking (neighbours in mean accuracy at one batch size) that rests on a difference
+    under ``acc_points``, or under what the seeds of the two can detect (alpha 0.05, power 0.8), or on one seed."""
+    trials, lines = _contenders(results), []
+    for batch, (label, column) in itertools.product(sorted(trials["global_batch_size"].unique()), RANKED.items()):
+        runs = trials[trials["global_batch_size"] == batch].dropna(subset=[column])
+        by_contender = {name: rows[column].to_numpy(float) * 100 for name, rows in runs.groupby("contender")}
+        ranked = sorted(by_contender, key=lambda name: -by_contender[name].mean())
+        for upper, lower in zip(ranked, ranked[1:]):
+            a, b = by_contender[upper], by_contender[lower]
+            gap, seeds = a.mean() - b.mean(), min(len(a), len(b))
+            detectable = detectable_difference(pooled_std([a, b]), seeds) if seeds >= 2 else None
+            if seeds < 2:
+                why = "one seed: no difference is tested"
+            elif gap < acc_points:
+                why = f"under the {acc_points:g}-point minimum effect"
+            elif gap < detectable:
+                why = f"under the {detectable:.1f} points that {seeds} seeds can detect"
+            else:
+                continue
+            lines.append(f"Ranking warning (batch {batch}, {label}): {upper} above {lower} by {gap:.1f} points, {why}.")
+    return lines
 
 
 def chosen_table(results: Results) -> pd.DataFrame:
