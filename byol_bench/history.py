@@ -90,6 +90,8 @@ def sweep_entry(folder: Path) -> pd.DataFrame:
                         "from a clone that has that commit")
     commit = replace(commit, dirty=recorded.endswith("-dirty"))
     ok = run.trials[run.trials["status"] == "ok"]
+    if ok.empty:
+        raise UserError(f"{folder} has no trial that finished ok: nothing to record")
     machine = _sweep_machine(ok, folder)
     axes = setting_axes(run.manifest["axes"])
     rows = []

@@ -56,6 +56,8 @@ def settings(trials: pd.DataFrame, axes: list[str]) -> dict[tuple, pd.DataFrame]
     samples."""
     ended = trials[trials.status != "incomplete"]
     ended = ended.assign(**{axis: axis_values(ended, axis) for axis in axes})
+    if not axes:  # a sweep over seeds alone: one setting
+        return {(): ended} if len(ended) else {}
     return {tuple(key): rows for key, rows in ended.groupby(axes)}
 
 

@@ -268,7 +268,7 @@ def test_a_table_the_disk_has_no_room_for_is_not_written_at_all(tmp_path, monkey
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before  # the old tables, whole; no temporary file
     monkeypatch.undo()
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100, 100, 10))
-    with pytest.raises(DiskFull, match=r"trials.parquet, trials.csv, epochs.parquet: 0.0\d MB needed, 0.00 MB free"):
+    with pytest.raises(DiskFull, match=r"trials.parquet, trials.csv, epochs.parquet, embeddings.parquet: 0.0\d MB needed, 0.00 MB free"):
         write_tables(tmp_path, [{**rows[0], "status": "failed"}], [])  # none of the three begun: all old or all new
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
 

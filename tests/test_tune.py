@@ -77,13 +77,13 @@ def test_a_stopped_tune_resumes_without_rerunning_finished_search_trials(tmp_pat
     second from its checkpoint, never reruns the first, finishes the search and runs the final trial into the
     same folder, whose report has the search section."""
     path = write_tune(tmp_path, {"dataset": "synthetic", "image_size": 16, "subset": 256, "test_subset": 100,
-                                 "epochs": 6},
-                      {"budget": {"trials": 2}, "scheduler": {"grace_period": 6}, "final_seeds": [0],
+                                 "epochs": 24},  # long enough (bf16 or fp32) for Ctrl-C to land part-way
+                      {"budget": {"trials": 2}, "scheduler": {"grace_period": 24}, "final_seeds": [0],
                        "run_defaults": False})
     results, script = tmp_path / "results", Path(sys.executable).with_name("byol-bench")
     tune = [str(script), "tune", str(path), "--results-dir", str(results)]
     first = subprocess.Popen(tune, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _read_until(first, "simclr search #2: epoch 1/6", time.time() + 240)  # one at a time: #1 has finished
+    _read_until(first, "simclr search #2: epoch 1/24", time.time() + 240)  # one at a time: #1 has finished
     time.sleep(2.5)  # past the next save of Tune's experiment state (every 2 s), which records that checkpoint
     first.send_signal(signal.SIGINT)
     output, _ = first.communicate(timeout=120)
@@ -96,7 +96,7 @@ def test_a_stopped_tune_resumes_without_rerunning_finished_search_trials(tmp_pat
     assert "simclr search #1: epoch" not in output  # the finished trial was not rerun...
     assert "simclr search #2: resumed at epoch" in output  # ...and the stopped one went on from its checkpoint
     search = pd.read_parquet(results / "tiny-tune" / "search.parquet").set_index("trial")
-    assert list(search.index) == [1, 2] and (search["epochs"] == 6).all()
+    assert list(search.index) == [1, 2] and (search["epochs"] == 24).all()
     assert first_trial.read_text() == recorded
     trials = pd.read_parquet(results / "tiny-tune" / "trials.parquet")
     assert len(trials) == 1 and (trials["status"] == "ok").all()
