@@ -116,7 +116,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_tune(args) -> int:
     from byol_bench.search import describe_search, load_tune
-    from byol_bench.tune_runner import run_tune
+    from byol_bench.tune_search import run_tune
 
     search = load_tune(args.file)
     if args.resume and (args.track or args.tracking_uri):
@@ -248,6 +248,35 @@ def _history_options(parser: argparse.ArgumentParser, subcommand: bool, selects:
                         help="only series whose sweep or setting contains FILTER, e.g. 'method=byol'")
 
 
+def _add_history_parser(commands) -> None:
+    """``byol-bench history`` and its subcommands: check, add, backfill."""
+    history = commands.add_parser("history", help="every sweep and 'make bench' run over revisions: series, change "
+                                                  "points, a report; check, add, backfill")
+    _history_options(history, subcommand=False)
+    history.set_defaults(run=cmd_history)
+    history_commands = history.add_subparsers(dest="history_command", parser_class=_Parser)
+    check = history_commands.add_parser("check", help="exit 1 when a series' latest change point is a regression "
+                                                      "beyond the tolerance (for CI)")
+    _history_options(check, subcommand=True)
+    check.add_argument("--tolerance", type=float, default=5.0, metavar="PERCENT",
+                       help="smallest regression that fails the check, in %% of the level before (default 5)")
+    check.set_defaults(run=cmd_history_check)
+    add = history_commands.add_parser("add", help="append finished sweeps (results/<sweep>) or pytest-benchmark JSONs "
+                                                  "(results/benchmarks/*/*.json) to the history")
+    add.add_argument("sources", nargs="+", metavar="SOURCE")
+    _history_options(add, subcommand=True, selects=False)
+    add.set_defaults(run=cmd_history_add)
+    backfill = history_commands.add_parser("backfill", help="run a sweep at each revision of a range, each in a git "
+                                                            "worktree, and append the results")
+    backfill.add_argument("revisions", metavar="REV1..REV2", help="a git range: the revisions after REV1 up to REV2")
+    backfill.add_argument("--sweep", required=True, metavar="FILE",
+                          help="a small sweep file (it runs once per revision)")
+    backfill.add_argument("--paths", nargs="+", default=["byol_bench"], metavar="PATH",
+                          help="skip revisions that change none of these paths (default: byol_bench)")
+    _history_options(backfill, subcommand=True, selects=False)
+    backfill.set_defaults(run=cmd_history_backfill)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="byol-bench", description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -325,31 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                              f"ranking is flagged (default {MIN_EFFECT_POINTS})")
     report.set_defaults(run=cmd_report)
 
-    history = commands.add_parser("history", help="every sweep and 'make bench' run over revisions: series, change "
-                                                  "points, a report; check, add, backfill")
-    _history_options(history, subcommand=False)
-    history.set_defaults(run=cmd_history)
-    history_commands = history.add_subparsers(dest="history_command", parser_class=_Parser)
-    check = history_commands.add_parser("check", help="exit 1 when a series' latest change point is a regression "
-                                                      "beyond the tolerance (for CI)")
-    _history_options(check, subcommand=True)
-    check.add_argument("--tolerance", type=float, default=5.0, metavar="PERCENT",
-                       help="smallest regression that fails the check, in %% of the level before (default 5)")
-    check.set_defaults(run=cmd_history_check)
-    add = history_commands.add_parser("add", help="append finished sweeps (results/<sweep>) or pytest-benchmark JSONs "
-                                                  "(results/benchmarks/*/*.json) to the history")
-    add.add_argument("sources", nargs="+", metavar="SOURCE")
-    _history_options(add, subcommand=True, selects=False)
-    add.set_defaults(run=cmd_history_add)
-    backfill = history_commands.add_parser("backfill", help="run a sweep at each revision of a range, each in a git "
-                                                            "worktree, and append the results")
-    backfill.add_argument("revisions", metavar="REV1..REV2", help="a git range: the revisions after REV1 up to REV2")
-    backfill.add_argument("--sweep", required=True, metavar="FILE",
-                          help="a small sweep file (it runs once per revision)")
-    backfill.add_argument("--paths", nargs="+", default=["byol_bench"], metavar="PATH",
-                          help="skip revisions that change none of these paths (default: byol_bench)")
-    _history_options(backfill, subcommand=True, selects=False)
-    backfill.set_defaults(run=cmd_history_backfill)
+    _add_history_parser(commands)
     return parser
 
 

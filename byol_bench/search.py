@@ -1,5 +1,5 @@
 """A tuned comparison (``byol-bench tune``): a sweep file with a ``search`` section, checked before anything
-runs, and the pure steps around Ray Tune's search (no Ray here; ``tune_runner.run_tune`` runs it).
+runs, and the pure steps around Ray Tune's search (no Ray here; ``tune_search.run_tune`` runs it).
 
 Every method gets the same budget of search trials, scored by the kNN monitor on a validation split held
 out of the train split (the test split goes unread); then each method's best configuration, and its
@@ -18,7 +18,6 @@ import pandas as pd
 
 from byol_bench.config import FLOOR_KNOBS, KEYS, knob_types, make_config, method_reads, resolved_config
 from byol_bench.errors import UserError, did_you_mean, unknown
-from byol_bench.methods import METHODS
 from byol_bench.sweep import PlannedTrial, Sweep, expand, load_sweep
 
 SEARCH_KEYS = ("space", "algorithm", "budget", "scheduler", "validation", "final_seeds", "run_defaults", "seed")

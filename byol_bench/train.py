@@ -10,6 +10,7 @@ the images; every rank returns the same result.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import sys
 import time
@@ -79,9 +80,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@functools.lru_cache(maxsize=None)
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The training step's precision: as asked, or for "auto" bf16 where the device multiplies bf16 natively
-    (a CUDA GPU that supports it, a CPU with AMX-BF16) and fp32 elsewhere."""
+    (a CUDA GPU that supports it, a CPU with AMX-BF16) and fp32 elsewhere. Cached: every step asks."""
     if precision != "auto":
         return precision
     native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_amx_bf16()

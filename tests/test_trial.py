@@ -216,8 +216,10 @@ def test_precision_auto_is_bf16_only_where_the_cpu_has_amx_that_onednn_may_use(m
     cpu = torch.device("cpu")
     for amx, expected in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(train, "cpu_has_amx_bf16", lambda: amx)
+        train.resolve_precision.cache_clear()
         assert train.resolve_precision("auto", cpu) == expected
         assert train.resolve_precision("fp32", cpu) == "fp32" and train.resolve_precision("bf16", cpu) == "bf16"
+    train.resolve_precision.cache_clear()  # the real CPU's answer for the tests after this one
 
 
 def test_a_trial_records_the_precision_it_resolved_to(tiny_config):

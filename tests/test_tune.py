@@ -14,7 +14,7 @@ from torchvision.transforms.functional import to_pil_image
 
 from byol_bench.data import make_synthetic
 from byol_bench.search import load_tune
-from byol_bench.tune_runner import run_search
+from byol_bench.tune_search import run_search
 from conftest import TINY
 
 # TINY's trial, one search trial at a time and in fp32 on one thread: the same search twice gives the same numbers.
