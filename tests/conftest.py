@@ -59,6 +59,8 @@ def quiet_fast_ray() -> None:
     health checks, which pace a DDP trial's start and end."""
     quiet_ray(local=True)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    # A rank whose health check hangs (its node lost mid-call) fails its run after a minute, not Ray's ten.
+    os.environ.setdefault("RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S", "60")
 
 
 @pytest.fixture(scope="session")

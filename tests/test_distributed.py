@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -246,21 +247,32 @@ def test_a_trial_whose_node_is_lost_continues_from_its_checkpoint_on_the_nodes_l
     try:
         cluster.wait_for_nodes()
         address = cluster.address
-        path = _ddp_sweep(tmp_path, "nodes", {"workers": [1, 2]}, max_failures=1, method="simclr", epochs=6, subset=512)
+        path = _ddp_sweep(tmp_path, "nodes", {"workers": [1, 2]}, max_failures=1, method="simclr", epochs=6, subset=1024)
         folder = tmp_path / "results" / "nodes"
         script = os.path.join(os.path.dirname(sys.executable), "byol-bench")
         sweep = subprocess.Popen([script, "sweep", str(path), "--results-dir", str(tmp_path / "results"), "--address", address],
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        # The one-worker trial runs first (the grid's order; one trial at a time: the DDP trial takes both CPUs).
-        for checkpoints, title in (("tune/workers=1-*/checkpoint_*", "ImplicitFunc"), ("train/*/checkpoint_*", "RayTrainWorker")):
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(sweep.stdout), daemon=True)
+        reader.start()
+        # The one-worker trial runs first (the grid's order; one trial at a time: the DDP trial takes both CPUs). A
+        # node is killed once the sweep has printed the trial's second epoch: Tune has that epoch's checkpoint then
+        # (a checkpoint folder on disk may not be registered yet), and four epochs are left to lose the node in.
+        for trial_id, title in (("workers=1", "ImplicitFunc"), ("workers=2", "RayTrainWorker")):
             deadline = time.time() + 300
-            while not list(folder.glob(checkpoints)):
-                assert time.time() < deadline and sweep.poll() is None, sweep.communicate()[0][-3000:]
-                time.sleep(0.2)
+            while not any(line.startswith(f"{trial_id}: epoch 2/") for line in lines):
+                assert time.time() < deadline and sweep.poll() is None, "".join(lines)[-3000:]
+                time.sleep(0.1)
             lost = _node_running(nodes, title)
             cluster.remove_node(lost, allow_graceful=False)
             nodes = [node for node in nodes if node is not lost] + [cluster.add_node(num_cpus=1)]
-        output, _ = sweep.communicate(timeout=600)
+        try:
+            sweep.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            sweep.kill()
+            pytest.fail(f"the sweep did not end within 10 minutes of the last node loss:\n{''.join(lines)[-6000:]}")
+        reader.join(timeout=10)
+        output = "".join(lines)
         assert sweep.returncode == 0, output[-3000:]
         # Without --address a sweep starts a cluster of its own, even while this one runs on the same machine.
         private = subprocess.run([sys.executable, "-c", "from byol_bench.tune_runner import _start_ray; "
