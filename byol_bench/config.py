@@ -110,9 +110,10 @@ class TrialConfig:
     embedding_map: bool = knob(False, "a 2-D map of the test features (UMAP where umap-learn is installed, else "
                                "scikit-learn's t-SNE) of the trained and of the random-init backbone, for the "
                                "report; needs pip install 'byol-bench[embedding]'")
-    online_probe: bool = knob(False, "also train a linear classifier on the detached backbone features of the training "
-                              "batches during pretraining (solo-learn's online probe), its test top-1 every epoch; it "
-                              "leaves the pretraining's numbers as they are. Needs labelled pretraining images")
+    online_probe: bool = knob(False, "also train a linear classifier during pretraining, one step per training step "
+                              "on the backbone's features of that step's images un-augmented (an online probe), its "
+                              "test top-1 every epoch; it leaves the pretraining's numbers as they are. Needs "
+                              "labelled pretraining images")
     # execution (each speed switch is recorded with the result)
     device: str = knob("auto", "auto, cpu, cuda or cuda:N")
     precision: str = knob("auto", "the training step's: bf16 (autocast; evaluation stays fp32), fp32, or auto: bf16 "

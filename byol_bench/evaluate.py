@@ -271,7 +271,8 @@ class Evaluator:
         """An online probe on ``backbone``'s features (their width read from one test image's)."""
         feature_dim = extract_features(backbone, self.data.test_images[:1], self.data.mean, self.data.std,
                                        self.device).shape[1]
-        return OnlineProbe(backbone, feature_dim, self.data.num_classes, self.cfg.probe_lr, self.cfg.seed, self.device)
+        return OnlineProbe(backbone, self.data.mean, self.data.std, feature_dim, self.data.num_classes,
+                           self.cfg.probe_lr, self.cfg.seed, self.device)
 
     def online_probe_top1(self, backbone: nn.Module, probe: OnlineProbe) -> float:
         """The online probe's test top-1 on ``backbone``'s features of the un-augmented test images."""
@@ -279,32 +280,31 @@ class Evaluator:
 
 
 class OnlineProbe:
-    """solo-learn's online linear probe: a linear classifier trained alongside pretraining on the features the
-    backbone computed for each training batch's first view (kept by a forward hook, detached), one step per
-    training step. A BatchNorm without weights standardises the features first, as the offline probe does.
+    """An online linear probe (solo-learn's, on clean images): a linear classifier trained alongside pretraining,
+    one step after every training step, on the backbone's features of that step's training images un-augmented,
+    extracted as the test features are (eval mode, no gradient). solo-learn feeds it the augmented views' features
+    instead, which on short runs left it far below the offline probe it is meant to track (docs/trials-and-metrics.md).
+    A BatchNorm without weights standardises the features first, as the offline probe does.
 
-    It changes nothing in pretraining: the hook only reads the backbone's output, the classifier's initial weights
-    come from a generator of its own, and its steps draw no random numbers."""
+    It changes nothing in pretraining: an eval-mode forward without gradient leaves the weights and the
+    BatchNorm statistics as they are, the classifier's initial weights come from a generator of its own, and its
+    steps draw no random numbers."""
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, lr: float, seed: int, device):
+    def __init__(self, backbone: nn.Module, mean, std, feature_dim: int, num_classes: int, lr: float, seed: int,
+                 device):
+        self.backbone, self.mean, self.std, self.device = backbone, mean, std, device
         with torch.random.fork_rng():  # every device's generator: manual_seed seeds them all
             torch.manual_seed(seed)
             self.classifier = nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False),
                                             nn.Linear(feature_dim, num_classes)).to(device)
         self.optimizer = torch.optim.AdamW(self.classifier.parameters(), lr=lr)
-        self.features: Tensor | None = None
-        backbone.register_forward_hook(self._keep_first_features)
 
-    def _keep_first_features(self, module: nn.Module, inputs, output: Tensor) -> None:
-        if module.training and self.features is None:  # the step's first view; evaluation runs in eval mode
-            self.features = output.detach()
-
-    def train_step(self, labels: Tensor) -> None:
-        """One step on the features kept since the last step and their ``labels`` (every rank's, in a DDP trial,
-        so that the ranks' classifiers stay the same)."""
-        features, self.features = self.features, None
-        features = gather_rows(features.float(), len(features) * world_size())
-        labels = gather_rows(labels, len(labels) * world_size())
+    def train_step(self, images: Tensor, labels: Tensor) -> None:
+        """One step on this rank's training ``images`` (uint8, un-augmented) and their ``labels``, gathered from
+        every rank in a DDP trial, so that the ranks' classifiers stay the same."""
+        features = extract_features(self.backbone, images, self.mean, self.std, self.device)
+        features = gather_rows(features, len(features) * world_size())
+        labels = gather_rows(labels.to(self.device), len(labels) * world_size())
         self.classifier.train()
         loss = F.cross_entropy(self.classifier(features), labels)
         self.optimizer.zero_grad(set_to_none=True)

