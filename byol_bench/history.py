@@ -32,6 +32,7 @@ from byol_bench.results import NOT_READ, setting_axes, settings, write_atomic
 
 HISTORY_DIR = Path("results") / "history"
 SWEEP_METRICS = ("knn_top1", "linear_top1", "images_per_s", "step_time_median_s", "peak_memory_bytes", "mfu")
+REPORTED_METRICS = ("knn_top1", "linear_top1", "images_per_s")  # a sweep report's history section draws these
 HIGHER_IS_BETTER = {"knn_top1": True, "linear_top1": True, "images_per_s": True, "step_time_median_s": False,
                     "peak_memory_bytes": False, "mfu": True, "median_s": False}
 # Runs of one series are comparable: same sweep (or benchmark set), protocol, machine type, setting and metric.
@@ -102,10 +103,14 @@ def sweep_entry(folder: Path) -> pd.DataFrame:
             if len(values):
                 rows.append({"setting": setting, "metric": metric, "value": values.mean(),
                              "spread": values.std() if len(values) > 1 else np.nan})
-    knobs = {key: run.manifest.get(key) for key in ("fixed", "method_overrides", "resources")}
-    protocol = f"{run.name} {_run_id(knobs)[:8]}"
-    return _entry(rows, f"sweep {run.name}", protocol, machine, commit, run.manifest.get("versions", {}),
-                  run.manifest.get("started"))
+    return _entry(rows, f"sweep {run.name}", sweep_protocol(run.name, run.manifest), machine, commit,
+                  run.manifest.get("versions", {}), run.manifest.get("started"))
+
+
+def sweep_protocol(name: str, manifest: dict) -> str:
+    """A sweep's protocol: its name and a hash of the knobs its axes do not vary (a changed knob starts new series)."""
+    knobs = {key: manifest.get(key) for key in ("fixed", "method_overrides", "resources")}
+    return f"{name} {_run_id(knobs)[:8]}"
 
 
 def _sweep_machine(trials: pd.DataFrame, folder: Path) -> str:
@@ -325,18 +330,46 @@ def summary_table(points: pd.DataFrame, changes: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_report(history_dir: Path, points: pd.DataFrame, changes: pd.DataFrame) -> Path:
-    """``history.html`` and ``history.md`` in ``history_dir``: the series table and a figure per metric."""
+def series_blocks(folder: Path, points: pd.DataFrame, changes: pd.DataFrame, stem: str = "history") -> list:
+    """The series table and a figure per metric (saved into ``folder`` as ``<stem>-<metric>``), for a report."""
     from byol_bench.report import figures, render
 
-    folder = render.writable(history_dir / "figures")
-    drawn = [figures.save(folder, f"history-{metric}", f"{metric} over revisions",
+    table = render.Table("Series", summary_table(points, changes),
+                         "Change points: E-Divisive means, permutation test; size in % of the level before.")
+    drawn = [figures.save(folder, f"{stem}-{metric}", f"{metric} over revisions",
                           f"{metric} per run against the revision (oldest commit left), a line per setting; the steps "
                           "are the levels between change points (dashed lines, labelled with the change), the shade "
                           "the level ± 2 × the series' run-to-run noise; a panel per source, protocol and machine "
                           "type",
                           figures.history_series(points[points["metric"] == metric], changes))
-             for metric in sorted(points["metric"].unique())]
-    table = render.Table("Series", summary_table(points, changes),
-                         "Change points: E-Divisive means, permutation test; size in % of the level before.")
-    return render.write_documents(history_dir, "history", "byol-bench history", [("Series", [table, *drawn])])
+             for metric in points["metric"].unique()]
+    return [table, *drawn]
+
+
+def write_report(history_dir: Path, points: pd.DataFrame, changes: pd.DataFrame) -> Path:
+    """``history.html`` and ``history.md`` in ``history_dir``: the series table and a figure per metric."""
+    from byol_bench.report import render
+
+    blocks = series_blocks(render.writable(history_dir / "figures"), points.sort_values("metric", kind="stable"),
+                           changes)
+    return render.write_documents(history_dir, "history", "byol-bench history", [("Series", blocks)])
+
+
+def sweep_history_blocks(sweep_folder: Path, manifest: dict, figures_dir: Path) -> list:
+    """A sweep report's history section: the series of its sweep and protocol in the history beside it
+    (``results/history`` for ``results/<sweep>``) that hold two runs or more: accuracies and images/s."""
+    history_dir = sweep_folder.parent / HISTORY_DIR.name
+    try:
+        history = load_history(history_dir)
+    except UserError:
+        history = pd.DataFrame(columns=[*SERIES, "value"])
+    runs = history[(history["source"] == f"sweep {sweep_folder.name}")
+                   & (history["protocol"] == sweep_protocol(sweep_folder.name, manifest))
+                   & history["metric"].isin(REPORTED_METRICS)]
+    runs = runs[runs.groupby(SERIES)["value"].transform("size") >= 2]
+    if runs.empty:
+        return [f"No series of this sweep and protocol in {history_dir} has two runs yet: each setting's accuracy "
+                "and speed per revision, with their change points, appear here from the second run on "
+                "(`byol-bench history` draws every series there)."]
+    points, changes = series_points(runs)
+    return series_blocks(figures_dir, points, changes)

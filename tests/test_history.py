@@ -9,8 +9,9 @@ from byol_bench.cli import main
 from byol_bench.config import resolved_config
 from byol_bench.errors import UserError
 from byol_bench.history import (append, bench_entry, change_points, load_history, regressions, series_points,
-                                sweep_entry)
+                                sweep_entry, sweep_protocol)
 from byol_bench.provenance import git_commit
+from byol_bench.report import write_report
 from byol_bench.results import trial_row, write_json, write_tables
 
 # Run-to-run spread of one trial's images/s on this machine: six runs of the same BYOL trial (2 cores, AMX Xeon,
@@ -18,9 +19,9 @@ from byol_bench.results import trial_row, write_json, write_tables
 NOISE = 0.10
 
 
-def series(values, metric="images_per_s", setting="method=byol", machine="cpu A") -> pd.DataFrame:
+def series(values, metric="images_per_s", setting="method=byol", machine="cpu A", protocol="quick 0") -> pd.DataFrame:
     """A history of one series, a run per revision rev00, rev01, ... in commit order."""
-    return pd.DataFrame({"source": "sweep quick", "protocol": "quick 0", "machine": machine, "setting": setting,
+    return pd.DataFrame({"source": "sweep quick", "protocol": protocol, "machine": machine, "setting": setting,
                          "metric": metric, "value": values, "revision": [f"rev{i:02d}" for i in range(len(values))],
                          "commit_time": [f"2026-12-01T00:{i:02d}:00" for i in range(len(values))],
                          "run_time": "", "run_id": [f"{setting}-{i}" for i in range(len(values))]})
@@ -127,3 +128,24 @@ def test_history_commands_report_check_and_refuse_bad_input(tmp_path, capsys):
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 3 and "choose one of: images_per_s" in errors[0] and "no runs yet" in errors[1]
     assert "no revision in HEAD..HEAD" in errors[2]
+
+
+def test_a_sweep_report_shows_its_own_series_once_the_history_holds_two_runs(tmp_path):
+    """Only the series of the report's sweep and protocol, from results/history beside it; none before a second run."""
+    folder = make_sweep(tmp_path / "results" / "quick")
+    write_report(folder)
+    assert "No series of this sweep and protocol" in (folder / "report.md").read_text()
+    runs = tmp_path / "results" / "history" / "runs"
+    runs.mkdir(parents=True)
+    protocol = sweep_protocol("quick", json.loads((folder / "manifest.json").read_text()))
+    step = np.r_[np.full(6, 400.0), np.full(6, 300.0)] * (1 + 0.02 * np.random.default_rng(8).standard_normal(12))
+    ours = series(step, protocol=protocol)
+    other_protocol = series(noisy([100.0] * 12, seed=9), setting="method=simclr", protocol="quick 1")
+    for run_id, run in pd.concat([ours, other_protocol]).groupby(["run_id", "protocol"]):
+        run.to_parquet(runs / f"{run_id[0]}-{run_id[1][-1]}.parquet")
+    write_report(folder)
+    report = (folder / "report.md").read_text()
+    history_section = report[report.index("## History"):report.index("## Figures")]
+    assert "regression at rev06" in history_section
+    assert "method=simclr" not in history_section and "figures/history-images_per_s.png" in history_section
+    assert (folder / "figures" / "history-images_per_s.png").exists()

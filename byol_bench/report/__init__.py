@@ -50,6 +50,7 @@ def write_report(source: Path, heatmap_axes: tuple[str, str] = ("method", "globa
         ("Trials that did not finish", [Table("Failed, diverged, incomplete and missing trials", unfinished, above)
                                         if len(unfinished) else "Every trial finished."]),
         ("Regression checks", _regression_checks(results.report_dir)),
+        *([("History", _history(results, figures_dir))] if results.manifest else []),
         ("Figures", _figures(results, improvements, figures_dir, *heatmap_axes)),
         ("Provenance", [Table("Devices, versions and hosts of the trials", provenance_table(results))]),
     ]
@@ -146,6 +147,12 @@ def _regression_checks(folder: Path) -> list:
     for path in sorted(folder.glob("regression-vs-*.json")):
         blocks += report_blocks(json.loads(path.read_text(encoding="utf-8")))
     return blocks or ["None yet: `byol-bench compare BASELINE this-folder` adds its verdicts here."]
+
+
+def _history(results: Results, figures_dir: Path) -> list:
+    from byol_bench.history import sweep_history_blocks  # history reads runs through compare: imported late
+
+    return sweep_history_blocks(results.report_dir, results.manifest, figures_dir)
 
 
 def _figures(results: Results, improvements, folder: Path, rows: str, columns: str) -> list[Figure]:
