@@ -145,7 +145,7 @@ KEYS = tuple(f.name for f in fields(TrialConfig))
 KNOBS = {f.name: f for f in fields(TrialConfig)}
 # What a trial's floors (random-init backbone, raw pixels) depend on: trials that agree on these share them.
 FLOOR_KNOBS = ("dataset", "data_dir", "subset", "test_subset", "validation", "image_size", "backbone", "seed",
-               "knn_k", "knn_t", "probe_epochs", "probe_lr")
+               "knn_k", "knn_t", "probe_epochs", "probe_lr", "probe_label_fractions", "eval_datasets")
 
 
 def floor_setting(cfg: TrialConfig) -> tuple:

@@ -248,10 +248,13 @@ class Evaluator:
         return scores
 
     def floors(self, random_init_backbone: nn.Module) -> dict:
-        """The same protocol on a random-init backbone and (for images <= 32 px) on raw pixels."""
+        """The same protocol on a random-init backbone (with the low-label and transfer evaluations too) and, for
+        images <= 32 px, kNN on raw pixels."""
         train = self._extract(random_init_backbone, self.data.train_images)
         test = self._extract(random_init_backbone, self.data.test_images)
-        floors = {f"random_init_{key}": value for key, value in self._scores(train, test, with_probe=True).items()}
+        scores = {**self._scores(train, test, with_probe=True), **self._low_label_scores(train, test),
+                  **self._transfer_scores(random_init_backbone)}
+        floors = {f"random_init_{key}": value for key, value in scores.items()}
         if self.data.image_size <= 32:
             d = self.data
             train, test = raw_pixel_features(d.train_images.to(self.device), d.test_images.to(self.device), d.mean, d.std)

@@ -73,7 +73,8 @@ def trial_row(trial_id: str, config: dict, status: str, result: dict | None = No
     result = result or {}
     metrics = result.get("metrics", {})
     row.update({key: metrics.get(key) for key in (*METRICS, *metrics)})  # the metrics a trial's knobs add, too
-    row.update({key: result.get("baselines", {}).get(key) for key in FLOORS})
+    baselines = result.get("baselines", {})
+    row.update({key: baselines.get(key) for key in (*FLOORS, *baselines)})  # and the low-label and transfer ones
     row.update({key: result["run"][key] for key in RUN_FIELDS if key in result.get("run", {})})
     row.update({key: result.get("provenance", {}).get(key) for key in PROVENANCE_FIELDS})
     return row

@@ -353,7 +353,16 @@ def measure_floors(cfg: TrialConfig) -> dict:
     the same seed) and raw pixels, evaluated in one process. Trials with the same ``FLOOR_KNOBS`` share them."""
     cfg = replace(cfg, workers=1)
     data, method, _, _ = setup(cfg)
-    return Evaluator(data, cfg, next(method.parameters()).device).floors(method.backbone)
+    evaluator, _ = make_evaluator(cfg, data, next(method.parameters()).device)
+    return evaluator.floors(method.backbone)
+
+
+def make_evaluator(cfg: TrialConfig, data: ImageData, device: torch.device) -> tuple[Evaluator, list[str]]:
+    """The trial's evaluator, with its eval_datasets loaded (a bad one fails before training), and a line per
+    eval data set saying how its images were converted."""
+    transfers = [load_transfer(item, data, cfg.data_dir, cfg.subset, cfg.test_subset, cfg.seed)
+                 for item in listed(cfg.eval_datasets)]
+    return Evaluator(data, cfg, device, [other for other, _ in transfers]), [line for _, line in transfers]
 
 
 def evaluated_on(cfg: TrialConfig) -> str:
@@ -396,9 +405,7 @@ def run_trial(cfg: TrialConfig, floors: dict | None = None, on_epoch: Callable[[
         log = lambda line: None  # noqa: E731 -- the ranks train in lockstep; one progress log is enough
     data, method, model, optimizer = setup(cfg)
     device = next(method.parameters()).device
-    transfers = [load_transfer(item, data, cfg.data_dir, cfg.subset, cfg.test_subset, cfg.seed)
-                 for item in listed(cfg.eval_datasets)]
-    evaluator = Evaluator(data, cfg, device, [other for other, _ in transfers])
+    evaluator, transfers = make_evaluator(cfg, data, device)
     online_probe = evaluator.online_probe(method.backbone) if cfg.online_probe else None
     if resume is None:
         log(f"{cfg.method}: {data.name}, {len(data.pretrain_images)} pretraining images, {len(data.train_images)} "
@@ -415,7 +422,7 @@ def run_trial(cfg: TrialConfig, floors: dict | None = None, on_epoch: Callable[[
         state.status = "collapsed"
     result = trial_result(cfg, data, device, state, scores, evaluator.probe)
     if transfers:
-        result["run"]["transfer"] = "; ".join(description for _, description in transfers)
+        result["run"]["transfer"] = "; ".join(transfers)
     if cfg.embedding_map and scores:
         result["embedding"] = {"random_init": state.random_init_map, "trained": evaluator.embedding(method.backbone)}
     log(result_line(cfg.method, result))

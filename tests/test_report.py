@@ -627,6 +627,7 @@ def test_low_label_and_online_probe_accuracies_get_columns_where_measured(sweep,
         result = fake_result(knobs)
         result["metrics"].update(knn_top1_10pct=0.5 + 0.01 * knobs["seed"], linear_top1_10pct=0.6,
                                  online_probe_top1=0.7)
+        result["baselines"].update(random_init_knn_top1_10pct=0.3, random_init_linear_top1_10pct=0.4)
         trials.append(trial_row(trial_id, resolved_config(knobs), "ok", result))
     write_tables(tmp_path / "low", trials, [])
     write_report(tmp_path / "low")
@@ -635,4 +636,7 @@ def test_low_label_and_online_probe_accuracies_get_columns_where_measured(sweep,
     assert accuracy["linear top-1, 10% of labels (%)"].startswith("60.0 [")
     assert accuracy["online probe top-1, last epoch (%)"].startswith("70.0 [")
     assert "100% of labels" not in read(tmp_path / "low" / "report.md")  # 1.0 is the plain kNN and linear top-1
+    floors = markdown_table(read(tmp_path / "low" / "report.md"), "Floors: random-init backbone and raw pixels")
+    assert floors["random-init linear top-1, 10% of labels (%)"].tolist() == ["40.0"] * 2  # a row per seed
+    assert "random-init online probe" not in read(tmp_path / "low" / "report.md")
     assert "Online probe, fewer labels, transfer" not in read(sweep / "report.md")

@@ -76,14 +76,15 @@ def test_transfer_evaluation_converts_other_data_sets_to_the_pretraining_images(
         for index in range(20):
             image = torch.full((1, 20, 20), shade + index, dtype=torch.uint8)
             to_pil_image(image).save(tmp_path / "tones" / label / f"{index}.png")
-    floors = {"random_init_knn_top1": 0.0, "random_init_linear_top1": 0.0}  # not measured: not compared
-    result = run_trial(make_config(tiny("simclr", epochs=1, probe_epochs=2,
-                                        eval_datasets=["synthetic", str(tmp_path / "tones")])),
-                       floors=floors, log=lambda line: None)
+    cfg = make_config(tiny("simclr", epochs=1, probe_epochs=2, eval_datasets=["synthetic", str(tmp_path / "tones")]))
+    result = run_trial(cfg, log=lambda line: None)  # the floors too, on each transfer set
     assert result["run"]["transfer"] == ("synthetic (3→3 channels, 32→16 px, 256 train / 100 test images); "
                                          "tones (3→3 channels, 16→16 px, 32 train / 8 test images)")
     assert result["metrics"]["transfer_tones_knn_top1"] == result["metrics"]["transfer_tones_linear_top1"] == 1.0
     assert 0.0 <= result["metrics"]["transfer_synthetic_knn_top1"] <= 1.0
+    assert result["baselines"]["random_init_transfer_tones_knn_top1"] == 1.0
+    assert 0.0 <= result["baselines"]["random_init_transfer_synthetic_linear_top1"] <= 1.0
+    assert measure_floors(cfg) == result["baselines"]  # a sweep's shared floors: the same numbers
 
 
 def test_conform_converts_channels_as_pil_does_and_resizes():

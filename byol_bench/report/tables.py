@@ -177,6 +177,9 @@ def floor_table(results: Results) -> pd.DataFrame:
     """One row per floor setting, over every trial that measured its floors (they are measured before
     pretraining, so a diverged trial has them too)."""
     measured = results.trials[results.trials[list(FLOORS)].notna().any(axis=1)]
+    columns = {**FLOOR_COLUMNS, **{f"random-init {label}": (f"random_init_{column}", scale, decimals)  # low-label, transfer
+                                   for label, (column, scale, decimals) in evaluation_columns(results).items()
+                                   if f"random_init_{column}" in measured}}
     varying = [column for column in FLOOR_EVALUATION if measured[column].nunique(dropna=False) > 1]
     labels = {**FLOOR_SETTING, **{column: FLOOR_EVALUATION[column] for column in varying}}
     rows = []
@@ -185,7 +188,7 @@ def floor_table(results: Results) -> pd.DataFrame:
                for (column, label), value in zip(labels.items(), setting)}
         # The trials of one setting measured the same floors: one number, unless they disagree.
         row.update({label: estimate(group[column].drop_duplicates(), scale, decimals)
-                    for label, (column, scale, decimals) in FLOOR_COLUMNS.items()})
+                    for label, (column, scale, decimals) in columns.items()})
         rows.append(row)
     return pd.DataFrame(rows)
 
