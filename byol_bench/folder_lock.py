@@ -19,12 +19,16 @@ from pathlib import Path
 from byol_bench.errors import UserError
 
 LOCK_FILE = "sweep.lock"
+_held: set[Path] = set()  # the folders this process holds: a tune holds its folder, then runs its final sweep there
 
 
 @contextlib.contextmanager
 def hold_folder(folder: Path, fix: str):
     """Hold ``folder``'s lock while the block runs, or refuse in one line naming the sweep that holds it
     (``fix`` says what else to do). Folders made for the lock are removed again if they end up empty."""
+    if folder in _held:
+        yield
+        return
     created = [parent for parent in (folder, *folder.parents) if not parent.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
@@ -39,8 +43,10 @@ def hold_folder(folder: Path, fix: str):
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
                                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
         handle.flush()
+        _held.add(folder)
         yield
     finally:
+        _held.discard(folder)
         path.unlink(missing_ok=True)  # before the lock goes: a sweep waiting for it finds no stale text
         handle.close()
         for parent in created:  # deepest first

@@ -15,6 +15,7 @@ import pandas as pd
 
 from byol_bench.config import make_config
 from byol_bench.errors import UserError
+from byol_bench.folder_lock import LOCK_FILE, hold_folder
 from byol_bench.progress import search_line
 from byol_bench.results import check_writable, write_json, write_parquet
 from byol_bench.search import (SEARCH_FOLDER, SEARCH_RECORD, SEARCH_TABLE, Search, SearchRecord, best_trials, chosen,
@@ -189,8 +190,7 @@ def _ctrl_c_raises():
 
 
 def _check_tune_folder(folder: Path, resume: bool) -> None:
-    check_writable(folder, "results folder", "pass --results-dir")
-    if not resume and folder.exists() and any(folder.iterdir()):
+    if not resume and any(path.name != LOCK_FILE for path in folder.iterdir()):
         raise UserError(f"{folder} already holds results; pass --resume to continue that tune, or --results-dir "
                         "to write elsewhere")
     if resume and not (folder / SEARCH_FOLDER).is_dir():
@@ -203,8 +203,16 @@ def run_tune(search: Search, results_dir: Path, address: str | None = None, resu
     chosen values (and defaults) over the final seeds as a sweep into the same folder, with its report;
     returns the command's exit code (130 when interrupted)."""
     folder = (results_dir / search.sweep.name).resolve()
-    _check_tune_folder(folder, resume)
-    check_tracking(track or [], tracking_uri, folder)
+    check_writable(folder, "results folder", "pass --results-dir")
+    with hold_folder(folder, "pass --results-dir to write elsewhere"):  # the search's and the final sweep's
+        _check_tune_folder(folder, resume)
+        check_tracking(track or [], tracking_uri, folder)
+        return _run_tune(search, folder, results_dir, address, resume, track, tracking_uri, verbose)
+
+
+def _run_tune(search: Search, folder: Path, results_dir: Path, address: str | None, resume: bool,
+              track: list[str] | None, tracking_uri: str | None, verbose: bool) -> int:
+    """``run_tune`` in its results ``folder``, which this process holds."""
     _save_state_often()
     ray, started_here = _start_ray(address, verbose)
     try:

@@ -12,6 +12,7 @@ import torch
 import yaml
 from torchvision.transforms.functional import to_pil_image
 
+from byol_bench.cli import main
 from byol_bench.data import make_synthetic
 from byol_bench.search import load_tune
 from byol_bench.tune_search import run_search
@@ -72,10 +73,10 @@ def _read_until(process: subprocess.Popen, seen: str, deadline: float) -> str:
     return output
 
 
-def test_a_stopped_tune_resumes_without_rerunning_finished_search_trials(tmp_path):
+def test_a_stopped_tune_resumes_without_rerunning_finished_search_trials(tmp_path, capsys):
     """Ctrl-C while the second search trial is part-way: the tune stops (exit 130); --resume continues the
     second from its checkpoint, never reruns the first, finishes the search and runs the final trial into the
-    same folder, whose report has the search section."""
+    same folder, whose report has the search section. While the search runs, a second tune there is refused."""
     path = write_tune(tmp_path, {"dataset": "synthetic", "image_size": 16, "subset": 256, "test_subset": 100,
                                  "epochs": 24},  # long enough (bf16 or fp32) for Ctrl-C to land part-way
                       {"budget": {"trials": 2}, "scheduler": {"grace_period": 24}, "final_seeds": [0],
@@ -84,6 +85,9 @@ def test_a_stopped_tune_resumes_without_rerunning_finished_search_trials(tmp_pat
     tune = [str(script), "tune", str(path), "--results-dir", str(results)]
     first = subprocess.Popen(tune, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _read_until(first, "simclr search #2: epoch 1/24", time.time() + 240)  # one at a time: #1 has finished
+    for flags in ([], ["--resume"]):
+        assert main([*tune[1:], *flags]) == 2
+        assert f"is in use by a running sweep (pid {first.pid} on " in capsys.readouterr().err
     time.sleep(2.5)  # past the next save of Tune's experiment state (every 2 s), which records that checkpoint
     first.send_signal(signal.SIGINT)
     output, _ = first.communicate(timeout=120)
