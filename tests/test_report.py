@@ -636,7 +636,8 @@ def test_low_label_and_online_probe_accuracies_get_columns_where_measured(sweep,
     assert accuracy["linear top-1, 10% of labels (%)"].startswith("60.0 [")
     assert accuracy["online probe top-1, last epoch (%)"].startswith("70.0 [")
     assert "100% of labels" not in read(tmp_path / "low" / "report.md")  # 1.0 is the plain kNN and linear top-1
-    floors = markdown_table(read(tmp_path / "low" / "report.md"), "Floors: random-init backbone and raw pixels")
+    floors = markdown_table(read(tmp_path / "low" / "report.md"), "Their floors: the random-init backbone")
     assert floors["random-init linear top-1, 10% of labels (%)"].tolist() == ["40.0"] * 2  # a row per seed
     assert "random-init online probe" not in read(tmp_path / "low" / "report.md")
+    assert "Their floors" not in read(sweep / "report.md")
     assert "Online probe, fewer labels, transfer" not in read(sweep / "report.md")

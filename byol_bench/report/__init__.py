@@ -20,10 +20,11 @@ from byol_bench.report import figures
 from byol_bench.report.load import Results, load_results
 from byol_bench.report.render import Figure, Table, write_documents, writable
 from byol_bench.report.tables import (ACCURACY_COLUMNS, COMPARED, COST_COLUMNS, anchor_table, axis_label,
-                                      chosen_table, comparison_table, evaluation_columns, floor_table,
-                                      improvement_frame, improvement_table, per_group, protocol, protocol_differences,
-                                      provenance_table, ranking_warnings, search_budget_table, seeds_needed_table,
-                                      settings_title, status_counts, tuned_vs_defaults, unfinished_table)
+                                      chosen_table, comparison_table, evaluation_columns, evaluation_floor_columns,
+                                      floor_table, improvement_frame, improvement_table, per_group, protocol,
+                                      protocol_differences, provenance_table, ranking_warnings, search_budget_table,
+                                      seeds_needed_table, settings_title, status_counts, tuned_vs_defaults,
+                                      unfinished_table)
 from byol_bench.search import CHOSEN_DIGITS, budget_text
 from byol_bench.stats import BOOTSTRAP_RESAMPLES, MIN_EFFECT_POINTS
 
@@ -84,11 +85,13 @@ def _result_tables(results: Results, above: str) -> list:
     no_anchors = "No published numbers: " + ("the manifest records no anchors (add 'anchors' to the sweep file)."
                                              if results.manifest else "a single trial has no manifest to record them.")
     cost = {**COST_COLUMNS, results.compute_unit: ("compute_hours", 1, 3)}
-    evaluations = evaluation_columns(results)
+    evaluations, evaluation_floors = evaluation_columns(results), evaluation_floor_columns(results)
     return [
         Table("Accuracy", per_group(results, ACCURACY_COLUMNS), above),
         *([Table("Online probe, fewer labels, transfer", per_group(results, evaluations), above)]
           if evaluations else []),
+        *([Table("Their floors: the random-init backbone", floor_table(results, evaluation_floors), above)]
+          if evaluation_floors else []),
         Table("Published numbers next to ours", anchors, above) if anchors is not None else no_anchors,
         Table("Speed and cost", per_group(results, cost), f"{above} {results.compute_unit}: {results.compute_basis}."),
         Table("Floors: random-init backbone and raw pixels", floors, above) if len(floors)

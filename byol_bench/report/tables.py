@@ -173,13 +173,17 @@ def in_registry_order(methods) -> list:
     return [method for method in METHODS if method in names] + sorted(names - set(METHODS))
 
 
-def floor_table(results: Results) -> pd.DataFrame:
+def evaluation_floor_columns(results: Results) -> dict:
+    """The random-init backbone's low-label and transfer accuracies: the floors of ``evaluation_columns``."""
+    return {f"random-init {label}": (f"random_init_{column}", scale, decimals)
+            for label, (column, scale, decimals) in evaluation_columns(results).items()
+            if f"random_init_{column}" in results.trials}
+
+
+def floor_table(results: Results, columns: dict = FLOOR_COLUMNS) -> pd.DataFrame:
     """One row per floor setting, over every trial that measured its floors (they are measured before
-    pretraining, so a diverged trial has them too)."""
+    pretraining, so a diverged trial has them too): the ``columns``, the plain floors by default."""
     measured = results.trials[results.trials[list(FLOORS)].notna().any(axis=1)]
-    columns = {**FLOOR_COLUMNS, **{f"random-init {label}": (f"random_init_{column}", scale, decimals)  # low-label, transfer
-                                   for label, (column, scale, decimals) in evaluation_columns(results).items()
-                                   if f"random_init_{column}" in measured}}
     varying = [column for column in FLOOR_EVALUATION if measured[column].nunique(dropna=False) > 1]
     labels = {**FLOOR_SETTING, **{column: FLOOR_EVALUATION[column] for column in varying}}
     rows = []
