@@ -234,6 +234,20 @@ def cmd_history_backfill(args) -> int:
     return 0
 
 
+def cmd_history_bisect(args) -> int:
+    from byol_bench.history import bisect
+
+    found, baseline = bisect(args.revisions, Path(args.sweep), args.metric, args.setting, args.tolerance,
+                             Path(args.history_dir), args.paths)
+    if found is None:
+        print(f"bisect: {args.metric} of {args.setting} at the range's end is within {args.tolerance:g}% of "
+              f"{baseline:.4g}: no regression to find")
+        return 0
+    print(f"bisect: the first regressed revision is {found[:12]} ({args.metric} of {args.setting} worse than "
+          f"{baseline:.4g} by more than {args.tolerance:g}%)")
+    return 1
+
+
 def _history_options(parser: argparse.ArgumentParser, subcommand: bool, selects: bool = True) -> None:
     """The history commands' options, given before or after the subcommand (a subcommand's default leaves the
     history parser's value in place); ``selects``: --metric and --series too."""
@@ -249,9 +263,9 @@ def _history_options(parser: argparse.ArgumentParser, subcommand: bool, selects:
 
 
 def _add_history_parser(commands) -> None:
-    """``byol-bench history`` and its subcommands: check, add, backfill."""
+    """``byol-bench history`` and its subcommands: check, add, backfill, bisect."""
     history = commands.add_parser("history", help="every sweep and 'make bench' run over revisions: series, change "
-                                                  "points, a report; check, add, backfill")
+                                                  "points, a report; check, add, backfill, bisect")
     _history_options(history, subcommand=False)
     history.set_defaults(run=cmd_history)
     history_commands = history.add_subparsers(dest="history_command", parser_class=_Parser)
@@ -275,6 +289,20 @@ def _add_history_parser(commands) -> None:
                           help="skip revisions that change none of these paths (default: byol_bench)")
     _history_options(backfill, subcommand=True, selects=False)
     backfill.set_defaults(run=cmd_history_backfill)
+    bisect = history_commands.add_parser("bisect", help="find the first revision of a range where a sweep's metric "
+                                                        "got worse (a binary search, each step a sweep in a worktree)")
+    bisect.add_argument("revisions", metavar="GOOD..BAD", help="a git range: the baseline, then the revisions after "
+                                                                "it up to BAD")
+    bisect.add_argument("--sweep", required=True, metavar="FILE", help="a small sweep file (it runs once per step)")
+    bisect.add_argument("--metric", required=True, help="the metric that got worse, e.g. knn_top1 or images_per_s")
+    bisect.add_argument("--setting", required=True, metavar="TEXT",
+                        help="the setting whose metric got worse, e.g. 'method=byol' (part of one setting's name)")
+    bisect.add_argument("--tolerance", type=float, default=5.0, metavar="PERCENT",
+                        help="how much worse than at GOOD counts as regressed, in %% (default 5)")
+    bisect.add_argument("--paths", nargs="+", default=["byol_bench"], metavar="PATH",
+                        help="skip revisions that change none of these paths (default: byol_bench)")
+    _history_options(bisect, subcommand=True, selects=False)
+    bisect.set_defaults(run=cmd_history_bisect)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -149,3 +149,27 @@ def test_a_sweep_report_shows_its_own_series_once_the_history_holds_two_runs(tmp
     assert "regression at rev06" in history_section
     assert "method=simclr" not in history_section and "figures/history-images_per_s.png" in history_section
     assert (folder / "figures" / "history-images_per_s.png").exists()
+
+
+def test_bisect_finds_the_first_worse_revision_in_few_steps_and_skips_unmeasurable_ones():
+    revisions = [f"rev{i:02d}" for i in range(16)]
+    worse = {revision: (0.0 if i < 11 else 12.0) + np.random.default_rng(i).normal(0, 1) for i, revision in
+             enumerate(revisions)}
+    measured = []
+
+    def worse_percent(revision):
+        measured.append(revision)
+        return None if revision in ("rev10", "rev15") else worse[revision]  # the sweep failed there
+
+    assert history.first_regressed(revisions, worse_percent, tolerance_percent=5) == "rev11"
+    assert len(measured) <= 2 + 5  # the end (and the skipped one before it), then a binary search of 15
+    assert history.first_regressed(revisions[:11], lambda revision: worse[revision], 5) is None  # the end is fine
+    assert history.first_regressed(["a", "b"], lambda revision: None, 5) is None  # nothing measurable
+
+
+def test_bisect_refuses_a_range_without_revisions(tmp_path, capsys):
+    if git_commit() is None:
+        pytest.skip("not a git checkout")
+    assert main(["history", "bisect", "HEAD..HEAD", "--sweep", "benchmarks/sweeps/history-tiny.yaml", "--metric",
+                 "knn_top1", "--setting", "method=byol", "--history-dir", str(tmp_path / "history")]) == 2
+    assert "no revision in HEAD..HEAD" in capsys.readouterr().err
