@@ -381,7 +381,7 @@ def bisect(revisions: str, sweep_file: Path, metric: str, setting: str, toleranc
     def worse_percent(revision: str) -> float | None:
         value = _value(_sweep_at(repo, revision, sweep_file, history_dir, log, "bisect"), metric, setting)
         worse = None if value is None else sign * 100 * (baseline - value) / abs(baseline)
-        log(f"  {metric} {value}: {'not measured' if worse is None else f'{worse:+.1f}% worse than at {base}'}")
+        log(f"  {metric}: " + ("not measured" if worse is None else f"{value:.4g}, {worse:+.1f}% worse than at {base}"))
         return worse
 
     return first_regressed(listed, worse_percent, tolerance_percent), baseline
