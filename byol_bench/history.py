@@ -412,9 +412,9 @@ def series_blocks(folder: Path, points: pd.DataFrame, changes: pd.DataFrame, ste
 
     table = summary_table(points, changes)
     shared = [column for column in ("source", "protocol", "machine") if table[column].nunique() == 1]
-    table = render.Table("Series", table.drop(columns=shared),
-                         "".join(f"{column.capitalize()} of every series: {table[column].iloc[0]}. " for column in shared)
-                         + "Change points: E-Divisive means, permutation test; size in % of the level before.")
+    caption = "".join(f"{column.capitalize()} of every series: {table[column].iloc[0]}. " for column in shared)
+    table = render.Table("Series", table.drop(columns=shared), caption + "Change points: E-Divisive means, "
+                         "permutation test; size in % of the level before.")
     drawn = [figures.save(folder, f"{stem}-{metric}", f"{metric} over revisions",
                           f"{metric} per run against the revision (oldest commit left), a line per setting; the steps "
                           "are the levels between change points (dashed lines, labelled with the change), the shade "

@@ -29,13 +29,14 @@ from byol_bench.folder_lock import LOCK_FILE, hold_folder
 from byol_bench.provenance import git_revision, versions
 from byol_bench.results import (DiskFull, check_writable, disk_full, embedding_rows, epoch_rows, megabytes, summary,
                                 trial_row, write_json, write_tables)
-from byol_bench.search import SEARCH_FILES
+from byol_bench.search import SEARCH_FILES, SEARCH_RECORD
 from byol_bench.sweep import PlannedTrial, Sweep, expand, run_order
 from byol_bench.tracking import Tracking, check_tracking, param_space
 
 TUNE_FOLDER = "tune"  # Ray Tune's experiment folder inside results/<sweep>/
 TRAIN_FOLDER = "train"  # Ray Train's runs (DDP trials' checkpoints) inside results/<sweep>/
 ROOM_MARGIN = 4 * 2**20  # what a sweep's disk keeps free beyond its checkpoints: Ray's experiment state, the tables
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray gives the head node this resource (Ray Train pins actors with it)
 DRIVER_MEMORY = 512 * 2**20  # what a DDP trial's driver reserves: it only waits on its workers, which hold the CPUs/GPUs
 RAY_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
                 "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
@@ -453,7 +454,9 @@ def _tuner(sweep: Sweep, planned: list[PlannedTrial], floors: dict, ray_storage:
 
     planned_by_id = {p.trial_id: p for p in planned}
     one_worker = tune.PlacementGroupFactory([{"CPU": sweep.cpus_per_worker, "GPU": sweep.gpus_per_worker}])
-    ddp_driver = tune.PlacementGroupFactory([{"CPU": 0, "memory": DRIVER_MEMORY}])
+    # A DDP trial's driver, and with it Ray Train's controller, on the head node: a lost worker node then takes
+    # ranks with it, never the trial's coordinator (whose loss left its run's CPUs held in Ray 2.60).
+    ddp_driver = tune.PlacementGroupFactory([{"CPU": 0, "memory": DRIVER_MEMORY, HEAD_NODE_RESOURCE: 0.001}])
     runnable = tune.with_resources(
         tune.with_parameters(trainable, planned_by_id=planned_by_id, worker_resources=sweep.resources,
                              train_storage=f"{ray_storage}/{TRAIN_FOLDER}", floors=floors),
@@ -517,17 +520,23 @@ def _run_sweep(sweep: Sweep, folder: Path, results_dir: Path, planned: list[Plan
     try:
         largest = max(p.workers for p in planned)
         cluster = _check_resources(ray, sweep, largest)
-        manifest = _manifest(sweep, planned, cluster, address, ray_storage, previous)
-        write_json(folder / "manifest.json", manifest)
         concurrency = _concurrency(sweep, largest, cluster, max_concurrent or sweep.max_concurrent)
         slots = min(n for n in (len(planned), concurrency, _trials_that_fit(sweep, 1, cluster)) if n)  # trials at once
-        floors = {} if resume else _shared_floors(ray, sweep, planned)  # resumed trials have theirs in their checkpoints
+        try:
+            # Resumed trials have their floors in their checkpoints.
+            floors = {} if resume else _shared_floors(ray, sweep, planned)
+        except KeyboardInterrupt:  # nothing written yet: the same command starts it again (a tune's, with --resume)
+            print(f"sweep interrupted while measuring the floors, before any trial ran; start it again with "
+                  f"'{_sweep_command(sweep, folder, results_dir, storage, resume=False)}'", file=sys.stderr)
+            return 130
+        manifest = _manifest(sweep, planned, cluster, address, ray_storage, previous)
+        write_json(folder / "manifest.json", manifest)
         guards = [] if storage else [_disk_guard(folder, slots)]  # Ray's state in the results folder: watch its disk
         try:
             grid = _tuner(sweep, planned, floors, ray_storage, resume, concurrency, tracking, verbose, guards).fit()
         except Exception:
             if not storage:  # a full disk under Ray's state fails Tune in many ways
-                _check_room(folder, slots, _resume_command(sweep, results_dir, storage))
+                _check_room(folder, slots, _sweep_command(sweep, folder, results_dir, storage))
             raise
     finally:
         if started_here:
@@ -543,7 +552,7 @@ def _finish(sweep: Sweep, planned: list[PlannedTrial], grid, folder: Path, manif
     """The sweep's tables, finished manifest and report; the exit code (130 when trials are unfinished). A sweep
     stopped for want of room (``_disk_guard``) writes nothing more: a resume writes it all."""
     trials, epochs, embeddings = _collect(planned, grid)
-    resume = _resume_command(sweep, results_dir, storage)
+    resume = _sweep_command(sweep, folder, results_dir, storage)
     if not storage and any(row["status"] == "incomplete" for row in trials):
         _check_room(folder, slots, resume)
     try:
@@ -569,8 +578,12 @@ def _finish(sweep: Sweep, planned: list[PlannedTrial], grid, folder: Path, manif
     return 0 if counts.get("ok", 0) == len(planned) else 1
 
 
-def _resume_command(sweep: Sweep, results_dir: Path, storage: str | None) -> str:
-    return f"byol-bench sweep {sweep.path} --results-dir {results_dir}" + (f" --storage {storage}" if storage else "") + " --resume"
+def _sweep_command(sweep: Sweep, folder: Path, results_dir: Path, storage: str | None, resume: bool = True) -> str:
+    """The command that continues this sweep (``resume``) or starts it again; a tuned comparison's final sweep
+    (its folder holds the search) is ``tune --resume``'s either way."""
+    tuned = (folder / SEARCH_RECORD).is_file()
+    return (f"byol-bench {'tune' if tuned else 'sweep'} {sweep.path} --results-dir {results_dir}"
+            + (f" --storage {storage}" if storage else "") + (" --resume" if resume or tuned else ""))
 
 
 def _resumable(error: DiskFull, resume: str) -> DiskFull:

@@ -131,11 +131,11 @@ def test_two_workers_train_the_same_weights_as_one(two_ranks, method):
     for rank_state in ranks:
         assert rank_state["method"].keys() == single.keys()
         for name, weight in single.items():
-            # float noise of the reordered sums is ~3e-5 here; with a cross-rank piece taken away (BROKEN) the
-            # weights, BatchNorm statistics or memories differ by more than 2e-3. NNCLR's support set holds
-            # projections, BatchNorm's outputs of a few units, whose noise reaches 2e-3; another rank's rows
-            # there would differ by units.
-            atol = 5e-3 if name.endswith(".bank") else 2e-4
+            # float noise of the reordered sums is ~3e-5 here, up to 4e-4 (DCL's first layer) with AVX2 kernels;
+            # with a cross-rank piece taken away (BROKEN) the weights, BatchNorm statistics or memories differ by
+            # more than 2e-3. NNCLR's support set holds projections, BatchNorm's outputs of a few units, whose
+            # noise reaches 2e-3; another rank's rows there would differ by units.
+            atol = 5e-3 if name.endswith(".bank") else 1e-3
             torch.testing.assert_close(rank_state["method"][name], weight, rtol=1e-4, atol=atol, msg=name)
     for key in single:  # identical on both ranks, target networks and memories included
         assert torch.equal(ranks[0]["method"][key], ranks[1]["method"][key]), key
@@ -218,8 +218,8 @@ FAST_NODE_DEATH = {"health_check_period_ms": 500, "health_check_failure_threshol
 
 
 def _node_running(nodes: list, title: str):
-    """The node among ``nodes`` (ray.cluster_utils' simulated ones) with a worker process titled ``title``: Ray titles
-    each worker after the actor it runs (a Tune trial's ImplicitFunc, a DDP rank's RayTrainWorker)."""
+    """The node among ``nodes`` (ray.cluster_utils' simulated ones) with a worker process titled ``title``, or None:
+    Ray titles each worker after the actor it runs (a Tune trial's ImplicitFunc, a DDP rank's RayTrainWorker)."""
     import psutil
 
     for node in nodes:
@@ -230,14 +230,14 @@ def _node_running(nodes: list, title: str):
                     return node
             except psutil.Error:  # ended meanwhile
                 pass
-    raise AssertionError(f"no node runs a {title}")
+    return None
 
 
 def test_a_trial_whose_node_is_lost_continues_from_its_checkpoint_on_the_nodes_left(tmp_path):
     """Simulated nodes of one CPU each (the head has none), into one results folder. Part-way through each trial, a
-    node it runs on is killed (for the 2-rank DDP trial, one rank's) and a fresh node joins: Tune retries the trial
-    on the nodes left from its last checkpoint. One row per trial, each recording its restart; no epoch twice
-    in the tables, none run again."""
+    node it runs on is killed (for the 2-rank DDP trial, one rank's; its coordinator is on the head) and a fresh
+    node joins: Tune retries the trial on the nodes left from its last checkpoint. One row per trial, each recording
+    its restart; no epoch twice in the tables, none run again."""
     from ray.cluster_utils import Cluster
 
     quiet_fast_ray()
@@ -247,7 +247,8 @@ def test_a_trial_whose_node_is_lost_continues_from_its_checkpoint_on_the_nodes_l
     try:
         cluster.wait_for_nodes()
         address = cluster.address
-        path = _ddp_sweep(tmp_path, "nodes", {"workers": [1, 2]}, max_failures=1, method="simclr", epochs=6, subset=1024)
+        path = _ddp_sweep(tmp_path, "nodes", {"workers": [1, 2]}, max_failures=1, method="simclr", epochs=6,
+                          subset=1024)
         folder = tmp_path / "results" / "nodes"
         script = os.path.join(os.path.dirname(sys.executable), "byol-bench")
         sweep = subprocess.Popen([script, "sweep", str(path), "--results-dir", str(tmp_path / "results"), "--address", address],
@@ -264,6 +265,9 @@ def test_a_trial_whose_node_is_lost_continues_from_its_checkpoint_on_the_nodes_l
                 assert time.time() < deadline and sweep.poll() is None, "".join(lines)[-3000:]
                 time.sleep(0.1)
             lost = _node_running(nodes, title)
+            assert lost is not None, f"no worker node runs a {title}"
+            # A DDP trial's driver and Ray Train's controller run on the head node, which is never lost.
+            assert _node_running(nodes, "TrainController") is None
             cluster.remove_node(lost, allow_graceful=False)
             nodes = [node for node in nodes if node is not lost] + [cluster.add_node(num_cpus=1)]
         try:

@@ -86,6 +86,23 @@ def test_a_sweep_writes_both_tables_and_a_manifest(tmp_path, ray_cluster, capsys
     assert len(list((tmp_path / "results" / "history" / "runs").glob("*.parquet"))) == 1  # appended to the history
 
 
+def test_ctrl_c_while_the_floors_are_measured_leaves_nothing_and_says_how_to_start_again(tmp_path, ray_cluster,
+                                                                                           capsys, monkeypatch):
+    """No trial has run, so there is nothing to resume: the folder is left as it was (gone), and the hint is the
+    sweep's own command, without --resume."""
+    from byol_bench import tune_runner
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tune_runner, "_shared_floors", interrupted)
+    path = write_sweep(tmp_path, "stopped", {"method": ["simclr"]})
+    assert run_sweep(load_sweep(path), tmp_path / "results") == 130
+    err = capsys.readouterr().err
+    assert f"start it again with 'byol-bench sweep {path} --results-dir {tmp_path / 'results'}'" in err
+    assert not (tmp_path / "results").exists()
+
+
 def test_a_failing_trial_is_recorded_while_the_others_finish(tmp_path, ray_cluster, capsys):
     good, corrupt = tmp_path / "good", tmp_path / "corrupt"
     from torchvision.transforms.functional import to_pil_image
