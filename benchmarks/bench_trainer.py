@@ -4,7 +4,7 @@ linear probe save? (issue 6, "Performance")
 Part 1, training throughput. Three contenders train the same model (same method class, same init seed)
 with the same batch size, data, thread count, speed switches and SGD step:
 
-  suite        batches from ``byol_bench.train.make_batches`` with ``augment="tensor"``: the views are
+  suite        batches from ``byol_bench.batches.make_batches`` with ``augment="tensor"``: the views are
                made batched on the training device, in the training process (what ``run_trial`` does);
   plain        what lightly's examples do: lightly's PIL transforms (``PILViewDataset``, the method's
                recipe) in a DataLoader with --plain-workers workers (default 1), shuffle and drop_last;
@@ -48,6 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from byol_bench.backbones import build_backbone
+from byol_bench.batches import make_batches
 from byol_bench.config import make_config
 from byol_bench.data import load_data
 from byol_bench.errors import UserError
@@ -56,8 +57,8 @@ from byol_bench.methods import METHODS, uses_momentum
 from byol_bench.provenance import provenance
 from byol_bench.schedules import learning_rate, parse_momentum_schedule
 from byol_bench.instrument import matrix_product_flops, synchronize
-from byol_bench.train import (build_method, build_optimizer, counted_train_step, make_batches, resolve_device,
-                              resolve_precision, train_step)
+from byol_bench.train import (build_method, build_optimizer, counted_train_step, resolve_device, resolve_precision,
+                              train_step)
 from byol_bench.views import PILViewDataset
 
 

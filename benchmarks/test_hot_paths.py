@@ -14,7 +14,8 @@ from byol_bench.config import make_config
 from byol_bench.evaluate import (CPU_EXTRACT_BATCH, EXTRACT_BATCH, ProbeRecipe, extract_features, knn_predict,
                                  linear_probe)
 from byol_bench.methods import METHODS, uses_momentum
-from byol_bench.train import build_method, build_optimizer, train_step, view_recipes
+from byol_bench.batches import view_recipes
+from byol_bench.train import build_method, build_optimizer, train_step
 from byol_bench.views import PILViewDataset, TensorViews
 
 # (backbone, channels, image size, batch): ResNet-18 on a CPU is slow, so its batch is small.

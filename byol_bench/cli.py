@@ -226,7 +226,7 @@ def cmd_history_add(args) -> int:
 
 
 def cmd_history_backfill(args) -> int:
-    from byol_bench.history import backfill
+    from byol_bench.backfill import backfill
 
     failed = backfill(args.revisions, Path(args.sweep), Path(args.history_dir), args.paths)
     print(f"backfill done; the sweep failed at {len(failed)} revision(s)" + (f": {', '.join(r[:12] for r in failed)}"
@@ -235,7 +235,7 @@ def cmd_history_backfill(args) -> int:
 
 
 def cmd_history_bisect(args) -> int:
-    from byol_bench.history import bisect
+    from byol_bench.backfill import bisect
 
     found, baseline = bisect(args.revisions, Path(args.sweep), args.metric, args.setting, args.tolerance,
                              Path(args.history_dir), args.paths)
@@ -305,12 +305,8 @@ def _add_history_parser(commands) -> None:
     bisect.set_defaults(run=cmd_history_bisect)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="byol-bench", description=DESCRIPTION, epilog=EPILOG,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=_version())
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _add_trial_parsers(commands) -> None:
+    """The commands that run trials: train (one), sweep (a grid on Ray Tune), tune (a search, then a sweep)."""
     train = commands.add_parser("train", help="run one trial: pretrain, measure, evaluate, write a JSON result",
                                 description="Run one trial: measure the floors, pretrain, evaluate the frozen backbone "
                                             "(kNN and linear probe), write a JSON result. Every config key is a flag; "
@@ -346,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ray_flags(tune)
     tune.set_defaults(run=cmd_tune)
 
+
+def _add_results_parsers(commands) -> None:
+    """The commands that read results: baseline, compare, report; and data, which readies a data set."""
     baseline = commands.add_parser("baseline", help="keep a sweep as a baseline for regression checks")
     baseline_commands = baseline.add_subparsers(dest="baseline_command", required=True, parser_class=_Parser)
     save = baseline_commands.add_parser("save", help="copy a sweep's trial table and manifest to results/baselines/NAME")
@@ -382,6 +381,15 @@ def build_parser() -> argparse.ArgumentParser:
                              f"ranking is flagged (default {MIN_EFFECT_POINTS})")
     report.set_defaults(run=cmd_report)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="byol-bench", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    _add_trial_parsers(commands)
+    _add_results_parsers(commands)
     _add_history_parser(commands)
     return parser
 

@@ -1,4 +1,5 @@
-"""Runs a sweep on Ray Tune: with ``tune_search`` (a tuned comparison), the only modules that import ray.
+"""Runs a sweep on Ray Tune: with ``tune_search`` (a tuned comparison) and ``ray_cluster`` (starting Ray, sizing
+the work to it), the only modules that import ray.
 
 Each planned trial is ``train.run_trial`` inside a Tune function trainable that reports every epoch
 with a checkpoint, so a retried or resumed trial continues. A trial with ``workers`` > 1 is a DDP run:
@@ -16,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -27,6 +27,7 @@ from byol_bench.config import TrialConfig, floor_setting, make_config
 from byol_bench.errors import UserError
 from byol_bench.folder_lock import LOCK_FILE, hold_folder
 from byol_bench.provenance import git_revision, versions
+from byol_bench.ray_cluster import check_resources, concurrency_limit, start_ray, trials_that_fit
 from byol_bench.results import (DiskFull, check_writable, disk_full, embedding_rows, epoch_rows, megabytes, summary,
                                 trial_row, write_json, write_tables)
 from byol_bench.search import SEARCH_FILES, SEARCH_RECORD
@@ -38,8 +39,7 @@ TRAIN_FOLDER = "train"  # Ray Train's runs (DDP trials' checkpoints) inside resu
 ROOM_MARGIN = 4 * 2**20  # what a sweep's disk keeps free beyond its checkpoints: Ray's experiment state, the tables
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray gives the head node this resource (Ray Train pins actors with it)
 DRIVER_MEMORY = 512 * 2**20  # what a DDP trial's driver reserves: it only waits on its workers, which hold the CPUs/GPUs
-RAY_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-                "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
+
 
 
 def trainable(config: dict, planned_by_id: dict, worker_resources: dict, train_storage: str, floors: dict) -> None:
@@ -229,88 +229,6 @@ def _check_tune_state(experiment: Path) -> None:
         except ValueError:  # UnicodeDecodeError included
             raise UserError(f"--resume: Ray Tune's state {state} is cut short, so the sweep cannot be resumed; run it "
                             f"again into a new --results-dir (the finished trials' results are in {experiment}/*/result.json)") from None
-
-
-def _check_reachable(address: str) -> None:
-    """A TCP look at host:port first: ray.init retries an unreachable address for minutes."""
-    if address == "auto":
-        return  # Ray finds the local cluster itself, or says at once that there is none
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except (OSError, ValueError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error) or type(error).__name__
-        raise UserError(f"cannot reach the Ray cluster at --address {address} ({reason}); check host and port "
-                        "(ray://HOST:10001 or HOST:6379), or leave --address out for a local cluster") from None
-
-
-def quiet_ray(local: bool) -> None:
-    """Ray's environment, where the user has not set it: no usage reports, none of the warnings that short
-    epochs trigger, and no auth token for a private local cluster (Ray 2.59+ would make one)."""
-    for variable, value in RAY_DEFAULTS.items():
-        os.environ.setdefault(variable, value)
-    if local:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
-
-def _start_ray(address: str | None, verbose: bool):
-    """Ray, started here (a private local cluster) or joined at ``address``; its workers' output reaches
-    this console only when ``verbose``."""
-    quiet_ray(local=address is None)
-    if not verbose:  # Tune's older console prints nothing at verbose 0; its newer one still prints a header
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    if address is not None:
-        _check_reachable(address)
-    import ray
-
-    if ray.is_initialized():  # e.g. a test session's cluster
-        return ray, False
-    try:
-        if address is None:  # "local": a new cluster of our own, never one that another process started here
-            ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=verbose)
-        else:
-            ray.init(address=address, logging_level="WARNING", log_to_driver=verbose)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot connect to the Ray cluster at --address {address} ({reason}); "
-                        "start it with 'ray start --head' or leave --address out for a local cluster") from None
-    return ray, True
-
-
-def _check_resources(ray, sweep: Sweep, workers: int) -> dict:
-    """The largest trial (``workers`` workers) must fit the cluster: Ray would leave it pending forever."""
-    available = ray.cluster_resources()
-    gpus, cpus = sweep.gpus_per_worker * workers, sweep.cpus_per_worker * workers
-    if gpus > available.get("GPU", 0):
-        raise UserError(f"the sweep asks for {gpus:g} GPU per trial ({workers} worker(s) x {sweep.gpus_per_worker:g}) but "
-                        f"the Ray cluster has {available.get('GPU', 0):g}; lower resources.gpu or workers (0 GPUs: CPU), "
-                        "or connect to a larger GPU cluster with --address")
-    if cpus > available.get("CPU", 0):
-        raise UserError(f"the sweep asks for {cpus:g} CPUs per trial ({workers} worker(s) x {sweep.cpus_per_worker:g}) "
-                        f"but the Ray cluster has {available.get('CPU', 0):g}; lower resources.cpu or workers")
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    if not any(node.get("CPU", 0) >= sweep.cpus_per_worker and node.get("GPU", 0) >= sweep.gpus_per_worker for node in nodes):
-        largest = max(nodes, key=lambda node: (node.get("GPU", 0), node.get("CPU", 0)), default={})
-        raise UserError(f"no Ray node holds one worker's {sweep.cpus_per_worker:g} CPU and {sweep.gpus_per_worker:g} GPU "
-                        f"(the largest has {largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU); lower resources.cpu/gpu")
-    return available
-
-
-def _concurrency(sweep: Sweep, workers: int, available: dict, requested: int | None) -> int | None:
-    """How many trials may run at once, the largest having ``workers`` workers. DDP trials' drivers hold no
-    CPU or GPU, so Tune would start them all and their Train runs would wait for workers: cap them by what
-    the cluster holds (Ray's advice)."""
-    if workers == 1:
-        return requested
-    limit = _trials_that_fit(sweep, workers, available)
-    return min(limit, requested) if limit and requested else limit or requested
-
-
-def _trials_that_fit(sweep: Sweep, workers: int, available: dict) -> int | None:
-    """How many trials of ``workers`` workers the cluster's CPUs and GPUs hold at once (None: no bound asked)."""
-    fits = [available.get("CPU", 0) / (sweep.cpus_per_worker * workers)] if sweep.cpus_per_worker else []
-    fits += [available.get("GPU", 0) / (sweep.gpus_per_worker * workers)] if sweep.gpus_per_worker else []
-    return max(1, int(min(fits))) if fits else None
 
 
 def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict], list[dict]]:
@@ -516,12 +434,12 @@ def _run_sweep(sweep: Sweep, folder: Path, results_dir: Path, planned: list[Plan
     previous = _check_results_folder(sweep, folder, ray_storage, storage, resume, [p.trial_id for p in planned])
     if not storage:
         _save_state_often()
-    ray, started_here = _start_ray(address, verbose)
+    ray, started_here = start_ray(address, verbose)
     try:
         largest = max(p.workers for p in planned)
-        cluster = _check_resources(ray, sweep, largest)
-        concurrency = _concurrency(sweep, largest, cluster, max_concurrent or sweep.max_concurrent)
-        slots = min(n for n in (len(planned), concurrency, _trials_that_fit(sweep, 1, cluster)) if n)  # trials at once
+        cluster = check_resources(ray, sweep, largest)
+        concurrency = concurrency_limit(sweep, largest, cluster, max_concurrent or sweep.max_concurrent)
+        slots = min(n for n in (len(planned), concurrency, trials_that_fit(sweep, 1, cluster)) if n)  # trials at once
         try:
             # Resumed trials have their floors in their checkpoints.
             floors = {} if resume else _shared_floors(ray, sweep, planned)
@@ -567,7 +485,7 @@ def _finish(sweep: Sweep, planned: list[PlannedTrial], grid, folder: Path, manif
         print(f"per setting: mean [95% bootstrap interval over seeds]\n{settings_summary(folder)}")
         print(f"results: {folder}/trials.parquet, epochs.parquet, manifest.json")
         if manifest["complete"]:
-            print(record_sweep(folder, results_dir / "history"))
+            print(record_sweep(folder))
         print(f"report: {write_report(folder)}")
     except DiskFull as error:  # the finished trials are safe in Ray's state: a resume writes their rows
         raise _resumable(error, resume) from None

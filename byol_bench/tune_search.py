@@ -17,12 +17,13 @@ from byol_bench.config import make_config
 from byol_bench.errors import UserError
 from byol_bench.folder_lock import LOCK_FILE, hold_folder
 from byol_bench.progress import search_line
+from byol_bench.ray_cluster import check_resources, start_ray
 from byol_bench.results import check_writable, write_json, write_parquet
 from byol_bench.search import (SEARCH_FOLDER, SEARCH_RECORD, SEARCH_TABLE, Search, SearchRecord, best_trials, chosen,
                                defaults, final_runs, search_knobs)
 from byol_bench.tracking import check_tracking
-from byol_bench.tune_runner import (TUNE_FOLDER, _check_resources, _epoch_reporter, _last_lines, _log_as,
-                                    _resume_point, _save_state_often, _start_ray, _tune_report, run_sweep)
+from byol_bench.tune_runner import (TUNE_FOLDER, _epoch_reporter, _last_lines, _log_as, _resume_point,
+                                    _save_state_often, _tune_report, run_sweep)
 
 
 def search_trainable(config: dict, knobs: dict) -> None:
@@ -214,9 +215,9 @@ def _run_tune(search: Search, folder: Path, results_dir: Path, address: str | No
               track: list[str] | None, tracking_uri: str | None, verbose: bool) -> int:
     """``run_tune`` in its results ``folder``, which this process holds."""
     _save_state_often()
-    ray, started_here = _start_ray(address, verbose)
+    ray, started_here = start_ray(address, verbose)
     try:
-        _check_resources(ray, search.sweep, 1)
+        check_resources(ray, search.sweep, 1)
         try:
             rows, algorithm = run_search(search, folder, resume, verbose)
         except KeyboardInterrupt:

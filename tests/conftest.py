@@ -3,7 +3,7 @@ import os
 import pytest
 
 from byol_bench.config import make_config
-from byol_bench.tune_runner import quiet_ray
+from byol_bench.ray_cluster import quiet_ray
 
 # The files of the longest tests (real trials, Ray sweeps) first: pytest-xdist hands out whole files in
 # collection order (the Makefile's --no-loadscope-reorder), and a long file handed out last would end the run alone.

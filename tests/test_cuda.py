@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from byol_bench.instrument import StepClock
-from byol_bench.train import ahead_on_side_stream, run_trial
+from byol_bench.batches import ahead_on_side_stream
+from byol_bench.train import run_trial
 from byol_bench.methods import METHODS
 from byol_bench.views import TensorViews
 

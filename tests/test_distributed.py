@@ -279,8 +279,8 @@ def test_a_trial_whose_node_is_lost_continues_from_its_checkpoint_on_the_nodes_l
         output = "".join(lines)
         assert sweep.returncode == 0, output[-3000:]
         # Without --address a sweep starts a cluster of its own, even while this one runs on the same machine.
-        private = subprocess.run([sys.executable, "-c", "from byol_bench.tune_runner import _start_ray; "
-                                  "print(_start_ray(None, False)[0].get_runtime_context().gcs_address)"],
+        private = subprocess.run([sys.executable, "-c", "from byol_bench.ray_cluster import start_ray; "
+                                  "print(start_ray(None, False)[0].get_runtime_context().gcs_address)"],
                                  capture_output=True, text=True, timeout=120)
         assert private.returncode == 0 and private.stdout.strip() not in ("", address), private.stderr[-3000:]
     finally:

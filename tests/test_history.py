@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from byol_bench import history
+from byol_bench.backfill import first_regressed
 from byol_bench.cli import main
 from byol_bench.config import resolved_config
 from byol_bench.errors import UserError
@@ -161,10 +162,10 @@ def test_bisect_finds_the_first_worse_revision_in_few_steps_and_skips_unmeasurab
         measured.append(revision)
         return None if revision in ("rev10", "rev15") else worse[revision]  # the sweep failed there
 
-    assert history.first_regressed(revisions, worse_percent, tolerance_percent=5) == "rev11"
+    assert first_regressed(revisions, worse_percent, tolerance_percent=5) == "rev11"
     assert len(measured) <= 2 + 5  # the end (and the skipped one before it), then a binary search of 15
-    assert history.first_regressed(revisions[:11], lambda revision: worse[revision], 5) is None  # the end is fine
-    assert history.first_regressed(["a", "b"], lambda revision: None, 5) is None  # nothing measurable
+    assert first_regressed(revisions[:11], lambda revision: worse[revision], 5) is None  # the end is fine
+    assert first_regressed(["a", "b"], lambda revision: None, 5) is None  # nothing measurable
 
 
 def test_bisect_refuses_a_range_without_revisions(tmp_path, capsys):

@@ -6,7 +6,7 @@ import torch
 from byol_bench.backbones import build_backbone
 from byol_bench.data import make_synthetic
 from byol_bench.methods import METHODS, uses_momentum
-from byol_bench.train import view_recipes
+from byol_bench.batches import view_recipes
 from byol_bench.views import TensorViews
 
 MOMENTUM_METHODS = sorted(name for name, method in METHODS.items() if uses_momentum(method))

@@ -145,7 +145,7 @@ CASES = {
 
 def assert_refused(argv, message, tmp, capsys, monkeypatch):
     """``argv`` ends in one line holding ``message``, exit 2, with nothing written and no Ray started."""
-    monkeypatch.setattr(tune_runner, "_start_ray", lambda address: pytest.fail("Ray was started"))
+    monkeypatch.setattr(tune_runner, "start_ray", lambda address: pytest.fail("Ray was started"))
     before = snapshot(tmp)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

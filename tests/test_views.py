@@ -5,7 +5,7 @@ import torch
 
 from byol_bench.config import make_config
 from byol_bench.methods import METHODS
-from byol_bench.train import view_recipes
+from byol_bench.batches import view_recipes
 from byol_bench.views import Draws, PILViewDataset, TensorViews, ViewRecipe, adapt, augment
 
 
