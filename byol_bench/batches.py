@@ -31,15 +31,18 @@ def epoch_order(cfg: TrialConfig, num_images: int, epoch: int) -> Tensor:
 
 
 def view_recipes(cfg: TrialConfig, image_size: int) -> list[ViewRecipe]:
-    """The trial's crops: two global views from its method's recipe (or the one ``views`` names, at
-    ``crop_min_scale``), then for a multi-crop method ``local_crops`` local crops of ``local_crop_size``
-    (half the image's side unless given); the colour jitter of each scaled by ``jitter_strength``."""
+    """The trial's crops: two global views of ``view_size`` from its method's recipe (or the one ``views`` names,
+    at ``crop_min_scale``), then for a multi-crop method ``local_crops`` local crops of ``local_crop_size``
+    (half the global views' side unless given); the colour jitter of each scaled by ``jitter_strength``."""
     recipes = list(METHODS[cfg.method if cfg.views == "method" else cfg.views].views)
     if cfg.crop_min_scale is not None:
         recipes = [replace(recipe, min_scale=cfg.crop_min_scale) for recipe in recipes]
+    if cfg.view_size is not None:
+        recipes = [replace(recipe, size=cfg.view_size) for recipe in recipes]
     method = METHODS[cfg.method]
     if multi_crop(method):
-        recipes += [replace(method.local_view, size=cfg.local_crop_size or image_size // 2)] * cfg.local_crops
+        local_size = cfg.local_crop_size or (cfg.view_size or image_size) // 2
+        recipes += [replace(method.local_view, size=local_size)] * cfg.local_crops
     strength = cfg.jitter_strength
     return [replace(recipe, brightness=strength * recipe.brightness, contrast=strength * recipe.contrast,
                     saturation=strength * recipe.saturation, hue=strength * recipe.hue) for recipe in recipes]

@@ -73,6 +73,9 @@ class TrialConfig:
                       "method's for all, e.g. simclr (a multi-crop method keeps its own local crops)")
     crop_min_scale: float | None = knob(None, "the global views' random-resized crop's smallest area fraction, at "
                                         "most 1; null: the recipe's (0.08, SimSiam 0.2)", above=0)
+    view_size: int | None = knob(None, "the global views' side in px, at most the image's: their crops are resized to "
+                                 "it for pretraining, while evaluation sees whole images at their size; null: the "
+                                 "image's", above=0)
     jitter_strength: float = knob(1.0, "scales the recipe's colour-jitter strengths (lightly's cj_strength: 0.5 halves "
                                   "them)", at_least=0)
     augment: str = knob("tensor", "tensor: batched on the training device; pil: lightly's transforms in workers",
@@ -308,7 +311,11 @@ def validate(cfg: TrialConfig) -> None:
                                           ("global batch", cfg.global_batch_size, pretrain)):
             if requested is not None and requested > available:
                 raise UserError(f"{key} {requested} is larger than {cfg.dataset}'s {available} images; give at most {available}")
-    _validate_method_knobs(cfg, cfg.image_size or spec.image_size, pretrain)
+    image_size = cfg.image_size or spec.image_size
+    if cfg.view_size is not None and cfg.view_size > image_size:
+        raise UserError(f"view_size {cfg.view_size} is larger than the {image_size} px images; give at most "
+                        f"{image_size} (null: {image_size})")
+    _validate_method_knobs(cfg, cfg.view_size or image_size, pretrain)
 
 
 def _validate_eval_datasets(items: list[str]) -> None:
