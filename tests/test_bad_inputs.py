@@ -77,6 +77,8 @@ CASES = {
                                                  "memory_bank_size 4096 is larger than the 256 pretraining images"),
     "local crop larger than the global one": (lambda t, m: train(t, "--method", "dino", "--local-crop-size", "48"),
                                               "local_crop_size 48 is larger than the 16 px global crops; give at most 16"),
+    "views larger than the images": (lambda t, m: train(t, "--view-size", "20"),
+                                     "view_size 20 is larger than the 16 px images; give at most 16 (null: 16)"),
     "zero local crop size": (lambda t, m: train(t, "--method", "swav", "--local-crop-size", "0"),
                              "local_crop_size must be above 0, got 0"),
     "negative local crops": (lambda t, m: train(t, "--method", "dino", "--local-crops", "-2"),

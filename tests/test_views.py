@@ -168,3 +168,22 @@ def test_local_crops_are_smaller_regions_of_the_image(method, path):
     local = METHODS[method].local_view
     assert spans[2].max() <= (local.max_scale * 4 / 3) ** 0.5 + 0.02
     assert spans[0].mean() > spans[2].mean() + 0.2 and spans[1].mean() > spans[2].mean() + 0.2
+
+
+@pytest.mark.parametrize("path", ["tensor", "pil"])
+def test_view_size_resizes_the_global_views_and_halves_the_local_crops(path):
+    """With view_size each global view is its crop resized to that side, not a smaller crop: on images whose
+    pixels are their own x coordinate a whole-image crop still spans the whole ramp. Local crops default to half
+    the global views' side."""
+    recipes = view_recipes(make_config({"method": "dino", "local_crops": 2, "view_size": 20}), 32)
+    whole = dict(min_scale=1.0, hflip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
+    recipes = [replace(recipe, **whole) for recipe in recipes[:2]] + recipes[2:]
+    ramp = torch.linspace(0, 255, 32).round().to(torch.uint8).expand(8, 3, 32, 32).contiguous()
+    if path == "tensor":
+        views = TensorViews(recipes, 32, 3, (0.0,) * 3, (1.0,) * 3, seed=0, device="cpu")(ramp)
+    else:
+        dataset = PILViewDataset(ramp, recipes, 32, 3, (0.0,) * 3, (1.0,) * 3)
+        views = [torch.stack(crops) for crops in zip(*(dataset[i] for i in range(len(ramp))))]
+    assert [tuple(view.shape) for view in views] == [(8, 3, 20, 20)] * 2 + [(8, 3, 10, 10)] * 2
+    for view in views[:2]:
+        assert (view.flatten(1).amin(1) < 0.05).all() and (view.flatten(1).amax(1) > 0.95).all()
