@@ -1,29 +1,22 @@
-"""Runs a sweep on Ray Tune: with ``tune_search`` (a tuned comparison) and ``ray_cluster`` (starting Ray, sizing
-the work to it), the only modules that import ray.
+"""Runs a sweep on Ray Tune: with ``tune_trial`` (one trial inside Ray), ``tune_search`` (a tuned comparison)
+and ``ray_cluster`` (starting Ray, sizing the work to it), the only modules that import ray.
 
-Each planned trial is ``train.run_trial`` inside a Tune function trainable that reports every epoch
-with a checkpoint, so a retried or resumed trial continues. A trial with ``workers`` > 1 is a DDP run:
-its Tune trial drives a Ray Train TorchTrainer whose workers each run ``run_trial`` as one rank, report
-through Tune, and checkpoint (rank 0) into the sweep's storage. When the grid is done, the rows become
-the sweep's tables, manifest and report.
+It checks the results folder and the cluster, measures the floors once per setting, runs the grid of
+``tune_trial.trainable`` (a DDP trial's driver on the head node), guards the disk while it runs, and when
+the grid is done turns the rows into the sweep's tables, manifest and report.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import sys
-import tempfile
 import time
-import zipfile
 from pathlib import Path
 
-from byol_bench.config import TrialConfig, floor_setting, make_config
+from byol_bench.config import floor_setting, make_config
 from byol_bench.errors import UserError
 from byol_bench.folder_lock import LOCK_FILE, hold_folder
 from byol_bench.provenance import git_revision, versions
@@ -33,167 +26,13 @@ from byol_bench.results import (DiskFull, check_writable, disk_full, embedding_r
 from byol_bench.search import SEARCH_FILES, SEARCH_RECORD
 from byol_bench.sweep import PlannedTrial, Sweep, expand, run_order
 from byol_bench.tracking import Tracking, check_tracking, param_space
+from byol_bench.tune_trial import run_name, trainable
 
 TUNE_FOLDER = "tune"  # Ray Tune's experiment folder inside results/<sweep>/
 TRAIN_FOLDER = "train"  # Ray Train's runs (DDP trials' checkpoints) inside results/<sweep>/
 ROOM_MARGIN = 4 * 2**20  # what a sweep's disk keeps free beyond its checkpoints: Ray's experiment state, the tables
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray gives the head node this resource (Ray Train pins actors with it)
 DRIVER_MEMORY = 512 * 2**20  # what a DDP trial's driver reserves: it only waits on its workers, which hold the CPUs/GPUs
-
-
-
-def trainable(config: dict, planned_by_id: dict, worker_resources: dict, train_storage: str, floors: dict) -> None:
-    """A Tune function trainable: one trial, reporting each epoch with a checkpoint, then its result.
-
-    The trial is looked up by the id in Tune's config (its knobs stand beside the id for the trackers);
-    the planned trials come with ``tune.with_parameters``. A DDP trial drives a Ray Train run instead of
-    training here.
-    """
-    from ray import tune
-
-    trial_id = config["trial_id"]
-    trial = planned_by_id[trial_id]
-    trial_floors = floors.get(floor_setting(make_config(trial.knobs)))
-    if trial.workers > 1:
-        _drive_ddp_trial(trial, trial_floors, worker_resources, train_storage)
-        return
-
-    _run_and_report(trial_id, make_config(trial.knobs), trial_floors, tune.get_checkpoint(), _tune_report,
-                    saves_checkpoints=True)
-
-
-def _tune_report(metrics: dict, checkpoint_folder: str | None = None) -> None:
-    """What a trial reports to Tune: an epoch's metrics, with its checkpoint when there is one."""
-    from ray import tune
-
-    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_folder) if checkpoint_folder else None)
-
-
-def _resume_point(checkpoint, notes: list[str], log):
-    """The ``train.Checkpoint`` to continue from: the newest whole one of a Ray checkpoint (``_newest_whole``;
-    what became of damaged ones logged and kept in ``notes``), or None: start over."""
-    if checkpoint is None:
-        return None
-    resume = _newest_whole(checkpoint, notes.append)
-    for note in notes:
-        log(note)
-    return resume
-
-
-def _epoch_reporter(report, saves_checkpoints: bool, notes: list[str]):
-    """``on_epoch`` for a trial inside Ray: ``report(metrics, checkpoint_folder)``, with the state when
-    ``saves_checkpoints``, and with the first epoch the ``notes`` on its resume point (for the driver's console)."""
-    import torch
-
-    def report_epoch(row: dict, trial_checkpoint) -> None:
-        metrics = {k: v for k, v in row.items() if v is not None}
-        if notes:
-            metrics["note"] = "; ".join(notes)
-            notes.clear()
-        if not saves_checkpoints:
-            report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(trial_checkpoint, Path(folder) / "state.pt")
-            try:
-                report(metrics, folder)
-            except OSError as error:  # Ray copying it into the sweep's storage
-                if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                size = megabytes((Path(folder) / "state.pt").stat().st_size)
-                raise OSError(error.errno, f"no space left to save epoch {row['epoch']}'s checkpoint ({size}) "
-                                           "into the sweep's storage") from None
-
-    return report_epoch
-
-
-def _log_as(name: str):
-    return lambda line: print(f"{name}: {line}", file=sys.stderr, flush=True)
-
-
-def _run_and_report(trial_id: str, cfg: TrialConfig, floors: dict | None, checkpoint, report, saves_checkpoints: bool) -> None:
-    """``run_trial`` inside Ray (with the sweep's ``floors`` for it, if measured): resume from ``checkpoint``, then ``report(metrics, checkpoint_folder)``
-    every epoch (with the state when ``saves_checkpoints``) and once more with the whole result."""
-    from byol_bench.train import run_trial
-
-    log, notes = _log_as(trial_id), []
-    resume = _resume_point(checkpoint, notes, log)
-    result = run_trial(cfg, floors=floors, on_epoch=_epoch_reporter(report, saves_checkpoints, notes), resume=resume,
-                       log=log)
-    summary = {k: v for k, v in result["metrics"].items() if v is not None}
-    report({**summary, "status": result["status"], "result_json": json.dumps(result, default=str)})
-
-
-def _newest_whole(checkpoint, say):
-    """The ``train.Checkpoint`` in ``checkpoint`` (Ray's, of Tune or Ray Train) or, where that file is truncated
-    or damaged (a full disk, a crash as it was written), in the newest whole one before it, saying so; None
-    (start over) when none is whole. torch.save writes a zip archive: a CRC test finds the damage."""
-    import pyarrow.fs
-    import torch
-
-    parent, name = checkpoint.path.rstrip("/").rsplit("/", 1)
-    found = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
-    names = sorted((info.base_name for info in found if info.type == pyarrow.fs.FileType.Directory
-                    and info.base_name.startswith("checkpoint_") and info.base_name <= name), reverse=True)
-    for earlier in names:
-        with type(checkpoint)(f"{parent}/{earlier}", filesystem=checkpoint.filesystem).as_directory() as folder:
-            try:
-                with zipfile.ZipFile(Path(folder) / "state.pt") as archive:
-                    if archive.testzip() is None:
-                        return torch.load(Path(folder) / "state.pt", weights_only=False)
-            except (OSError, zipfile.BadZipFile, RuntimeError, EOFError):
-                pass
-        say(f"checkpoint {parent}/{earlier} is truncated or damaged; "
-            + ("falling back to the one before it" if earlier != names[-1] else "starting over from epoch 1"))
-    if not names:
-        say(f"checkpoint {checkpoint.path} is missing; starting over from epoch 1")
-    return None
-
-
-def _drive_ddp_trial(trial: PlannedTrial, floors: dict | None, worker_resources: dict, train_storage: str) -> None:
-    """Run a trial as a Ray Train DDP run of ``workers`` ranks; their reports reach Tune as this trial's.
-
-    Its checkpoints live in Ray Train's run folder (one per trial, named after it), so a retried or
-    resumed trial's new TorchTrainer continues from the last one.
-    """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    TorchTrainer(
-        ddp_worker, train_loop_config={"trial_id": trial.trial_id, "knobs": trial.knobs, "floors": floors},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=trial.workers, use_gpu=worker_resources["gpu"] > 0,
-            resources_per_worker={"CPU": worker_resources["cpu"], "GPU": worker_resources["gpu"]}),
-        run_config=ray.train.RunConfig(
-            name=_run_name(trial.trial_id), storage_path=train_storage, callbacks=[TuneReportCallback()],
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            logging_config=ray.train.LoggingConfig(log_level="WARNING")),  # not every report in full, per rank
-    ).fit()
-
-
-def _run_name(trial_id: str) -> str:
-    """A folder name for a trial (Tune's) and its Ray Train run: readable, and unique by a hash of the whole id."""
-    readable = re.sub(r"[^\w.=-]+", "_", trial_id)[:80]
-    return f"{readable}-{hashlib.sha1(trial_id.encode()).hexdigest()[:8]}"
-
-
-def ddp_worker(loop_config: dict) -> None:
-    """One rank of a DDP trial (Ray Train has set up the process group and the rank's device)."""
-    import logging
-
-    import ray.train
-    from ray.train.torch import get_device
-
-    logging.getLogger().setLevel(logging.WARNING)  # Ray Train would log every report in full, from every rank
-    cfg = make_config({**loop_config["knobs"], "device": str(get_device())})
-
-    def report(metrics: dict, checkpoint_folder: str | None = None) -> None:
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_folder) if checkpoint_folder else None)
-
-    # Every rank reports (Ray Train waits for all of them, and passes rank 0's metrics on); rank 0 alone checkpoints.
-    _run_and_report(loop_config["trial_id"], cfg, loop_config["floors"], ray.train.get_checkpoint(), report,
-                    saves_checkpoints=ray.train.get_context().get_world_rank() == 0)
 
 
 def _shared_floors(ray, sweep: Sweep, planned: list[PlannedTrial]) -> dict[tuple, dict]:
@@ -401,7 +240,7 @@ def _trial_name(trial) -> str:
 
 
 def _trial_dirname(trial) -> str:
-    return _run_name(trial.config["trial_id"])
+    return run_name(trial.config["trial_id"])
 
 
 def run_sweep(sweep: Sweep, results_dir: Path, address: str | None = None, resume: bool = False,

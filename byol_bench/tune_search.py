@@ -22,8 +22,8 @@ from byol_bench.results import check_writable, write_json, write_parquet
 from byol_bench.search import (SEARCH_FOLDER, SEARCH_RECORD, SEARCH_TABLE, Search, SearchRecord, best_trials, chosen,
                                defaults, final_runs, search_knobs)
 from byol_bench.tracking import check_tracking
-from byol_bench.tune_runner import (TUNE_FOLDER, _epoch_reporter, _last_lines, _log_as, _resume_point,
-                                    _save_state_often, _tune_report, run_sweep)
+from byol_bench.tune_runner import TUNE_FOLDER, _last_lines, _save_state_often, run_sweep
+from byol_bench.tune_trial import epoch_reporter, log_as, resume_point, tune_report
 
 
 def search_trainable(config: dict, knobs: dict) -> None:
@@ -34,9 +34,9 @@ def search_trainable(config: dict, knobs: dict) -> None:
 
     from byol_bench.train import run_search_trial
 
-    log, notes = _log_as("search"), []
-    resume = _resume_point(tune.get_checkpoint(), notes, log)
-    run_search_trial(make_config({**knobs, **config}), on_epoch=_epoch_reporter(_tune_report, True, notes),
+    log, notes = log_as("search"), []
+    resume = resume_point(tune.get_checkpoint(), notes, log)
+    run_search_trial(make_config({**knobs, **config}), on_epoch=epoch_reporter(tune_report, True, notes),
                      resume=resume, log=log)
 
 

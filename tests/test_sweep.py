@@ -244,7 +244,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before_it_then_to_a_fresh_st
     import torch
     from ray import tune
 
-    from byol_bench.tune_runner import _newest_whole
+    from byol_bench.tune_trial import newest_whole
 
     trial = tmp_path / "trial"
     for epochs in (1, 2, 3):
@@ -253,23 +253,23 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before_it_then_to_a_fresh_st
     handed = tune.Checkpoint.from_directory(str(trial / "checkpoint_000001"))  # Tune's newest: the third not recorded
     damage(trial / "checkpoint_000001" / "state.pt")
     notes = []
-    assert _newest_whole(handed, notes.append)["epochs"] == 1
+    assert newest_whole(handed, notes.append)["epochs"] == 1
     assert notes == [f"checkpoint {trial}/checkpoint_000001 is truncated or damaged; falling back to the one before it"]
     damage(trial / "checkpoint_000000" / "state.pt")
     notes.clear()
-    assert _newest_whole(handed, notes.append) is None
+    assert newest_whole(handed, notes.append) is None
     assert notes[-1] == f"checkpoint {trial}/checkpoint_000000 is truncated or damaged; starting over from epoch 1"
 
 
 def test_a_checkpoint_the_disk_has_no_room_for_fails_its_trial_saying_so(tiny_config):
-    from byol_bench.tune_runner import _run_and_report
+    from byol_bench.tune_trial import run_and_report
 
     def report(metrics: dict, checkpoint_folder: str | None = None) -> None:
         if checkpoint_folder is not None:  # Ray copying the checkpoint into the sweep's storage
             raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
 
     with pytest.raises(OSError, match=r"no space left to save epoch 1's checkpoint \(\d+\.\d\d MB\) into the sweep's storage"):
-        _run_and_report("t", tiny_config("simclr", epochs=1), {}, None, report, saves_checkpoints=True)
+        run_and_report("t", tiny_config("simclr", epochs=1), {}, None, report, saves_checkpoints=True)
 
 
 def test_a_table_the_disk_has_no_room_for_is_not_written_at_all(tmp_path, monkeypatch):

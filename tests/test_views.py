@@ -23,6 +23,14 @@ def _draws(n, seed=0):
     return Draws(torch.Generator().manual_seed(seed), n, slice(0, n))
 
 
+def _ramp_views(recipes, ramp, path):
+    """Every view of a batch of 32 px RGB ramps, unnormalised, batched on ``path``: tensor or lightly's PIL."""
+    if path == "tensor":
+        return TensorViews(recipes, 32, 3, (0.0,) * 3, (1.0,) * 3, seed=0, device="cpu")(ramp)
+    dataset = PILViewDataset(ramp, recipes, 32, 3, (0.0,) * 3, (1.0,) * 3)
+    return [torch.stack(crops) for crops in zip(*(dataset[i] for i in range(len(ramp))))]
+
+
 @pytest.mark.parametrize("channels, size", [(1, 28), (3, 32), (3, 64)])
 @pytest.mark.parametrize("method", RECIPES_OF)
 def test_views_have_the_right_shape_and_range(channels, size, method):
@@ -159,11 +167,7 @@ def test_local_crops_are_smaller_regions_of_the_image(method, path):
     plain = dict(hflip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
     recipes = [replace(recipe, **plain) for recipe in view_recipes(make_config({"method": method, "local_crops": 1}), 32)]
     ramp = torch.linspace(0, 255, 32).round().to(torch.uint8).expand(64, 3, 32, 32).contiguous()
-    if path == "tensor":
-        views = TensorViews(recipes, 32, 3, (0.0,) * 3, (1.0,) * 3, seed=0, device="cpu")(ramp)
-    else:
-        dataset = PILViewDataset(ramp, recipes, 32, 3, (0.0,) * 3, (1.0,) * 3)
-        views = [torch.stack(crops) for crops in zip(*(dataset[i] for i in range(len(ramp))))]
+    views = _ramp_views(recipes, ramp, path)
     spans = [view.flatten(1).amax(1) - view.flatten(1).amin(1) for view in views]
     local = METHODS[method].local_view
     assert spans[2].max() <= (local.max_scale * 4 / 3) ** 0.5 + 0.02
@@ -179,11 +183,7 @@ def test_view_size_resizes_the_global_views_and_halves_the_local_crops(path):
     whole = dict(min_scale=1.0, hflip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
     recipes = [replace(recipe, **whole) for recipe in recipes[:2]] + recipes[2:]
     ramp = torch.linspace(0, 255, 32).round().to(torch.uint8).expand(8, 3, 32, 32).contiguous()
-    if path == "tensor":
-        views = TensorViews(recipes, 32, 3, (0.0,) * 3, (1.0,) * 3, seed=0, device="cpu")(ramp)
-    else:
-        dataset = PILViewDataset(ramp, recipes, 32, 3, (0.0,) * 3, (1.0,) * 3)
-        views = [torch.stack(crops) for crops in zip(*(dataset[i] for i in range(len(ramp))))]
+    views = _ramp_views(recipes, ramp, path)
     assert [tuple(view.shape) for view in views] == [(8, 3, 20, 20)] * 2 + [(8, 3, 10, 10)] * 2
     for view in views[:2]:
         assert (view.flatten(1).amin(1) < 0.05).all() and (view.flatten(1).amax(1) > 0.95).all()
