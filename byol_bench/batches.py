@@ -41,7 +41,7 @@ def view_recipes(cfg: TrialConfig, image_size: int) -> list[ViewRecipe]:
         recipes = [replace(recipe, size=cfg.view_size) for recipe in recipes]
     method = METHODS[cfg.method]
     if multi_crop(method):
-        local_size = cfg.local_crop_size or (cfg.view_size or image_size) // 2
+        local_size = cfg.local_crop_size or cfg.global_view_size(image_size) // 2
         recipes += [replace(method.local_view, size=local_size)] * cfg.local_crops
     strength = cfg.jitter_strength
     return [replace(recipe, brightness=strength * recipe.brightness, contrast=strength * recipe.contrast,

@@ -140,6 +140,10 @@ class TrialConfig:
     def peak_lr(self) -> float:
         return self.lr * self.global_batch_size / LR_REFERENCE_BATCH if self.lr_scaling == "linear" else self.lr
 
+    def global_view_size(self, image_size: int) -> int:
+        """The global views' side in px for images of ``image_size``: ``view_size``, else the images'."""
+        return self.view_size or image_size
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -315,7 +319,7 @@ def validate(cfg: TrialConfig) -> None:
     if cfg.view_size is not None and cfg.view_size > image_size:
         raise UserError(f"view_size {cfg.view_size} is larger than the {image_size} px images; give at most "
                         f"{image_size} (null: {image_size})")
-    _validate_method_knobs(cfg, cfg.view_size or image_size, pretrain)
+    _validate_method_knobs(cfg, cfg.global_view_size(image_size), pretrain)
 
 
 def _validate_eval_datasets(items: list[str]) -> None:

@@ -79,7 +79,7 @@ def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict],
         result = by_id.get(plan.trial_id)
         metrics = (result.metrics or {}) if result is not None else {}
         if result is not None and result.error is not None:
-            trials.append(trial_row(plan.trial_id, plan.resolved, "failed", error=_last_lines(result.error)))
+            trials.append(trial_row(plan.trial_id, plan.resolved, "failed", error=last_lines(result.error)))
         elif "result_json" in metrics:
             outcome = json.loads(metrics["result_json"])
             trials.append(trial_row(plan.trial_id, plan.resolved, outcome["status"], outcome))
@@ -90,7 +90,7 @@ def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict],
     return trials, epochs, embeddings
 
 
-def _last_lines(error: Exception) -> str:
+def last_lines(error: Exception) -> str:
     """A trial's error as a table cell: its last three lines."""
     return " | ".join(str(error).strip().splitlines()[-3:])[:2000]
 
@@ -272,7 +272,7 @@ def _run_sweep(sweep: Sweep, folder: Path, results_dir: Path, planned: list[Plan
     ray_storage = f"{storage.rstrip('/')}/{sweep.name}" if storage else str(folder)
     previous = _check_results_folder(sweep, folder, ray_storage, storage, resume, [p.trial_id for p in planned])
     if not storage:
-        _save_state_often()
+        save_state_often()
     ray, started_here = start_ray(address, verbose)
     try:
         largest = max(p.workers for p in planned)
@@ -364,7 +364,7 @@ def _check_room(folder: Path, slots: int, resume: str) -> None:
         raise _resumable(disk_full(folder, f"{TUNE_FOLDER}/ (checkpoints and Ray's state)", needed), resume) from None
 
 
-def _save_state_often() -> None:
+def save_state_often() -> None:
     """Tune's state saved every 2 s instead of every 10+ (it is local, so cheap): a driver killed outright
     loses at most that much recorded progress."""
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")

@@ -22,7 +22,7 @@ from byol_bench.results import check_writable, write_json, write_parquet
 from byol_bench.search import (SEARCH_FOLDER, SEARCH_RECORD, SEARCH_TABLE, Search, SearchRecord, best_trials, chosen,
                                defaults, final_runs, search_knobs)
 from byol_bench.tracking import check_tracking
-from byol_bench.tune_runner import TUNE_FOLDER, _last_lines, _save_state_often, run_sweep
+from byol_bench.tune_runner import TUNE_FOLDER, last_lines, run_sweep, save_state_often
 from byol_bench.tune_trial import epoch_reporter, log_as, resume_point, tune_report
 
 
@@ -157,7 +157,7 @@ def _search_rows(search: Search, method: str, grid) -> list[dict]:
                      SCORE: metrics.get(SCORE), "epochs": epochs,
                      "stopped_early": status == "ok" and epochs < search.epochs, "status": status,
                      "time_s": metrics.get("time_total_s"),
-                     "error": _last_lines(result.error) if result.error else None})
+                     "error": last_lines(result.error) if result.error else None})
     return sorted(rows, key=lambda row: row["trial"])
 
 
@@ -182,7 +182,7 @@ def run_search(search: Search, folder: Path, resume: bool = False, verbose: bool
 def _ctrl_c_raises():
     """Ctrl-C as a KeyboardInterrupt inside Tune's fit(): Tune's own handler would end it as if every trial had
     finished, and a stopped search would pass for a finished one. Tune saves its state every few seconds
-    (``_save_state_often``), from which --resume continues."""
+    (``save_state_often``), from which --resume continues."""
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
         yield
@@ -214,7 +214,7 @@ def run_tune(search: Search, results_dir: Path, address: str | None = None, resu
 def _run_tune(search: Search, folder: Path, results_dir: Path, address: str | None, resume: bool,
               track: list[str] | None, tracking_uri: str | None, verbose: bool) -> int:
     """``run_tune`` in its results ``folder``, which this process holds."""
-    _save_state_often()
+    save_state_often()
     ray, started_here = start_ray(address, verbose)
     try:
         check_resources(ray, search.sweep, 1)

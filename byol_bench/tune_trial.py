@@ -31,13 +31,13 @@ def trainable(config: dict, planned_by_id: dict, worker_resources: dict, train_s
 
     trial_id = config["trial_id"]
     trial = planned_by_id[trial_id]
-    trial_floors = floors.get(floor_setting(make_config(trial.knobs)))
+    cfg = make_config(trial.knobs)
+    trial_floors = floors.get(floor_setting(cfg))
     if trial.workers > 1:
         _drive_ddp_trial(trial, trial_floors, worker_resources, train_storage)
         return
 
-    run_and_report(trial_id, make_config(trial.knobs), trial_floors, tune.get_checkpoint(), tune_report,
-                    saves_checkpoints=True)
+    run_and_report(trial_id, cfg, trial_floors, tune.get_checkpoint(), tune_report, saves_checkpoints=True)
 
 
 def tune_report(metrics: dict, checkpoint_folder: str | None = None) -> None:
@@ -171,4 +171,4 @@ def ddp_worker(loop_config: dict) -> None:
 
     # Every rank reports (Ray Train waits for all of them, and passes rank 0's metrics on); rank 0 alone checkpoints.
     run_and_report(loop_config["trial_id"], cfg, loop_config["floors"], ray.train.get_checkpoint(), report,
-                    saves_checkpoints=ray.train.get_context().get_world_rank() == 0)
+                   saves_checkpoints=ray.train.get_context().get_world_rank() == 0)
