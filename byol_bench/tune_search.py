@@ -36,8 +36,8 @@ def search_trainable(config: dict, knobs: dict) -> None:
 
     log, notes = log_as("search"), []
     resume = resume_point(tune.get_checkpoint(), notes, log)
-    run_search_trial(make_config({**knobs, **config}), on_epoch=epoch_reporter(tune_report, True, notes),
-                     resume=resume, log=log)
+    on_epoch = epoch_reporter(tune.get_context().get_trial_name(), tune_report, True, notes)
+    run_search_trial(make_config({**knobs, **config}), on_epoch=on_epoch, resume=resume, log=log)
 
 
 def _algorithm_used(search: Search) -> str:

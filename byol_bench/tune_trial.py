@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from byol_bench.config import TrialConfig, floor_setting, make_config
+from byol_bench.failpoints import failpoint
 from byol_bench.results import megabytes
 from byol_bench.sweep import PlannedTrial
 
@@ -58,31 +59,39 @@ def resume_point(checkpoint, notes: list[str], log):
     return resume
 
 
-def epoch_reporter(report, saves_checkpoints: bool, notes: list[str]):
-    """``on_epoch`` for a trial inside Ray: ``report(metrics, checkpoint_folder)``, with the state when
-    ``saves_checkpoints``, and with the first epoch the ``notes`` on its resume point (for the driver's console)."""
-    import torch
+def epoch_reporter(trial: str, report, saves_checkpoints: bool, notes: list[str]):
+    """``on_epoch`` for ``trial`` inside Ray: ``report(metrics, checkpoint_folder)``, with the state when
+    ``saves_checkpoints``, and with the first epoch the ``notes`` on its resume point (for the driver's console);
+    then the ``after_epoch`` failpoint."""
 
     def report_epoch(row: dict, trial_checkpoint) -> None:
         metrics = {k: v for k, v in row.items() if v is not None}
         if notes:
             metrics["note"] = "; ".join(notes)
             notes.clear()
-        if not saves_checkpoints:
+        if saves_checkpoints:
+            _report_with_checkpoint(report, metrics, trial_checkpoint)
+        else:
             report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(trial_checkpoint, Path(folder) / "state.pt")
-            try:
-                report(metrics, folder)
-            except OSError as error:  # Ray copying it into the sweep's storage
-                if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                size = megabytes((Path(folder) / "state.pt").stat().st_size)
-                raise OSError(error.errno, f"no space left to save epoch {row['epoch']}'s checkpoint ({size}) "
-                                           "into the sweep's storage") from None
+        failpoint("after_epoch", trial=trial, epoch=row["epoch"], first_run=not trial_checkpoint.state.restarts)
 
     return report_epoch
+
+
+def _report_with_checkpoint(report, metrics: dict, trial_checkpoint) -> None:
+    """``report(metrics, checkpoint_folder)`` with ``trial_checkpoint`` saved in a folder of its own."""
+    import torch
+
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(trial_checkpoint, Path(folder) / "state.pt")
+        try:
+            report(metrics, folder)
+        except OSError as error:  # Ray copying it into the sweep's storage
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            size = megabytes((Path(folder) / "state.pt").stat().st_size)
+            raise OSError(error.errno, f"no space left to save epoch {metrics['epoch']}'s checkpoint ({size}) "
+                                       "into the sweep's storage") from None
 
 
 def log_as(name: str):
@@ -96,8 +105,8 @@ def run_and_report(trial_id: str, cfg: TrialConfig, floors: dict | None, checkpo
 
     log, notes = log_as(trial_id), []
     resume = resume_point(checkpoint, notes, log)
-    result = run_trial(cfg, floors=floors, on_epoch=epoch_reporter(report, saves_checkpoints, notes), resume=resume,
-                       log=log)
+    on_epoch = epoch_reporter(trial_id, report, saves_checkpoints, notes)
+    result = run_trial(cfg, floors=floors, on_epoch=on_epoch, resume=resume, log=log)
     summary = {k: v for k, v in result["metrics"].items() if v is not None}
     report({**summary, "status": result["status"], "result_json": json.dumps(result, default=str)})
 

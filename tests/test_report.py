@@ -23,8 +23,9 @@ from byol_bench.config import make_config, resolved_config
 from byol_bench.errors import UserError
 from byol_bench.methods import METHODS
 from byol_bench.report import write_comparison, write_report
-from byol_bench.report.figures import (accuracy_vs_batch_size, accuracy_vs_compute, byol_vs_momentum, embedding_maps,
-                                       heatmap, method_palette, pareto_front, throughput_vs_batch_size, training_curves)
+from byol_bench.report.figures import (LEGEND_LABEL_MAX, accuracy_vs_batch_size, accuracy_vs_compute, byol_vs_momentum,
+                                       embedding_maps, heatmap, legend_labels, method_palette, pareto_front,
+                                       throughput_vs_batch_size, training_curves)
 from byol_bench.report.load import load_results
 from byol_bench.results import embedding_rows, epoch_rows, summary, trial_row, write_json, write_tables
 from byol_bench.stats import bootstrap_interval
@@ -641,3 +642,15 @@ def test_low_label_and_online_probe_accuracies_get_columns_where_measured(sweep,
     assert "random-init online probe" not in read(tmp_path / "low" / "report.md")
     assert "Their floors" not in read(sweep / "report.md")
     assert "Online probe, fewer labels, transfer" not in read(sweep / "report.md")
+
+
+
+def test_legend_labels_elide_the_middle_of_long_settings_and_keep_them_apart():
+    """A setting named by a long path made seaborn fail to lay out the training curves (a legend wider than the
+    figure): legends show it shortened, unless two settings would then read alike."""
+    paths = [f"data_dir /tmp/{'a-long-folder-name-' * 6}/{name}" for name in ("good", "corrupt")]
+    short = legend_labels(["batch 16", *paths])
+    assert short["batch 16"] == "batch 16"
+    assert all(len(short[path]) <= LEGEND_LABEL_MAX and short[path].endswith(path[-10:]) for path in paths)
+    alike = [f"{'x' * 60}{middle}{'y' * 60}" for middle in "ab"]
+    assert legend_labels(alike) == {label: label for label in alike}

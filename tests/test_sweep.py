@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from byol_bench import failpoints
 from byol_bench.cli import main
 from byol_bench.results import DiskFull, write_tables
 from byol_bench.sweep import expand, load_sweep, run_order
@@ -188,14 +189,17 @@ def _refused_while_running(sweep: list[str], folder: Path, running: subprocess.P
     assert lock.read_text() == held
 
 
-def test_an_interrupted_sweep_resumes_only_its_missing_trials(tmp_path, capsys):
+def test_an_interrupted_sweep_resumes_only_its_missing_trials(tmp_path, capsys, monkeypatch):
     """Killed outright (SIGKILL) with one trial done and one part-way, resumed (the dead sweep's lock taken over;
     a second sweep meanwhile refused), interrupted again by Ctrl-C with two done and the third part-way, its
     newest checkpoint then truncated, resumed again: every part-way trial continues from a whole checkpoint, no
-    finished trial is rerun, and the three trials end as three rows."""
-    # 20 epochs: a trial outlasts the 2.5 s wait after its second checkpoint even at 1,400 images/s (8 did not).
+    finished trial is rerun, and the three trials end as three rows. Failpoints pause the second trial after its
+    first epoch and the third after its second, on their first runs: each stop lands there on any machine."""
+    monkeypatch.setenv(failpoints.ENV, json.dumps([
+        {"at": "after_epoch", "action": "pause", "trial": "method=simclr,seed=1", "epoch": 1, "first_run": True},
+        {"at": "after_epoch", "action": "pause", "trial": "method=simclr,seed=2", "epoch": 2, "first_run": True}]))
     path = write_sweep(tmp_path, "resumable", {"method": ["simclr"], "seed": [0, 1, 2]}, max_concurrent=1,
-                       trial={"epochs": 20, "subset": 512, "batch_size": 32})
+                       trial={"epochs": 3, "batch_size": 32})
     results, experiment = tmp_path / "results", tmp_path / "results" / "resumable" / "tune"
     sweep = ["sweep", str(path), "--results-dir", str(results)]
     first = _bench(*sweep, start_new_session=True)

@@ -1,5 +1,6 @@
 """Tuned comparisons on a real Ray cluster: the search never reads the test split, and a stopped tune resumes."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torch
 import yaml
 from torchvision.transforms.functional import to_pil_image
 
+from byol_bench import failpoints
 from byol_bench.cli import main
 from byol_bench.data import make_synthetic
 from byol_bench.search import load_tune
@@ -73,18 +75,21 @@ def _read_until(process: subprocess.Popen, seen: str, deadline: float) -> str:
     return output
 
 
-def test_a_stopped_tune_resumes_without_rerunning_finished_search_trials(tmp_path, capsys):
-    """Ctrl-C while the second search trial is part-way: the tune stops (exit 130); --resume continues the
-    second from its checkpoint, never reruns the first, finishes the search and runs the final trial into the
-    same folder, whose report has the search section. While the search runs, a second tune there is refused."""
+def test_a_stopped_tune_resumes_without_rerunning_finished_search_trials(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while the second search trial is part-way (paused by a failpoint after its first epoch): the tune
+    stops (exit 130); --resume continues the second from its checkpoint, never reruns the first, finishes the
+    search and runs the final trial into the same folder, whose report has the search section. While the search
+    runs, a second tune there is refused."""
+    monkeypatch.setenv(failpoints.ENV, json.dumps([{"at": "after_epoch", "action": "pause", "trial": "simclr search #2",
+                                                    "epoch": 1, "first_run": True}]))
     path = write_tune(tmp_path, {"dataset": "synthetic", "image_size": 16, "subset": 256, "test_subset": 100,
-                                 "epochs": 24},  # long enough (bf16 or fp32) for Ctrl-C to land part-way
-                      {"budget": {"trials": 2}, "scheduler": {"grace_period": 24}, "final_seeds": [0],
+                                 "epochs": 3},
+                      {"budget": {"trials": 2}, "scheduler": {"grace_period": 3}, "final_seeds": [0],
                        "run_defaults": False})
     results, script = tmp_path / "results", Path(sys.executable).with_name("byol-bench")
     tune = [str(script), "tune", str(path), "--results-dir", str(results)]
     first = subprocess.Popen(tune, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _read_until(first, "simclr search #2: epoch 1/24", time.time() + 240)  # one at a time: #1 has finished
+    _read_until(first, "simclr search #2: epoch 1/3", time.time() + 240)  # one at a time: #1 has finished
     for flags in ([], ["--resume"]):
         assert main([*tune[1:], *flags]) == 2
         assert f"is in use by a running sweep (pid {first.pid} on " in capsys.readouterr().err
@@ -100,7 +105,7 @@ def test_a_stopped_tune_resumes_without_rerunning_finished_search_trials(tmp_pat
     assert "simclr search #1: epoch" not in output  # the finished trial was not rerun...
     assert "simclr search #2: resumed at epoch" in output  # ...and the stopped one went on from its checkpoint
     search = pd.read_parquet(results / "tiny-tune" / "search.parquet").set_index("trial")
-    assert list(search.index) == [1, 2] and (search["epochs"] == 24).all()
+    assert list(search.index) == [1, 2] and (search["epochs"] == 3).all()
     assert first_trial.read_text() == recorded
     trials = pd.read_parquet(results / "tiny-tune" / "trials.parquet")
     assert len(trials) == 1 and (trials["status"] == "ok").all()

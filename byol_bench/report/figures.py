@@ -184,6 +184,17 @@ def accuracy_vs_compute(results: Results, palette: dict):
     return figure
 
 
+LEGEND_LABEL_MAX = 48  # characters: seaborn fails to lay out a figure whose legend is wider than the figure itself
+
+
+def legend_labels(labels) -> dict:
+    """Each label shortened to fit a legend, its middle elided (a setting's path, say), unless two would read alike."""
+    half = LEGEND_LABEL_MAX // 2
+    short = {label: label if len(label) <= LEGEND_LABEL_MAX else f"{label[:half - 1]}…{label[-half:]}"
+             for label in labels}
+    return short if len(set(short.values())) == len(short) else {label: label for label in labels}
+
+
 # Per-epoch accuracies the training curves draw where a trial recorded them, each against its floors.
 MONITORS = {"knn_top1": ("kNN top-1 (%, monitor)", "knn_top1"),
             "online_probe_top1": ("online probe top-1 (%)", "linear_top1")}
@@ -203,6 +214,7 @@ def training_curves(results: Results, palette: dict):
     long = (epochs.melt(id_vars=["trial_id", "method", "setting", "epoch"], value_vars=list(curves),
                         var_name="curve", value_name="value").dropna(subset=["value"]))
     long["curve"] = long["curve"].map(curves)
+    long["setting"] = long["setting"].map(legend_labels(long["setting"].unique()))
     methods = in_registry_order(long["method"])
     grid = sns.relplot(long, kind="line", x="epoch", y="value", row="method", row_order=methods, col="curve",
                        col_order=list(curves.values()), hue="method", hue_order=methods, style="setting",
