@@ -61,17 +61,26 @@ def _repo() -> Path:
     return Path(_git(Path.cwd(), "rev-parse", "--show-toplevel"))
 
 
+def _checked_here(sweep_file: Path) -> None:
+    """The sweep file must load at the current revision before any worktree is made: a missing or invalid file
+    would otherwise fail at every revision of the range, each after a checkout."""
+    from byol_bench.sweep import expand, load_sweep
+
+    expand(load_sweep(sweep_file))
+
+
 def backfill(revisions: str, sweep_file: Path, history_dir: Path = HISTORY_DIR, paths=("byol_bench",),
-             log=print) -> list[str]:
+             log=print) -> tuple[list[str], list[str]]:
     """Run ``sweep_file`` at each revision of the range ``revisions`` (``A..B``) that changes ``paths`` and append
-    each finished sweep. Returns the revisions whose sweep did not finish."""
+    each finished sweep. Returns the revisions of the range and those whose sweep did not finish."""
+    _checked_here(sweep_file)
     repo = _repo()
     listed = _revisions(repo, revisions, paths)
     failed = []
     for number, revision in enumerate(listed, 1):
         if _sweep_at(repo, revision, sweep_file, history_dir, log, f"backfill {number}/{len(listed)}") is None:
             failed.append(revision)
-    return failed
+    return listed, failed
 
 
 def first_regressed(revisions: list[str], worse_percent: Callable[[str], float | None],
@@ -114,6 +123,7 @@ def bisect(revisions: str, sweep_file: Path, metric: str, setting: str, toleranc
     """The first revision of ``A..B`` where ``metric`` of ``setting`` got worse than at ``A`` by more than the
     tolerance: ``sweep_file`` runs at ``A``, at ``B`` and at the revisions a binary search picks (each appended to
     the history, as backfill does). Returns that revision (None: ``B`` is not worse) and the value at ``A``."""
+    _checked_here(sweep_file)
     repo = _repo()
     listed = _revisions(repo, revisions, paths)
     base = revisions.split("..")[0]

@@ -146,7 +146,7 @@ def cmd_compare(args) -> int:
     markdown = to_markdown(comparison)
     print(markdown)
     folder = Path(args.candidate) if Path(args.candidate).is_dir() else baselines / args.candidate
-    stem = f"regression-vs-{baseline.name}"
+    stem = f"regression-vs-{Path(str(args.baseline).rstrip('/')).name}"  # two baselines of one sweep: two files
     write_json(folder / f"{stem}.json", comparison)
     write_atomic(folder / f"{stem}.md", (markdown + "\n").encode())
     print(f"wrote {folder / stem}.md and .json")
@@ -228,10 +228,10 @@ def cmd_history_add(args) -> int:
 def cmd_history_backfill(args) -> int:
     from byol_bench.backfill import backfill
 
-    failed = backfill(args.revisions, Path(args.sweep), Path(args.history_dir), args.paths)
-    print(f"backfill done; the sweep failed at {len(failed)} revision(s)" + (f": {', '.join(r[:12] for r in failed)}"
-                                                                            if failed else ""))
-    return 0
+    listed, failed = backfill(args.revisions, Path(args.sweep), Path(args.history_dir), args.paths)
+    print(f"backfill done; the sweep failed at {len(failed)} of {len(listed)} revision(s)"
+          + (f": {', '.join(r[:12] for r in failed)}" if failed else ""))
+    return 1 if len(failed) == len(listed) else 0  # nothing measured
 
 
 def cmd_history_bisect(args) -> int:

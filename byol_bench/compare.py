@@ -163,7 +163,8 @@ def compare_runs(baseline: Run, candidate: Run, tol: Tolerances = Tolerances()) 
     describe = lambda keys: [dict(zip(axes, k)) for k in sorted(keys, key=str)]  # noqa: E731
     fixed_a, fixed_b = baseline.manifest.get("fixed", {}), candidate.manifest.get("fixed", {})
     return {
-        "baseline": baseline.name, "candidate": candidate.name, "tolerances": tol.__dict__,
+        "baseline": baseline.name, "baseline_saved_as": baseline.manifest.get("baseline"), "candidate": candidate.name,
+        "tolerances": tol.__dict__,
         "groups": groups,
         "unmatched": {"baseline_only": describe(set(base_groups) - set(cand_groups)),
                       "candidate_only": describe(set(cand_groups) - set(base_groups))},
@@ -238,7 +239,10 @@ def notes(comparison: dict) -> list[str]:
 def report_blocks(comparison: dict) -> list:
     """The verdict table and the notes, as blocks of a report section."""
     table = verdict_table(comparison)
-    verdicts = render.Table(f"Against baseline {comparison['baseline']}", table) if len(table) else \
+    saved_as = comparison.get("baseline_saved_as")  # absent from the verdicts of older versions
+    title = f"Against baseline {saved_as} (sweep {comparison['baseline']})" if saved_as else \
+        f"Against baseline {comparison['baseline']}"
+    verdicts = render.Table(title, table) if len(table) else \
         "No group of trials is in both runs."
     return [verdicts, *notes(comparison)]
 

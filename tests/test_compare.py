@@ -137,9 +137,16 @@ def test_baseline_save_and_the_compare_command(tmp_path, capsys):
     assert main(["compare", "v1", str(slower), "--baselines-dir", str(baselines)]) == 1
     out = capsys.readouterr().out
     assert "| method=byol, batch_size=256, momentum_schedule=cosine:0.99-1.0 |" in out and "REGRESSED" in out
-    assert json.loads((slower / "regression-vs-quick.json").read_text())["regressed"] is True
+    assert json.loads((slower / "regression-vs-v1.json").read_text())["regressed"] is True
     report = (slower / "report.html").read_text()  # the candidate's report carries the verdicts
-    assert "Against baseline quick" in report and "regressed" in report
+    assert "Against baseline v1 (sweep quick)" in report and "regressed" in report
+    # A second baseline of the same sweep: its verdicts go beside the first's, named after it.
+    assert main(["baseline", "save", str(sweep), "--as", "v2", "--baselines-dir", str(baselines)]) == 0
+    assert main(["compare", "v2", str(slower), "--baselines-dir", str(baselines)]) == 1
+    assert {path.name for path in slower.glob("regression-vs-*")} == {f"regression-vs-{name}.{suffix}" for name in
+                                                                      ("v1", "v2") for suffix in ("json", "md")}
+    report = (slower / "report.html").read_text()
+    assert "Against baseline v1 (sweep quick)" in report and "Against baseline v2 (sweep quick)" in report
     assert main(["compare", "v1", str(sweep), "--baselines-dir", str(baselines)]) == 0
 
 

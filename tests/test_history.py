@@ -1,9 +1,11 @@
 import json
+import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from byol_bench import backfill as backfill_module
 from byol_bench import history
 from byol_bench.backfill import first_regressed
 from byol_bench.cli import main
@@ -174,3 +176,29 @@ def test_bisect_refuses_a_range_without_revisions(tmp_path, capsys):
     assert main(["history", "bisect", "HEAD..HEAD", "--sweep", "benchmarks/sweeps/history-tiny.yaml", "--metric",
                  "knn_top1", "--setting", "method=byol", "--history-dir", str(tmp_path / "history")]) == 2
     assert "no revision in HEAD..HEAD" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["backfill"], ["bisect", "--metric", "knn_top1", "--setting", "method=byol"]])
+def test_a_missing_sweep_file_is_refused_before_any_worktree(tmp_path, capsys, command):
+    if git_commit() is None:
+        pytest.skip("not a git checkout")
+    worktrees = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True).stdout
+    assert main(["history", command[0], "HEAD~2..HEAD", "--sweep", str(tmp_path / "missing.yaml"), *command[1:],
+                 "--history-dir", str(tmp_path / "history")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "missing.yaml" in err
+    assert subprocess.run(["git", "worktree", "list"], capture_output=True, text=True).stdout == worktrees
+
+
+def test_a_backfill_that_measured_nothing_exits_1(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(backfill_module, "_repo", lambda: tmp_path)
+    monkeypatch.setattr(backfill_module, "_revisions", lambda repo, revisions, paths: ["a" * 40, "b" * 40])
+    measured = {"a" * 40: None, "b" * 40: None}  # the sweep failed at both
+    monkeypatch.setattr(backfill_module, "_sweep_at", lambda repo, revision, *rest: measured[revision])
+    backfill = ["history", "backfill", "A..B", "--sweep", "benchmarks/sweeps/history-tiny.yaml",
+                "--history-dir", str(tmp_path / "history")]
+    assert main(backfill) == 1
+    assert "the sweep failed at 2 of 2 revision(s)" in capsys.readouterr().out
+    measured["b" * 40] = pd.DataFrame()
+    assert main(backfill) == 0
+    assert "the sweep failed at 1 of 2 revision(s): aaaaaaaaaaaa" in capsys.readouterr().out
