@@ -193,20 +193,28 @@ def _add_ray_flags(command: argparse.ArgumentParser) -> None:
                               "http(s)://HOST:PORT (default: sqlite:///<results>/<sweep>/mlflow.db)")
 
 
+def history_dir(args) -> Path:
+    """One rule for where the history lives: ``<results-dir>/history``, beside the sweeps that append to it
+    (``history.history_beside``), unless --history-dir names another folder."""
+    from byol_bench.history import HISTORY_DIR
+
+    return Path(args.history_dir) if args.history_dir else Path(args.results_dir) / HISTORY_DIR.name
+
+
 def cmd_history(args) -> int:
     from byol_bench.history import load_history, select, series_points, summary_table, write_report
 
-    history_dir = Path(args.history_dir)
-    points, changes = series_points(select(load_history(history_dir), args.metric, args.series))
+    folder = history_dir(args)
+    points, changes = series_points(select(load_history(folder), args.metric, args.series))
     print(summary_table(points, changes).to_string(index=False))
-    print(f"report: {write_report(history_dir, points, changes)}")
+    print(f"report: {write_report(folder, points, changes)}")
     return 0
 
 
 def cmd_history_check(args) -> int:
     from byol_bench.history import load_history, regressions, select, series_points
 
-    _, changes = series_points(select(load_history(Path(args.history_dir)), args.metric, args.series))
+    _, changes = series_points(select(load_history(history_dir(args)), args.metric, args.series))
     found = regressions(changes, args.tolerance)
     for change in found.itertuples():
         print(f"REGRESSED {change.source} · {change.setting} · {change.metric} on {change.machine}: "
@@ -220,7 +228,7 @@ def cmd_history_add(args) -> int:
 
     for source in map(Path, args.sources):
         entry = sweep_entry(source) if source.is_dir() else bench_entry(source)
-        added = append(entry, Path(args.history_dir))
+        added = append(entry, history_dir(args))
         print(f"{source}: {'appended' if added else 'in the history already'} ({len(entry)} values)")
     return 0
 
@@ -228,7 +236,7 @@ def cmd_history_add(args) -> int:
 def cmd_history_backfill(args) -> int:
     from byol_bench.backfill import backfill
 
-    listed, failed = backfill(args.revisions, Path(args.sweep), Path(args.history_dir), args.paths)
+    listed, failed = backfill(args.revisions, Path(args.sweep), history_dir(args), args.paths)
     print(f"backfill done; the sweep failed at {len(failed)} of {len(listed)} revision(s)"
           + (f": {', '.join(r[:12] for r in failed)}" if failed else ""))
     return 1 if len(failed) == len(listed) else 0  # nothing measured
@@ -238,7 +246,7 @@ def cmd_history_bisect(args) -> int:
     from byol_bench.backfill import bisect
 
     found, baseline = bisect(args.revisions, Path(args.sweep), args.metric, args.setting, args.tolerance,
-                             Path(args.history_dir), args.paths)
+                             history_dir(args), args.paths)
     if found is None:
         print(f"bisect: {args.metric} of {args.setting} at the range's end is within {args.tolerance:g}% of "
               f"{baseline:.4g}: no regression to find")
@@ -252,8 +260,10 @@ def _history_options(parser: argparse.ArgumentParser, subcommand: bool, selects:
     """The history commands' options, given before or after the subcommand (a subcommand's default leaves the
     history parser's value in place); ``selects``: --metric and --series too."""
     default = (lambda value: argparse.SUPPRESS) if subcommand else (lambda value: value)
-    parser.add_argument("--history-dir", default=default("results/history"), help="where the history lives "
-                        "(default: results/history)")
+    parser.add_argument("--results-dir", default=default("results"), help="the results folder whose history/ this "
+                        "is, where its sweeps append themselves (default: results, so results/history)")
+    parser.add_argument("--history-dir", default=default(None), help="a history folder elsewhere than "
+                        "<results-dir>/history (e.g. make bench's)")
     if not selects:
         return
     parser.add_argument("--metric", default=default(None), help="one metric's series, e.g. images_per_s, knn_top1, "

@@ -115,13 +115,14 @@ def test_history_commands_report_check_and_refuse_bad_input(tmp_path, capsys):
     steady, slower = series(noisy([100.0] * 12, seed=6)), series(noisy([100.0] * 6 + [80.0] * 6, seed=7), setting="b")
     for run_id, run in pd.concat([steady, slower]).groupby("run_id"):
         run.to_parquet(runs / f"{run_id}.parquet")
-    folder = ["--history-dir", str(tmp_path / "history")]
+    folder = ["--results-dir", str(tmp_path)]  # the history of the sweeps in tmp_path: tmp_path/history
     assert main(["history", *folder]) == 0
     assert "regression at rev06" in capsys.readouterr().out
     assert (tmp_path / "history" / "figures" / "history-images_per_s.png").exists()
     assert "figures/history-images_per_s.png" in (tmp_path / "history" / "history.md").read_text()
     assert main(["history", "check", *folder]) == 1
     assert "REGRESSED sweep quick · b · images_per_s" in capsys.readouterr().out
+    assert main(["history", "check", "--history-dir", str(tmp_path / "history")]) == 1  # the same folder, named
     assert main(["history", "check", "--series", "byol", *folder]) == 0
     assert main(["history", "check", "--tolerance", "25", *folder]) == 0
     capsys.readouterr()
