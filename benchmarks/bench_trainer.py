@@ -4,7 +4,7 @@ linear probe save? (issue 6, "Performance")
 Part 1, training throughput. Three contenders train the same model (same method class, same init seed)
 with the same batch size, data, thread count, speed switches and SGD step:
 
-  suite        batches from ``byol_bench.batches.make_batches`` with ``augment="tensor"``: the views are
+  suite        batches from ``byol_bench.trial.batches.make_batches`` with ``augment="tensor"``: the views are
                made batched on the training device, in the training process (what ``run_trial`` does);
   plain        what lightly's examples do: lightly's PIL transforms (``PILViewDataset``, the method's
                recipe) in a DataLoader with --plain-workers workers (default 1), shuffle and drop_last;
@@ -15,7 +15,7 @@ the machine is doing slows them alike. Each round trains --warmup-steps untimed 
 --steps steps; the table gives the median images/s of each over the rounds, the min and max, and the
 ratio suite / plain (above 1: the suite is faster).
 
-Part 2, linear probe. ``byol_bench.evaluate.linear_probe`` trains on features extracted once; the
+Part 2, linear probe. ``byol_bench.trial.evaluate.linear_probe`` trains on features extracted once; the
 common alternative runs the frozen backbone on every batch of every epoch. Both train the same
 classifier with ProbeRecipe's epochs, batch size, optimizer and schedule on the same images, from a
 random-init backbone; the table gives both wall times (the cached one includes extracting the
@@ -47,19 +47,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from byol_bench.backbones import build_backbone
-from byol_bench.batches import make_batches
+from byol_bench.models.backbones import build_backbone
+from byol_bench.trial.batches import make_batches
 from byol_bench.config import make_config
-from byol_bench.data import load_data
+from byol_bench.data.datasets import load_data
 from byol_bench.errors import UserError
-from byol_bench.evaluate import ProbeRecipe, extract_features, linear_probe, topk_accuracy
-from byol_bench.methods import METHODS, uses_momentum
-from byol_bench.provenance import provenance
-from byol_bench.schedules import learning_rate, parse_momentum_schedule
-from byol_bench.instrument import matrix_product_flops, synchronize
-from byol_bench.train import (build_method, build_optimizer, counted_train_step, resolve_device, resolve_precision,
+from byol_bench.trial.evaluate import ProbeRecipe, extract_features, linear_probe, topk_accuracy
+from byol_bench.models.methods import METHODS, uses_momentum
+from byol_bench.trial.provenance import provenance
+from byol_bench.models.momentum import parse_momentum_schedule
+from byol_bench.trial.schedules import learning_rate
+from byol_bench.trial.instrument import matrix_product_flops, synchronize
+from byol_bench.trial.train import (build_method, build_optimizer, counted_train_step, resolve_device, resolve_precision,
                               train_step)
-from byol_bench.views import PILViewDataset
+from byol_bench.trial.views import PILViewDataset
 
 
 def log(line: str) -> None:
@@ -95,7 +96,7 @@ def one_batch_forever(cfg, data, device):
 class TrainingLoop:
     """One contender: a fresh model, its optimizer, run_trial's own step, and an endless stream of view batches.
 
-    Every contender takes the same step (``byol_bench.train.train_step`` at the scheduled lr: loss,
+    Every contender takes the same step (``byol_bench.trial.train.train_step`` at the scheduled lr: loss,
     backward, SGD; then the target update), so the difference between them is where the views come from.
     """
 

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from byol_bench.data import data_root
+from byol_bench.data.datasets import data_root
 
 
 def main() -> None:

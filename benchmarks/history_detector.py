@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from byol_bench.history import Detector, change_points
+from byol_bench.regression.history import Detector, change_points
 
 
 def noisy(levels: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:

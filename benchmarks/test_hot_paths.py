@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from byol_bench.config import make_config
-from byol_bench.evaluate import (CPU_EXTRACT_BATCH, EXTRACT_BATCH, ProbeRecipe, extract_features, knn_predict,
+from byol_bench.trial.evaluate import (CPU_EXTRACT_BATCH, EXTRACT_BATCH, ProbeRecipe, extract_features, knn_predict,
                                  linear_probe)
-from byol_bench.methods import METHODS, uses_momentum
-from byol_bench.batches import view_recipes
-from byol_bench.train import build_method, build_optimizer, train_step
-from byol_bench.views import PILViewDataset, TensorViews
+from byol_bench.models.methods import METHODS, uses_momentum
+from byol_bench.trial.batches import view_recipes
+from byol_bench.trial.train import build_method, build_optimizer, train_step
+from byol_bench.trial.views import PILViewDataset, TensorViews
 
 # (backbone, channels, image size, batch): ResNet-18 on a CPU is slow, so its batch is small.
 STEP_SETUPS = {"small-cnn-28px": ("small-cnn", 1, 28, 256), "resnet18-32px": ("resnet18", 3, 32, 32)}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from byol_bench.config import KEYS, TrialConfig, knob_types, make_config, read_yaml
 from byol_bench.errors import UserError
-from byol_bench.results import check_writable, write_atomic, write_json, write_json_or_fallback
-from byol_bench.stats import MIN_EFFECT_POINTS
+from byol_bench.results.tables import check_writable, write_atomic, write_json, write_json_or_fallback
+from byol_bench.regression.stats import MIN_EFFECT_POINTS
 
 DESCRIPTION = """\
 Benchmark self-supervised learning methods for vision (BYOL, SimCLR, SimSiam, MoCo, Barlow Twins,
@@ -71,8 +71,8 @@ def cmd_train(args) -> int:
 
     import torch.distributed as dist
 
-    from byol_bench.distributed import join_torchrun, rank
-    from byol_bench.train import resolve_device, run_trial
+    from byol_bench.trial.distributed import join_torchrun, rank
+    from byol_bench.trial.train import resolve_device, run_trial
 
     values = read_yaml(args.config) if args.config else {}
     values.update({key: getattr(args, key) for key in KEYS if getattr(args, key) is not None})
@@ -94,8 +94,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from byol_bench.sweep import describe, expand, load_sweep
-    from byol_bench.tune_runner import run_sweep
+    from byol_bench.plan.sweep_file import describe, expand, load_sweep
+    from byol_bench.on_ray.sweep import run_sweep
 
     sweep = load_sweep(args.file)
     if sweep.search:
@@ -115,8 +115,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from byol_bench.search import describe_search, load_tune
-    from byol_bench.tune_search import run_tune
+    from byol_bench.plan.tune_file import describe_search, load_tune
+    from byol_bench.on_ray.tuning import run_tune
 
     search = load_tune(args.file)
     if args.resume and (args.track or args.tracking_uri):
@@ -130,14 +130,15 @@ def cmd_tune(args) -> int:
 
 
 def cmd_baseline_save(args) -> int:
-    from byol_bench.compare import save_baseline
+    from byol_bench.regression.compare import save_baseline
 
     print(f"saved {save_baseline(args.sweep, args.name, Path(args.baselines_dir))}")
     return 0
 
 
 def cmd_compare(args) -> int:
-    from byol_bench.compare import Tolerances, compare_runs, load_run, to_markdown
+    from byol_bench.regression.compare import Tolerances, compare_runs, load_run
+    from byol_bench.report.regression import to_markdown
 
     baselines = Path(args.baselines_dir)
     baseline, candidate = load_run(args.baseline, baselines), load_run(args.candidate, baselines)
@@ -158,7 +159,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from byol_bench.data import DATASETS, load_data
+    from byol_bench.data.datasets import DATASETS, load_data
 
     data = load_data(args.name, args.data_dir, download=not args.offline)
     print(f"{data.name} ({DATASETS[data.name].description}): {len(data.pretrain_images)} pretraining, {len(data.train_images)} train, "
@@ -196,23 +197,24 @@ def _add_ray_flags(command: argparse.ArgumentParser) -> None:
 def history_dir(args) -> Path:
     """One rule for where the history lives: ``<results-dir>/history``, beside the sweeps that append to it
     (``history.history_beside``), unless --history-dir names another folder."""
-    from byol_bench.history import HISTORY_DIR
+    from byol_bench.regression.history import HISTORY_DIR
 
     return Path(args.history_dir) if args.history_dir else Path(args.results_dir) / HISTORY_DIR.name
 
 
 def cmd_history(args) -> int:
-    from byol_bench.history import load_history, select, series_points, summary_table, write_report
+    from byol_bench.regression.history import load_history, select, series_points, summary_table
+    from byol_bench.report.regression import write_history_report
 
     folder = history_dir(args)
     points, changes = series_points(select(load_history(folder), args.metric, args.series))
     print(summary_table(points, changes).to_string(index=False))
-    print(f"report: {write_report(folder, points, changes)}")
+    print(f"report: {write_history_report(folder, points, changes)}")
     return 0
 
 
 def cmd_history_check(args) -> int:
-    from byol_bench.history import load_history, regressions, select, series_points
+    from byol_bench.regression.history import load_history, regressions, select, series_points
 
     _, changes = series_points(select(load_history(history_dir(args)), args.metric, args.series))
     found = regressions(changes, args.tolerance)
@@ -224,7 +226,7 @@ def cmd_history_check(args) -> int:
 
 
 def cmd_history_add(args) -> int:
-    from byol_bench.history import append, bench_entry, sweep_entry
+    from byol_bench.regression.history import append, bench_entry, sweep_entry
 
     for source in map(Path, args.sources):
         entry = sweep_entry(source) if source.is_dir() else bench_entry(source)
@@ -234,7 +236,7 @@ def cmd_history_add(args) -> int:
 
 
 def cmd_history_backfill(args) -> int:
-    from byol_bench.backfill import backfill
+    from byol_bench.regression.backfill import backfill
 
     listed, failed = backfill(args.revisions, Path(args.sweep), history_dir(args), args.paths)
     print(f"backfill done; the sweep failed at {len(failed)} of {len(listed)} revision(s)"
@@ -243,7 +245,7 @@ def cmd_history_backfill(args) -> int:
 
 
 def cmd_history_bisect(args) -> int:
-    from byol_bench.backfill import bisect
+    from byol_bench.regression.backfill import bisect
 
     found, baseline = bisect(args.revisions, Path(args.sweep), args.metric, args.setting, args.tolerance,
                              history_dir(args), args.paths)

@@ -233,7 +233,7 @@ def make_config(values: dict) -> TrialConfig:
 
 def _trains_with(values: dict) -> dict:
     """The optimizer knobs that the trial's method trains with unless ``values`` give them (its ``trains_with``)."""
-    from byol_bench.methods import METHODS
+    from byol_bench.models.methods import METHODS
 
     method = values.get("method", TrialConfig.method)
     return getattr(METHODS[method], "trains_with", {}) if isinstance(method, str) and method in METHODS else {}
@@ -241,7 +241,7 @@ def _trains_with(values: dict) -> dict:
 
 def with_method_defaults(cfg: TrialConfig) -> TrialConfig:
     """``cfg`` with every method-specific knob its method reads and that was left empty set to the method's default."""
-    from byol_bench.methods import METHODS
+    from byol_bench.models.methods import METHODS
 
     defaults = METHODS[cfg.method].knobs if cfg.method in METHODS else {}
     return dataclasses.replace(cfg, **{key: value for key, value in defaults.items() if getattr(cfg, key) is None})
@@ -262,9 +262,9 @@ def _check_constraint(field: dataclasses.Field, value) -> None:
 
 def validate(cfg: TrialConfig) -> None:
     """Each knob's own constraint, the registries' names, then the rules that tie knobs together."""
-    from byol_bench.backbones import BACKBONES
-    from byol_bench.data import DATASETS
-    from byol_bench.methods import METHODS
+    from byol_bench.models.backbones import BACKBONES
+    from byol_bench.data.datasets import DATASETS
+    from byol_bench.models.methods import METHODS
 
     for field in fields(cfg):
         _check_constraint(field, getattr(cfg, field.name))
@@ -325,7 +325,7 @@ def validate(cfg: TrialConfig) -> None:
 def _validate_eval_datasets(items: list[str]) -> None:
     """Each transfer data set a registered one (imagefolder is given by its path) or a folder of class folders,
     and no two named alike in the metrics."""
-    from byol_bench.data import DATASETS, transfer_name
+    from byol_bench.data.datasets import DATASETS, transfer_name
 
     registered = [name for name in DATASETS if name != "imagefolder"]
     for item in items:
@@ -346,8 +346,8 @@ def _validate_eval_datasets(items: list[str]) -> None:
 
 def _validate_method_knobs(cfg: TrialConfig, image_size: int, pretrain_images: int | None) -> None:
     """The method-specific knobs: only the method's own, each within what the data allows."""
-    from byol_bench.methods import METHODS
-    from byol_bench.schedules import parse_momentum_schedule
+    from byol_bench.models.methods import METHODS
+    from byol_bench.models.momentum import parse_momentum_schedule
 
     for key in KEYS:
         if getattr(cfg, key) is not None and not method_reads(cfg.method, key):
@@ -373,7 +373,7 @@ def memory_bank_too_large(size: int, pretrain_images: int) -> UserError:
 def method_reads(method: str, key: str) -> bool:
     """Whether a trial of ``method`` uses config ``key``: a key that some method lists in its ``knobs``
     is read only by the methods that list it (SimCLR has no momentum schedule)."""
-    from byol_bench.methods import METHODS
+    from byol_bench.models.methods import METHODS
 
     method_specific = any(key in known.knobs for known in METHODS.values())
     return not method_specific or (method in METHODS and key in METHODS[method].knobs)

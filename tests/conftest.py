@@ -3,7 +3,7 @@ import os
 import pytest
 
 from byol_bench.config import make_config
-from byol_bench.ray_cluster import quiet_ray
+from byol_bench.on_ray.cluster import quiet_ray
 
 # The files of the longest tests (real trials, Ray sweeps) first: pytest-xdist hands out whole files in
 # collection order (the Makefile's --no-loadscope-reorder), and a long file handed out last would end the run alone.
@@ -35,7 +35,7 @@ def tiny(method: str, **overrides) -> dict:
 def pretrained(knobs: dict, break_method=None):
     """(the method's weights, the TrialState) after pretraining with ``knobs``: no floors, no evaluation.
     ``break_method(method)`` changes the method before training."""
-    from byol_bench.train import TrialState, pretrain, setup
+    from byol_bench.trial.train import TrialState, pretrain, setup
 
     cfg = make_config(knobs)
     data, method, model, optimizer = setup(cfg)

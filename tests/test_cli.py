@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-import byol_bench.results
-import byol_bench.train
+import byol_bench.results.tables
+import byol_bench.trial.train
 from byol_bench.cli import main
 from byol_bench.config import KEYS, make_config
 from byol_bench.errors import UserError
-from byol_bench.results import check_writable
+from byol_bench.results.tables import check_writable
 from conftest import TINY
 
 TINY_FLAGS = [arg for key, value in {**TINY, "epochs": 1}.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
@@ -69,7 +69,7 @@ def test_values_of_the_wrong_type_are_refused(key, value):
 
 def test_an_output_path_that_cannot_be_created_is_refused_before_training(capsys, monkeypatch):
     """os.access says a root user may write under /proc; creating /proc/nope says otherwise."""
-    monkeypatch.setattr(byol_bench.train, "run_trial", lambda *a, **k: pytest.fail("the trial started"))
+    monkeypatch.setattr(byol_bench.trial.train, "run_trial", lambda *a, **k: pytest.fail("the trial started"))
     assert main(["train", *TINY_FLAGS, "--out", "/proc/nope/x.json"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("byol-bench: error: output path /proc/nope/x.json cannot be written") and len(err.splitlines()) == 1
@@ -83,14 +83,14 @@ def test_the_writability_check_leaves_nothing_behind(tmp_path, file):
 
 
 def test_a_finished_trial_that_cannot_be_written_goes_to_the_temporary_folder(tmp_path, capsys, monkeypatch):
-    out, write_json = tmp_path / "trial.json", byol_bench.results.write_json
+    out, write_json = tmp_path / "trial.json", byol_bench.results.tables.write_json
 
     def full_disk(path, payload):
         if path == out:
             raise OSError(errno.ENOSPC, "No space left on device")
         write_json(path, payload)
 
-    monkeypatch.setattr(byol_bench.results, "write_json", full_disk)
+    monkeypatch.setattr(byol_bench.results.tables, "write_json", full_disk)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temporary"))
     (tmp_path / "temporary").mkdir()
     assert main(["train", *TINY_FLAGS, "--out", str(out)]) == 1  # a result, but not where it was asked for

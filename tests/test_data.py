@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from byol_bench.data import DATASETS, find_fashion_mnist, data_root, load_data, make_synthetic, stratified_subset
+from byol_bench.data.datasets import DATASETS, find_fashion_mnist, data_root, load_data, make_synthetic, stratified_subset
 from byol_bench.errors import UserError
 
 

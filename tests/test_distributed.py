@@ -17,12 +17,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
-from byol_bench import failpoints
+from byol_bench.on_ray import failpoints
 from byol_bench.cli import main
-from byol_bench.distributed import gather_rows, shard, sync_batchnorm
-from byol_bench.methods import METHODS
-from byol_bench.sweep import load_sweep
-from byol_bench.tune_runner import run_sweep
+from byol_bench.trial.distributed import gather_rows, shard, sync_batchnorm
+from byol_bench.models.methods import METHODS
+from byol_bench.plan.sweep_file import load_sweep
+from byol_bench.on_ray.sweep import run_sweep
 from conftest import TINY, pretrained, quiet_fast_ray, tiny
 
 # Two steps of a global batch of 64 images: pretraining alone, the weights are what is compared.
@@ -284,7 +284,7 @@ def test_a_trial_whose_node_is_lost_continues_from_its_checkpoint_on_the_nodes_l
         print("END", time.time()-T0)
         assert sweep.returncode == 0, output[-3000:]
         # Without --address a sweep starts a cluster of its own, even while this one runs on the same machine.
-        private = subprocess.run([sys.executable, "-c", "from byol_bench.ray_cluster import start_ray; "
+        private = subprocess.run([sys.executable, "-c", "from byol_bench.on_ray.cluster import start_ray; "
                                   "print(start_ray(None, False)[0].get_runtime_context().gcs_address)"],
                                  capture_output=True, text=True, timeout=120)
         assert private.returncode == 0 and private.stdout.strip() not in ("", address), private.stderr[-3000:]

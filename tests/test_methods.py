@@ -3,11 +3,11 @@ import copy
 import pytest
 import torch
 
-from byol_bench.backbones import build_backbone
-from byol_bench.data import make_synthetic
-from byol_bench.methods import METHODS, uses_momentum
-from byol_bench.batches import view_recipes
-from byol_bench.views import TensorViews
+from byol_bench.models.backbones import build_backbone
+from byol_bench.data.datasets import make_synthetic
+from byol_bench.models.methods import METHODS, uses_momentum
+from byol_bench.trial.batches import view_recipes
+from byol_bench.trial.views import TensorViews
 
 MOMENTUM_METHODS = sorted(name for name, method in METHODS.items() if uses_momentum(method))
 

@@ -1,6 +1,7 @@
 import json
 
-from byol_bench.progress import SUMMARY_EVERY_S, SweepProgress, epoch_line, result_line
+from byol_bench.on_ray.progress import SUMMARY_EVERY_S, SweepProgress
+from byol_bench.trial.console import epoch_line, result_line
 
 ROW = {"epoch": 2, "loss": 0.51234, "lr": 0.03, "momentum": 0.995, "images_per_s": 181.6, "epoch_time_s": 9.0}
 RESULT = {"status": "ok", "metrics": {"knn_top1": 0.7123, "linear_top1": 0.8012, "images_per_s": 180.2, "pretrain_time_s": 61.4},

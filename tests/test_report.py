@@ -21,15 +21,15 @@ import pytest
 from byol_bench.cli import main
 from byol_bench.config import make_config, resolved_config
 from byol_bench.errors import UserError
-from byol_bench.methods import METHODS
+from byol_bench.models.methods import METHODS
 from byol_bench.report import write_comparison, write_report
 from byol_bench.report.figures import (LEGEND_LABEL_MAX, accuracy_vs_batch_size, accuracy_vs_compute, byol_vs_momentum,
                                        embedding_maps, heatmap, legend_labels, method_palette, pareto_front,
                                        throughput_vs_batch_size, training_curves)
 from byol_bench.report.load import load_results
-from byol_bench.results import embedding_rows, epoch_rows, summary, trial_row, write_json, write_tables
-from byol_bench.stats import bootstrap_interval
-from byol_bench.stats import mean as mean_over_seeds
+from byol_bench.results.tables import embedding_rows, epoch_rows, summary, trial_row, write_json, write_tables
+from byol_bench.regression.stats import bootstrap_interval
+from byol_bench.regression.stats import mean as mean_over_seeds
 
 FIXED = {"dataset": "fashion-mnist", "backbone": "small-cnn", "subset": 5000, "test_subset": 2000, "epochs": 3, "threads": 1}
 FIGURES = ("accuracy_vs_batch_size", "byol_vs_momentum", "throughput_vs_batch_size", "accuracy_vs_compute",

@@ -1,7 +1,8 @@
 import pytest
 
 from byol_bench.errors import UserError
-from byol_bench.schedules import learning_rate, parse_momentum_schedule
+from byol_bench.models.momentum import parse_momentum_schedule
+from byol_bench.trial.schedules import learning_rate
 
 TOTAL = 200
 

@@ -8,9 +8,9 @@ import torch
 import yaml
 
 from byol_bench.cli import main
-from byol_bench.data import load_data, split_validation
+from byol_bench.data.datasets import load_data, split_validation
 from byol_bench.errors import UserError
-from byol_bench.search import chosen, final_runs, load_tune
+from byol_bench.plan.tune_file import chosen, final_runs, load_tune
 from conftest import TINY
 
 PRESETS = Path(__file__).resolve().parent.parent / "benchmarks" / "sweeps"

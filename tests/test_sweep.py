@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from byol_bench import failpoints
+from byol_bench.on_ray import failpoints
 from byol_bench.cli import main
-from byol_bench.results import DiskFull, write_tables
-from byol_bench.sweep import expand, load_sweep, run_order
-from byol_bench.tune_runner import run_sweep
+from byol_bench.results.tables import DiskFull, write_tables
+from byol_bench.plan.sweep_file import expand, load_sweep, run_order
+from byol_bench.on_ray.sweep import run_sweep
 from conftest import TINY
 
 PRESETS = Path(__file__).resolve().parent.parent / "benchmarks" / "sweeps"
@@ -91,7 +91,7 @@ def test_ctrl_c_while_the_floors_are_measured_leaves_nothing_and_says_how_to_sta
                                                                                            capsys, monkeypatch):
     """No trial has run, so there is nothing to resume: the folder is left as it was (gone), and the hint is the
     sweep's own command, without --resume."""
-    from byol_bench import tune_runner
+    from byol_bench.on_ray import sweep as tune_runner
 
     def interrupted(*args):
         raise KeyboardInterrupt
@@ -248,7 +248,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before_it_then_to_a_fresh_st
     import torch
     from ray import tune
 
-    from byol_bench.tune_trial import newest_whole
+    from byol_bench.on_ray.trainable import newest_whole
 
     trial = tmp_path / "trial"
     for epochs in (1, 2, 3):
@@ -266,7 +266,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before_it_then_to_a_fresh_st
 
 
 def test_a_checkpoint_the_disk_has_no_room_for_fails_its_trial_saying_so(tiny_config):
-    from byol_bench.tune_trial import run_and_report
+    from byol_bench.on_ray.trainable import run_and_report
 
     def report(metrics: dict, checkpoint_folder: str | None = None) -> None:
         if checkpoint_folder is not None:  # Ray copying the checkpoint into the sweep's storage
@@ -314,8 +314,8 @@ def test_a_sweep_whose_disk_fills_stops_in_time_and_resumes_without_rerunning_a_
     once that trial writes its next checkpoint: the sweep stops while Ray's state can still be saved, says in one
     line which folder lacks how much and how to resume, exits 2 and writes no table; once space is freed,
     --resume finishes the second trial from its checkpoint and does not rerun the first."""
-    from byol_bench import progress
-    from byol_bench.tune_runner import _largest_checkpoint, _room_needed
+    from byol_bench.on_ray import progress
+    from byol_bench.on_ray.sweep import _largest_checkpoint, _room_needed
 
     path = write_sweep(tmp_path, "full", {"method": ["simclr"], "seed": [0, 1]}, max_concurrent=1, trial={"epochs": 4})
     first, second = (trial.trial_id for trial in expand(load_sweep(path)))

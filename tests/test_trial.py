@@ -9,8 +9,8 @@ import torch
 
 from byol_bench.cli import main
 from byol_bench.config import make_config
-from byol_bench.methods import METHODS
-from byol_bench.train import measure_floors, run_trial, setup
+from byol_bench.models.methods import METHODS
+from byol_bench.trial.train import measure_floors, run_trial, setup
 from conftest import TINY, pretrained, tiny
 
 TINY_FLAGS = [arg for key, value in TINY.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
@@ -90,7 +90,7 @@ def test_transfer_evaluation_converts_other_data_sets_to_the_pretraining_images(
 def test_conform_converts_channels_as_pil_does_and_resizes():
     from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
-    from byol_bench.data import conform
+    from byol_bench.data.datasets import conform
 
     rgb = torch.randint(0, 256, (2, 3, 12, 12), dtype=torch.uint8)
     gray = conform(rgb, channels=1, size=12)
@@ -201,7 +201,7 @@ def test_lr_scaling_none_keeps_the_learning_rate_at_every_batch_size(tiny_config
 def test_precision_auto_is_bf16_only_where_the_cpu_has_amx_that_onednn_may_use(monkeypatch, tmp_path):
     import torch
 
-    from byol_bench import instrument, train
+    from byol_bench.trial import instrument, train
 
     cpuinfo = tmp_path / "cpuinfo"
     for flags, isa_cap, expected in (("avx2 avx512f amx_bf16 amx_tile", None, True), ("avx2 fma avx512_bf16", None, False),
@@ -224,7 +224,7 @@ def test_precision_auto_is_bf16_only_where_the_cpu_has_amx_that_onednn_may_use(m
 
 
 def test_a_trial_records_the_precision_it_resolved_to(tiny_config):
-    from byol_bench.train import resolve_precision
+    from byol_bench.trial.train import resolve_precision
 
     result = run_trial(tiny_config(epochs=1), log=lambda line: None)
     assert result["config"]["precision"] == "auto"

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from byol_bench.config import make_config
-from byol_bench.methods import METHODS
-from byol_bench.batches import view_recipes
-from byol_bench.views import Draws, PILViewDataset, TensorViews, ViewRecipe, adapt, augment
+from byol_bench.models.methods import METHODS
+from byol_bench.trial.batches import view_recipes
+from byol_bench.trial.views import Draws, PILViewDataset, TensorViews, ViewRecipe, adapt, augment
 
 
 # One method per distinct set of recipes the views tests run: MoCo's views are SimSiam's, NNCLR's and DCL's
@@ -89,7 +89,7 @@ def test_solarize_inverts_bright_pixels_only():
 def test_hue_shift_matches_torchvision_a_full_turn_is_identity_and_gray_stays_gray():
     from torchvision.transforms.functional import adjust_hue
 
-    from byol_bench.views import _shift_hue
+    from byol_bench.trial.views import _shift_hue
 
     x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     shifts = torch.tensor([0.1, -0.25, 0.4, -0.5])  # each sample its own shift, as the views draw them
@@ -119,7 +119,7 @@ def test_pil_reference_path_gives_the_same_shapes(channels):
 def test_tensor_views_match_lightlys_pil_views_in_distribution(method):
     """Same recipe, two implementations: pixel mean and std, per-image contrast and colourfulness agree, also for
     a local crop (dropping the colour jitter moves the std by ~0.3, always-grayscale the colourfulness by ~0.17)."""
-    from byol_bench.data import make_synthetic
+    from byol_bench.data.datasets import make_synthetic
 
     import random
 

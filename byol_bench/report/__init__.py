@@ -15,9 +15,10 @@ import json
 from pathlib import Path
 
 from byol_bench.errors import UserError
-from byol_bench.evaluate import EMBEDDING_POINTS
+from byol_bench.trial.evaluate import EMBEDDING_POINTS
 from byol_bench.report import figures
 from byol_bench.report.load import Results, load_results
+from byol_bench.report.regression import report_blocks, sweep_history_blocks
 from byol_bench.report.render import Figure, Table, write_documents, writable
 from byol_bench.report.tables import (ACCURACY_COLUMNS, COMPARED, COST_COLUMNS, anchor_table, axis_label,
                                       chosen_table, comparison_table, evaluation_columns, evaluation_floor_columns,
@@ -25,8 +26,8 @@ from byol_bench.report.tables import (ACCURACY_COLUMNS, COMPARED, COST_COLUMNS, 
                                       protocol_differences, provenance_table, ranking_warnings, search_budget_table,
                                       seeds_needed_table, settings_title, status_counts, tuned_vs_defaults,
                                       unfinished_table)
-from byol_bench.search import CHOSEN_DIGITS, budget_text
-from byol_bench.stats import BOOTSTRAP_RESAMPLES, MIN_EFFECT_POINTS
+from byol_bench.plan.tune_file import CHOSEN_DIGITS, budget_text
+from byol_bench.regression.stats import BOOTSTRAP_RESAMPLES, MIN_EFFECT_POINTS
 
 __all__ = ["write_report", "write_comparison", "settings_summary"]
 
@@ -144,8 +145,6 @@ def _search_section(results: Results, folder: Path, above: str) -> list:
 
 def _regression_checks(folder: Path) -> list:
     """The verdicts of every `byol-bench compare` run against this sweep as the candidate."""
-    from byol_bench.compare import report_blocks  # compare renders through this package: imported late, no cycle
-
     blocks = []
     for path in sorted(folder.glob("regression-vs-*.json")):
         blocks += report_blocks(json.loads(path.read_text(encoding="utf-8")))
@@ -153,8 +152,6 @@ def _regression_checks(folder: Path) -> list:
 
 
 def _history(results: Results, figures_dir: Path) -> list:
-    from byol_bench.history import sweep_history_blocks  # history reads runs through compare: imported late
-
     return sweep_history_blocks(results.report_dir, results.manifest, figures_dir)
 
 

@@ -15,11 +15,11 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from byol_bench.methods import METHODS  # noqa: E402
+from byol_bench.models.methods import METHODS  # noqa: E402
 from byol_bench.report.load import Results  # noqa: E402
 from byol_bench.report.render import Figure  # noqa: E402
 from byol_bench.report.tables import distinct, in_registry_order  # noqa: E402
-from byol_bench.results import write_atomic  # noqa: E402
+from byol_bench.results.tables import write_atomic  # noqa: E402
 
 # The floors each accuracy is read against: a method that does not beat them has learned nothing useful.
 FLOOR_LINES = {"knn_top1": {"random_init_knn_top1": "random-init kNN", "raw_pixels_knn_top1": "raw-pixel kNN"},

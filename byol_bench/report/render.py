@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from byol_bench.errors import UserError
-from byol_bench.results import write_atomic
+from byol_bench.results.tables import write_atomic
 
 
 @dataclass

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 
 from byol_bench.config import listed
-from byol_bench.data import transfer_name
-from byol_bench.evaluate import low_label_metric, transfer_metric
-from byol_bench.methods import METHODS
+from byol_bench.data.datasets import transfer_name
+from byol_bench.trial.evaluate import low_label_metric, transfer_metric
+from byol_bench.models.methods import METHODS
 from byol_bench.report.load import GROUP, Results
-from byol_bench.results import EMPTY_MEANS, FLOORS, NOT_READ, axis_values
-from byol_bench.stats import (NO_INTERVAL, bootstrap_interval, detectable_difference, estimate, pooled_std,
+from byol_bench.results.tables import EMPTY_MEANS, FLOORS, NOT_READ, axis_values
+from byol_bench.regression.stats import (NO_INTERVAL, bootstrap_interval, detectable_difference, estimate, pooled_std,
                               probability_of_improvement, seeds_needed, with_interval)
 
 # label: (column, scale, decimals). Accuracies and fractions are shown in %.

@@ -1,0 +1,1 @@
+"""The data sets: registered ones, image folders and synthetic data, their subsets and splits."""

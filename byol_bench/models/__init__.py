@@ -1,0 +1,1 @@
+"""The models: SSL methods (``methods/``, one file each, and the ``Method`` interface they share) and backbones."""

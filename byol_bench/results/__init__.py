@@ -1,0 +1,1 @@
+"""A sweep's results on disk: its tables, atomic writes, the folder lock."""
