@@ -654,3 +654,16 @@ def test_legend_labels_elide_the_middle_of_long_settings_and_keep_them_apart():
     assert all(len(short[path]) <= LEGEND_LABEL_MAX and short[path].endswith(path[-10:]) for path in paths)
     alike = [f"{'x' * 60}{middle}{'y' * 60}" for middle in "ab"]
     assert legend_labels(alike) == {label: label for label in alike}
+
+
+def test_two_sources_scored_on_different_splits_are_flagged_as_not_comparable(tmp_path, capsys):
+    """A run scored on a validation split held out of train beside one scored on the test split: the protocols
+    differ (config.PROTOCOL), so the comparison says so first and gives no B − A."""
+    test_split = write_sweep(tmp_path / "test-split", planned_trials(methods=("simclr",), batch_sizes=(64,)))
+    on_validation = {key: value for key, value in FIXED.items() if key != "test_subset"} | {"validation": 0.1}
+    validation = write_sweep(tmp_path / "validation", planned_trials(methods=("simclr",), batch_sizes=(64,),
+                                                                      fixed=on_validation))
+    assert main(["report", str(test_split), str(validation)]) == 0
+    markdown = read(test_split / "compare-validation.md")
+    assert "## Protocols differ" in markdown and "validation split — in A but 0.1 in B" in markdown
+    assert "test subset 2000 in A but all in B" in markdown

@@ -11,7 +11,7 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from byol_bench.config import KEYS, TrialConfig, make_config, method_reads, read_yaml, resolved_config
+from byol_bench.config import KEYS, TrialConfig, make_config, method_reads, read_yaml, resolved_config, setting_label
 from byol_bench.errors import UserError, did_you_mean
 from byol_bench.models.methods import METHODS
 
@@ -134,7 +134,7 @@ def expand(sweep: Sweep) -> list[PlannedTrial]:
         if sweep.gpus_per_trial > 1:
             knobs["workers"] = int(sweep.gpus_per_trial)
         knobs.setdefault("threads", max(1, int(sweep.cpus_per_worker)))
-        trial_id = ",".join(f"{key}={knobs[key]}" for key in sweep.axes if key in knobs)
+        trial_id = setting_label({key: knobs[key] for key in sweep.axes if key in knobs})
         if trial_id in seen:
             continue
         seen.add(trial_id)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from byol_bench.config import FLOOR_KNOBS, KEYS, knob_types, make_config, method_reads, resolved_config
+from byol_bench.config import KEYS, PROTOCOL, knob_types, make_config, method_reads, resolved_config, setting_label
 from byol_bench.errors import UserError, did_you_mean, unknown
 from byol_bench.plan.sweep_file import PlannedTrial, Sweep, expand, load_sweep
 
@@ -25,7 +25,8 @@ DISTRIBUTIONS = ("loguniform", "uniform", "choice")
 ALGORITHMS = ("optuna", "random")
 EVERY_METHOD = "all"  # the space's entry that every method searches
 # The knobs that fix what is measured and how: one protocol for every trial of a comparison, never searched.
-PROTOCOL = ("method", "epochs", "validation", "knn_monitor_every", "workers", *FLOOR_KNOBS)
+# What a search may not tune: the protocol, what every method is scored by and on, and the seed.
+NOT_SEARCHED = ("method", "knn_monitor_every", "workers", "seed", *PROTOCOL)
 CHOSEN_DIGITS = 3  # significant digits a chosen number keeps: the final runs' settings read as numbers, not noise
 # A tuned comparison's results folder holds its search beside the final runs' sweep files:
 SEARCH_FOLDER = "search"  # each method's Ray Tune experiment, search/<method>/
@@ -188,7 +189,7 @@ def _distribution(where: str, key: str, raw, method: str, knobs: dict) -> Distri
     """One knob's distribution for ``method``, or the one-line reason it cannot be searched."""
     if key not in KEYS:
         raise _fail(where, f"unknown knob{did_you_mean(key, KEYS)}")
-    if key in PROTOCOL:
+    if key in NOT_SEARCHED:
         raise _fail(where, "part of the protocol every method is measured with; fix it in 'trial' instead")
     if not method_reads(method, key):
         raise _fail(where, f"method {method} does not read it; search it under the methods that do")
@@ -268,7 +269,7 @@ def final_runs(search: Search, best: dict[str, dict]) -> tuple[Sweep, list[Plann
         for values in [best[method]] * (method in best) + [untuned[method]] * search.run_defaults:
             for seed in search.final_seeds:
                 knobs = {**base[method], **values, "seed": seed}
-                trial_id = ",".join(f"{key}={knobs[key]}" for key in axes if key in knobs)
+                trial_id = setting_label({key: knobs[key] for key in axes if key in knobs})
                 if trial_id not in seen:
                     seen.add(trial_id)
                     planned.append(PlannedTrial(trial_id, knobs))

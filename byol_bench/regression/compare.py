@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from byol_bench.config import setting_label
 from byol_bench.errors import UserError
 from byol_bench.results.tables import setting_axes, settings, write_json
 from byol_bench.regression.stats import (MIN_EFFECT_POINTS, NO_INTERVAL, bootstrap_interval, difference_of_means, ratio_of_means,
@@ -197,7 +198,7 @@ def verdict_table(comparison: dict) -> pd.DataFrame:
     (with theirs), and each verdict."""
     rows = []
     for g in comparison["groups"]:
-        row = {"group": ", ".join(f"{k}={v}" for k, v in g["group"].items()),
+        row = {"group": setting_label(g["group"], ", "),
                "seeds ok": f"{g['seeds']['baseline']} → {g['seeds']['candidate']}", "status verdict": g["status"]["verdict"]}
         for metric, label in (("knn_top1", "kNN top-1"), ("linear_top1", "linear top-1")):
             found = g.get(metric)
@@ -224,7 +225,7 @@ def notes(comparison: dict) -> list[str]:
     unmatched = comparison["unmatched"]
     for side, label in (("baseline_only", "only in the baseline"), ("candidate_only", "only in the candidate")):
         if unmatched[side]:
-            lines.append(f"Groups {label}: " + "; ".join(", ".join(f"{k}={v}" for k, v in g.items()) for g in unmatched[side]))
+            lines.append(f"Groups {label}: " + "; ".join(setting_label(g, ", ") for g in unmatched[side]))
     if comparison["not_ok"]:
         lines.append("Trials that did not finish: " + "; ".join(f"{t['run']}: {t['trial_id']} ({t['status']})"
                                                                for t in comparison["not_ok"]))

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from byol_bench.regression.compare import load_run
+from byol_bench.config import setting_label
 from byol_bench.errors import UserError
 from byol_bench.trial.provenance import Commit, device_name, git_commit, versions
 from byol_bench.results.tables import NOT_READ, setting_axes, settings, write_atomic
@@ -95,7 +96,7 @@ def sweep_entry(folder: Path) -> pd.DataFrame:
     axes = setting_axes(run.manifest["axes"])
     rows = []
     for key, trials in settings(ok, axes).items():
-        setting = ", ".join(f"{axis}={value}" for axis, value in zip(axes, key) if value != NOT_READ)
+        setting = setting_label({axis: value for axis, value in zip(axes, key) if value != NOT_READ}, ", ")
         for metric in SWEEP_METRICS:
             values = trials[metric].astype(float).dropna() if metric in trials else pd.Series(dtype=float)
             if len(values):

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pandas as pd
 
-from byol_bench.config import listed
+from byol_bench.config import PROTOCOL, listed
 from byol_bench.data.datasets import transfer_name
 from byol_bench.trial.evaluate import low_label_metric, transfer_metric
 from byol_bench.models.methods import METHODS
@@ -35,10 +35,6 @@ COMPARED = {"kNN top-1 (%)": ("knn_top1", 100, 1), "linear top-1 (%)": ("linear_
 # The accuracies that methods are ranked by, and their seeds counted for.
 RANKED = {"kNN top-1": "knn_top1", "linear top-1": "linear_top1"}
 PROVENANCE_COLUMNS = ["device_name", "threads", "git_revision", "torch", "lightly", "hostname"]
-# The knobs every number depends on: two sources that differ in one are not comparable.
-PROTOCOL_KNOBS = {"dataset": "data set", "subset": "train subset", "test_subset": "test subset", "backbone": "backbone",
-                  "epochs": "pretraining epochs", "knn_k": "kNN k", "knn_t": "kNN T", "probe_epochs": "probe epochs",
-                  "probe_lr": "probe lr"}
 # The floors depend on the data and the backbone's seeded initialisation, not on the method or the batch...
 FLOOR_SETTING = {"dataset": "data set", "subset": "subset", "backbone": "backbone", "seed": "seed"}
 # ...and on the evaluation, whose knobs get a column where the trials differ in them.
@@ -104,7 +100,7 @@ def protocol(results: Results) -> str:
 def protocol_differences(first: Results, second: Results) -> list[str]:
     """Each protocol knob in which the two sources differ, with both values."""
     values = {label: (protocol_value(first, column), protocol_value(second, column))
-              for column, label in PROTOCOL_KNOBS.items()}
+              for column, label in PROTOCOL.items()}
     return [f"{label} {a} in A but {b} in B" for label, (a, b) in values.items() if a != b]
 
 
