@@ -129,7 +129,7 @@ for path in (path for path in results if path.stem.startswith("trial-")):
     print(f"| {path.stem} | {r['status']} | {r['run']['precision']} | {r['run']['compiled']} "
           f"| {f(m.get('compile_time_s'), '.1f')} | {f(m['images_per_s'], '.0f')} | {f(m['step_time_median_s'], '.4f')} "
           f"| {f(m['data_wait_fraction'], '.2f')} | {f(m['peak_memory_bytes'], '.0f', 2**20)} | {f(m['mfu'], '.3f')} "
-          f"| {f(m['knn_top1'], '.3f')} | {f(r['baselines'].get('random_init_knn_top1'), '.3f')} |")
+          f"| {f(m['knn_top1'], '.3f')} | {f(r.get('floors', r.get('baselines', {})).get('random_init_knn_top1'), '.3f')} |")
 
 sweep = out / "gpu-check" / "trials.parquet"
 if sweep.exists():

@@ -667,3 +667,11 @@ def test_two_sources_scored_on_different_splits_are_flagged_as_not_comparable(tm
     markdown = read(test_split / "compare-validation.md")
     assert "## Protocols differ" in markdown and "validation split — in A but 0.1 in B" in markdown
     assert "test subset 2000 in A but all in B" in markdown
+
+
+def test_a_result_written_before_its_floors_were_named_floors_still_reads():
+    knobs = {**FIXED, "method": "simclr", "batch_size": 64, "seed": 0}
+    old = fake_result(knobs)  # the floors under "baselines", as results before 2026-12-07 hold them
+    new = {**{key: value for key, value in old.items() if key != "baselines"}, "floors": old["baselines"]}
+    rows = [trial_row("t", resolved_config(knobs), "ok", result) for result in (old, new)]
+    assert rows[0] == rows[1] and rows[0]["random_init_knn_top1"] == old["baselines"]["random_init_knn_top1"]

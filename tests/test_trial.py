@@ -30,7 +30,7 @@ def test_train_command_writes_a_complete_result(tmp_path, capsys):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["images_per_s"] > 0 and metrics["step_time_median_s"] > 0
     assert 0 <= metrics["data_wait_fraction"] < 1 and metrics["peak_memory_bytes"] > 0 and metrics["pretrain_time_s"] > 0
-    assert {"random_init_knn_top1", "random_init_linear_top1", "raw_pixels_knn_top1"} <= result["baselines"].keys()
+    assert {"random_init_knn_top1", "random_init_linear_top1", "raw_pixels_knn_top1"} <= result["floors"].keys()
     for key in ("python", "torch", "torchvision", "lightly", "ray", "git_revision", "device_name", "threads", "seed", "time"):
         assert key in result["provenance"]
     assert result["run"]["probe_recipe"]["epochs"] == 5
@@ -82,9 +82,9 @@ def test_transfer_evaluation_converts_other_data_sets_to_the_pretraining_images(
                                          "tones (3→3 channels, 16→16 px, 32 train / 8 test images)")
     assert result["metrics"]["transfer_tones_knn_top1"] == result["metrics"]["transfer_tones_linear_top1"] == 1.0
     assert 0.0 <= result["metrics"]["transfer_synthetic_knn_top1"] <= 1.0
-    assert result["baselines"]["random_init_transfer_tones_knn_top1"] == 1.0
-    assert 0.0 <= result["baselines"]["random_init_transfer_synthetic_linear_top1"] <= 1.0
-    assert measure_floors(cfg) == result["baselines"]  # a sweep's shared floors: the same numbers
+    assert result["floors"]["random_init_transfer_tones_knn_top1"] == 1.0
+    assert 0.0 <= result["floors"]["random_init_transfer_synthetic_linear_top1"] <= 1.0
+    assert measure_floors(cfg) == result["floors"]  # a sweep's shared floors: the same numbers
 
 
 def test_conform_converts_channels_as_pil_does_and_resizes():
@@ -118,7 +118,7 @@ def test_same_config_and_seed_give_the_same_numbers_with_floors_measured_apart(t
     cfg = tiny_config(method="simclr", epochs=1)
     floors = measure_floors(cfg)
     a, b = run_trial(cfg, log=lambda line: None), run_trial(cfg, floors=floors, log=lambda line: None)
-    assert a["baselines"] == b["baselines"] == floors
+    assert a["floors"] == b["floors"] == floors
     assert a["history"][0]["loss"] == b["history"][0]["loss"]
     for key in ("knn_top1", "linear_top1", "effective_rank"):
         assert a["metrics"][key] == b["metrics"][key]
@@ -184,7 +184,7 @@ def test_each_new_method_runs_a_trial_that_writes_a_complete_result(method):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["knn_top1_best"] == max(row["knn_top1"] for row in result["history"]) == metrics["knn_top1"]
     assert metrics["effective_rank"] > 0 and metrics["images_per_s"] > 0 and metrics["flops_per_image"] > 0
-    assert {"random_init_knn_top1", "random_init_linear_top1"} <= result["baselines"].keys()
+    assert {"random_init_knn_top1", "random_init_linear_top1"} <= result["floors"].keys()
 
 
 def test_the_best_epoch_knn_is_recorded_only_when_the_monitor_runs_every_epoch(tiny_config):

@@ -15,6 +15,7 @@ import pandas as pd
 
 from byol_bench.config import KEYS, method_reads
 from byol_bench.errors import UserError
+from byol_bench.trial.result import result_floors
 
 METRICS = ("knn_top1", "knn_top5", "knn_top1_best", "linear_top1", "linear_top5", "embedding_std", "effective_rank",
            "images_per_s", "step_time_median_s", "data_wait_fraction", "peak_memory_bytes", "pretrain_time_s",
@@ -73,8 +74,8 @@ def trial_row(trial_id: str, config: dict, status: str, result: dict | None = No
     result = result or {}
     metrics = result.get("metrics", {})
     row.update({key: metrics.get(key) for key in (*METRICS, *metrics)})  # the metrics a trial's knobs add, too
-    baselines = result.get("baselines", {})
-    row.update({key: baselines.get(key) for key in (*FLOORS, *baselines)})  # and the low-label and transfer ones
+    floors = result_floors(result)
+    row.update({key: floors.get(key) for key in (*FLOORS, *floors)})  # and the low-label and transfer ones
     row.update({key: result["run"][key] for key in RUN_FIELDS if key in result.get("run", {})})
     row.update({key: result.get("provenance", {}).get(key) for key in PROVENANCE_FIELDS})
     return row

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from byol_bench.trial.result import result_floors
+
 
 def epoch_line(name: str, row: dict, epochs: int) -> str:
     """One epoch of one trial: loss, learning rate, momentum, images/s and the kNN monitor when present."""
@@ -14,7 +16,7 @@ def epoch_line(name: str, row: dict, epochs: int) -> str:
 def result_line(name: str, result: dict) -> str:
     """A finished trial (``run_trial``'s result): its status, kNN and linear top-1 against the random-init
     floors, speed and pretraining time."""
-    metrics, floors = result["metrics"], result["baselines"]
+    metrics, floors = result["metrics"], result_floors(result)
     line = f"{name}: {result['status']}"
     if metrics["knn_top1"] is not None:
         line += (f", kNN top-1 {metrics['knn_top1']:.3f} (random init {floors['random_init_knn_top1']:.3f}), "

@@ -391,6 +391,6 @@ def trial_result(cfg: TrialConfig, data: ImageData, device: torch.device, state:
                 "probe_recipe": {**asdict(probe), **PROBE_METHOD}},
         "history": state.history,
         "metrics": metrics,
-        "baselines": state.floors,
+        "floors": state.floors,
         "provenance": provenance(device, cfg.seed),
     }
