@@ -58,8 +58,8 @@ from byol_bench.trial.provenance import provenance
 from byol_bench.models.momentum import parse_momentum_schedule
 from byol_bench.trial.schedules import learning_rate
 from byol_bench.trial.instrument import matrix_product_flops, synchronize
-from byol_bench.trial.train import (build_method, build_optimizer, counted_train_step, resolve_device, resolve_precision,
-                              train_step)
+from byol_bench.trial.loop import counted_train_step, resolve_precision, train_step
+from byol_bench.trial.run import build_method, build_optimizer, resolve_device
 from byol_bench.trial.views import PILViewDataset
 
 
@@ -96,7 +96,7 @@ def one_batch_forever(cfg, data, device):
 class TrainingLoop:
     """One contender: a fresh model, its optimizer, run_trial's own step, and an endless stream of view batches.
 
-    Every contender takes the same step (``byol_bench.trial.train.train_step`` at the scheduled lr: loss,
+    Every contender takes the same step (``byol_bench.trial.loop.train_step`` at the scheduled lr: loss,
     backward, SGD; then the target update), so the difference between them is where the views come from.
     """
 

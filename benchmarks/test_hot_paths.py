@@ -15,7 +15,8 @@ from byol_bench.trial.evaluate import (CPU_EXTRACT_BATCH, EXTRACT_BATCH, ProbeRe
                                  linear_probe)
 from byol_bench.models.methods import METHODS, uses_momentum
 from byol_bench.trial.batches import view_recipes
-from byol_bench.trial.train import build_method, build_optimizer, train_step
+from byol_bench.trial.loop import train_step
+from byol_bench.trial.run import build_method, build_optimizer
 from byol_bench.trial.views import PILViewDataset, TensorViews
 
 # (backbone, channels, image size, batch): ResNet-18 on a CPU is slow, so its batch is small.

@@ -72,7 +72,7 @@ def cmd_train(args) -> int:
     import torch.distributed as dist
 
     from byol_bench.trial.distributed import join_torchrun, rank
-    from byol_bench.trial.train import resolve_device, run_trial
+    from byol_bench.trial.run import resolve_device, run_trial
 
     values = read_yaml(args.config) if args.config else {}
     values.update({key: getattr(args, key) for key in KEYS if getattr(args, key) is not None})

@@ -35,7 +35,9 @@ def tiny(method: str, **overrides) -> dict:
 def pretrained(knobs: dict, break_method=None):
     """(the method's weights, the TrialState) after pretraining with ``knobs``: no floors, no evaluation.
     ``break_method(method)`` changes the method before training."""
-    from byol_bench.trial.train import TrialState, pretrain, setup
+    from byol_bench.trial.loop import pretrain
+    from byol_bench.trial.run import setup
+    from byol_bench.trial.state import TrialState
 
     cfg = make_config(knobs)
     data, method, model, optimizer = setup(cfg)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import byol_bench.results.tables
-import byol_bench.trial.train
+import byol_bench.trial.run
 from byol_bench.cli import main
 from byol_bench.config import KEYS, make_config
 from byol_bench.errors import UserError
@@ -69,7 +69,7 @@ def test_values_of_the_wrong_type_are_refused(key, value):
 
 def test_an_output_path_that_cannot_be_created_is_refused_before_training(capsys, monkeypatch):
     """os.access says a root user may write under /proc; creating /proc/nope says otherwise."""
-    monkeypatch.setattr(byol_bench.trial.train, "run_trial", lambda *a, **k: pytest.fail("the trial started"))
+    monkeypatch.setattr(byol_bench.trial.run, "run_trial", lambda *a, **k: pytest.fail("the trial started"))
     assert main(["train", *TINY_FLAGS, "--out", "/proc/nope/x.json"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("byol-bench: error: output path /proc/nope/x.json cannot be written") and len(err.splitlines()) == 1

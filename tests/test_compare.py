@@ -11,7 +11,7 @@ from byol_bench.data.datasets import data_root, find_fashion_mnist
 from byol_bench.errors import UserError
 from byol_bench.trial.evaluate import collapse_rank
 from byol_bench.results.tables import trial_row, write_json, write_tables
-from byol_bench.trial.train import run_trial
+from byol_bench.trial.run import run_trial
 
 AXES = ["method", "batch_size", "momentum_schedule", "seed"]
 

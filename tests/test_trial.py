@@ -10,7 +10,7 @@ import torch
 from byol_bench.cli import main
 from byol_bench.config import make_config
 from byol_bench.models.methods import METHODS
-from byol_bench.trial.train import measure_floors, run_trial, setup
+from byol_bench.trial.run import measure_floors, run_trial, setup
 from conftest import TINY, pretrained, tiny
 
 TINY_FLAGS = [arg for key, value in TINY.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
@@ -201,7 +201,7 @@ def test_lr_scaling_none_keeps_the_learning_rate_at_every_batch_size(tiny_config
 def test_precision_auto_is_bf16_only_where_the_cpu_has_amx_that_onednn_may_use(monkeypatch, tmp_path):
     import torch
 
-    from byol_bench.trial import instrument, train
+    from byol_bench.trial import instrument, loop
 
     cpuinfo = tmp_path / "cpuinfo"
     for flags, isa_cap, expected in (("avx2 avx512f amx_bf16 amx_tile", None, True), ("avx2 fma avx512_bf16", None, False),
@@ -216,15 +216,15 @@ def test_precision_auto_is_bf16_only_where_the_cpu_has_amx_that_onednn_may_use(m
     instrument.cpu_has_amx_bf16.cache_clear()
     cpu = torch.device("cpu")
     for amx, expected in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(train, "cpu_has_amx_bf16", lambda: amx)
-        train.resolve_precision.cache_clear()
-        assert train.resolve_precision("auto", cpu) == expected
-        assert train.resolve_precision("fp32", cpu) == "fp32" and train.resolve_precision("bf16", cpu) == "bf16"
-    train.resolve_precision.cache_clear()  # the real CPU's answer for the tests after this one
+        monkeypatch.setattr(loop, "cpu_has_amx_bf16", lambda: amx)
+        loop.resolve_precision.cache_clear()
+        assert loop.resolve_precision("auto", cpu) == expected
+        assert loop.resolve_precision("fp32", cpu) == "fp32" and loop.resolve_precision("bf16", cpu) == "bf16"
+    loop.resolve_precision.cache_clear()  # the real CPU's answer for the tests after this one
 
 
 def test_a_trial_records_the_precision_it_resolved_to(tiny_config):
-    from byol_bench.trial.train import resolve_precision
+    from byol_bench.trial.loop import resolve_precision
 
     result = run_trial(tiny_config(epochs=1), log=lambda line: None)
     assert result["config"]["precision"] == "auto"

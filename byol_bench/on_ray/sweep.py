@@ -40,7 +40,7 @@ def _shared_floors(ray, sweep: Sweep, planned: list[PlannedTrial]) -> dict[tuple
     task holding one worker's resources, before the trials start (they would otherwise each measure
     the same numbers). A setting whose measurement fails is left out: its trials measure it themselves
     and record the failure."""
-    from byol_bench.trial.train import measure_floors
+    from byol_bench.trial.run import measure_floors
 
     configs = {}
     for trial in planned:

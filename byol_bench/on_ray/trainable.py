@@ -101,7 +101,7 @@ def log_as(name: str):
 def run_and_report(trial_id: str, cfg: TrialConfig, floors: dict | None, checkpoint, report, saves_checkpoints: bool) -> None:
     """``run_trial`` inside Ray (with the sweep's ``floors`` for it, if measured): resume from ``checkpoint``, then ``report(metrics, checkpoint_folder)``
     every epoch (with the state when ``saves_checkpoints``) and once more with the whole result."""
-    from byol_bench.trial.train import run_trial
+    from byol_bench.trial.run import run_trial
 
     log, notes = log_as(trial_id), []
     resume = resume_point(checkpoint, notes, log)

@@ -32,7 +32,7 @@ def search_trainable(config: dict, knobs: dict) -> None:
     checkpoint."""
     from ray import tune
 
-    from byol_bench.trial.train import run_search_trial
+    from byol_bench.trial.run import run_search_trial
 
     log, notes = log_as("search"), []
     resume = resume_point(tune.get_checkpoint(), notes, log)

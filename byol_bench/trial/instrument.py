@@ -1,6 +1,6 @@
 """What a trial measures about itself: step times, peak memory, FLOPs per image and the device's peak FLOP/s.
 
-Nothing here changes what is trained; the loop in ``trial/train.py`` reads these instruments around its steps.
+Nothing here changes what is trained; the loop in ``trial/loop.py`` reads these instruments around its steps.
 """
 
 from __future__ import annotations

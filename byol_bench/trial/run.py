@@ -1,6 +1,6 @@
 """One benchmark trial, top to bottom: load data, build the method, pretrain it, evaluate it.
 
-``run_trial`` composes the steps; ``pretrain`` is the training loop alone. Both are plain PyTorch and
+``run_trial`` composes the steps; ``loop.pretrain`` is the training loop alone. Both are plain PyTorch and
 know nothing of Ray: the sweep passes ``on_epoch`` to report each epoch's row and checkpoint, and
 ``resume`` to continue from a checkpoint. Run in every process of a torch.distributed group (a DDP
 trial, ``workers`` > 1), each rank trains on its share of every global batch and evaluates its share of
@@ -10,67 +10,25 @@ the images; every rank returns the same result.
 from __future__ import annotations
 
 import copy
-import functools
-import math
-import sys
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from typing import Callable
 
 import torch
-import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.flop_counter import FlopCounterMode
 
-from byol_bench.models.backbones import build_backbone
-from byol_bench.trial.batches import epoch_order, make_batches, view_recipes
-from byol_bench.config import COMPILE_MIN_STEPS, TrialConfig, listed, memory_bank_too_large
+from byol_bench.config import TrialConfig, listed, memory_bank_too_large
 from byol_bench.data.datasets import ImageData, load_data, load_transfer
-from byol_bench.trial.distributed import rank, sync_batchnorm, world_size
 from byol_bench.errors import UserError
-from byol_bench.trial.evaluate import PROBE_METHOD, Evaluator, OnlineProbe, collapse_rank
-from byol_bench.trial.instrument import (PeakMemory, StepClock, cpu_has_amx_bf16, images_per_second, measured_peak_flops,
-                                   timed)
-from byol_bench.models.methods import METHODS, uses_momentum
-from byol_bench.trial.console import epoch_line, result_line
+from byol_bench.models.backbones import build_backbone
+from byol_bench.models.methods import METHODS
+from byol_bench.trial.console import result_line
+from byol_bench.trial.distributed import rank, sync_batchnorm, world_size
+from byol_bench.trial.evaluate import PROBE_METHOD, Evaluator, collapse_rank
+from byol_bench.trial.instrument import images_per_second, measured_peak_flops
+from byol_bench.trial.loop import compiles, log_to_stderr, memory_format, pretrain, resolve_precision
 from byol_bench.trial.provenance import provenance
-from byol_bench.models.momentum import parse_momentum_schedule
-from byol_bench.trial.schedules import learning_rate
-
-PROGRESS_EVERY_S = 10.0
-
-
-def log_to_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-@dataclass
-class TrialState:
-    """What a trial has done so far: checkpointed with the weights after every epoch, continued on resume."""
-
-    floors: dict  # the random-init and raw-pixel floors, measured before training
-    epoch: int = 0  # epochs done
-    status: str = "ok"  # ok | diverged (| collapsed, decided after evaluation)
-    history: list[dict] = field(default_factory=list)  # one row per epoch
-    step_times: list[float] = field(default_factory=list)  # every timed step's seconds, data wait included
-    data_times: list[float] = field(default_factory=list)  # the part of each spent getting the batch
-    pretrain_time_s: float = 0.0
-    flops_per_image: float | None = None  # counted on the first step
-    compile_time_s: float = 0.0  # the steps that compiled the training loss (one per process that compiled)
-    peak_memory_bytes: int = 0
-    random_init_map: dict | None = None  # with embedding_map: Evaluator.embedding of the backbone before training
-    restarts: list[int] = field(default_factory=list)  # the epochs done when each resume or retry continued
-
-
-@dataclass
-class Checkpoint:
-    """Everything ``run_trial(resume=...)`` needs to continue a trial from the next epoch."""
-
-    state: TrialState
-    method: dict  # the method's state_dict
-    optimizer: dict  # the optimizer's state_dict
-    online_probe: dict | None = None  # the online probe's classifier and optimizer (OnlineProbe.state_dict)
+from byol_bench.trial.state import Checkpoint, TrialState
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,20 +37,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device '{name}' asked for, but PyTorch sees no CUDA device here; use --device cpu")
     return torch.device(name)
-
-
-@functools.lru_cache(maxsize=None)
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The training step's precision: as asked, or for "auto" bf16 where the device multiplies bf16 natively
-    (a CUDA GPU that supports it, a CPU with AMX-BF16) and fp32 elsewhere. Cached: every step asks."""
-    if precision != "auto":
-        return precision
-    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_amx_bf16()
-    return "bf16" if native else "fp32"
-
-
-def memory_format(cfg: TrialConfig) -> torch.memory_format:
-    return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
 def build_method(cfg: TrialConfig, channels: int, image_size: int, device: torch.device) -> nn.Module:
@@ -124,124 +68,6 @@ def build_optimizer(cfg: TrialConfig, method: nn.Module) -> torch.optim.Optimize
     if cfg.optimizer == "adam":  # lightly's SwAV benchmark
         return torch.optim.Adam(params, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.peak_lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
-
-
-def train_step(cfg: TrialConfig, model: nn.Module, optimizer: torch.optim.Optimizer, views, lr: float) -> Tensor:
-    """One optimisation step on a batch of views at learning rate ``lr``; returns the loss (on the device)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    views = [view.contiguous(memory_format=memory_format(cfg)) for view in views]
-    device = views[0].device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(cfg.precision, device) == "bf16"):
-        loss = model(*views)  # autocast around the forward pass only, as PyTorch's AMP recipe has it
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
-
-
-def compiles(cfg: TrialConfig, device: torch.device, total_steps: int) -> bool:
-    """Whether the trial compiles its training loss: as asked, or with compile "auto" on CUDA when the
-    trial is long enough to pay back the compile time."""
-    if cfg.compile != "auto":
-        return cfg.compile
-    return device.type == "cuda" and total_steps >= COMPILE_MIN_STEPS
-
-
-def counted_train_step(cfg: TrialConfig, model: nn.Module, optimizer, views, lr: float) -> tuple[Tensor, float]:
-    """``train_step`` with its FLOPs counted: (loss, FLOPs per image). ``model`` must be eager: compiled
-    kernels bypass the counter."""
-    with FlopCounterMode(display=False) as counter:
-        loss = train_step(cfg, model, optimizer, views, lr)
-    return loss, counter.get_total_flops() / cfg.batch_size
-
-
-def pretrain(cfg: TrialConfig, method: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
-             data: ImageData, state: TrialState, evaluator: Evaluator | None = None,
-             online_probe: OnlineProbe | None = None, on_epoch: Callable[[dict, Checkpoint], None] | None = None,
-             log: Callable[[str], None] = log_to_stderr) -> None:
-    """The training loop: from epoch ``state.epoch`` to ``cfg.epochs``, each epoch's row appended to
-    ``state.history`` and passed to ``on_epoch`` with a checkpoint. ``model`` is what a step calls (the
-    method or its DDP wrapper). ``evaluator`` runs the kNN monitor and tests the ``online_probe``, which takes a
-    step after every training step. A non-finite epoch loss ends training with ``state.status`` = "diverged"."""
-    device = next(method.parameters()).device
-    batches = make_batches(cfg, data, view_recipes(cfg, data.image_size), device)
-    steps_per_epoch = len(data.pretrain_images) // cfg.global_batch_size
-    total_steps, warmup_steps = cfg.epochs * steps_per_epoch, round(cfg.lr_warmup_epochs * steps_per_epoch)
-    compiling = compiles(cfg, device, total_steps)
-    compiled = torch.compile(model) if compiling else model
-    momentum = parse_momentum_schedule(cfg.momentum_schedule) if uses_momentum(method) else None
-    peak_memory, steps_here = PeakMemory(device), 0
-    for epoch in range(state.epoch, cfg.epochs):
-        method.train()
-        clock, epoch_start, last_log = StepClock(device), time.perf_counter(), time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        tick = clock.now()
-        if online_probe is not None:  # this rank's batches' images, in the order the batches come
-            probe_order = epoch_order(cfg, len(data.pretrain_images), epoch)
-        for i, views in enumerate(batches(epoch)):
-            got_batch = clock.now()
-            step = epoch * steps_per_epoch + i
-            lr = learning_rate(step, total_steps, cfg.peak_lr, warmup_steps, cfg.lr_schedule)
-            compile_step = compiling and state.flops_per_image is not None  # compile time, not a step's time
-            if state.flops_per_image is None:  # the first step: forward and backward of every view, target forwards
-                loss, state.flops_per_image = counted_train_step(cfg, model, optimizer, views, lr)
-            elif compile_step:
-                loss, seconds = timed(device, lambda: train_step(cfg, compiled, optimizer, views, lr))
-                state.compile_time_s, compiling = state.compile_time_s + seconds, False
-            else:
-                loss = train_step(cfg, compiled, optimizer, views, lr)
-            tau = momentum(step, total_steps) if momentum else None
-            if tau is not None:
-                method.update_target(tau)
-            loss_sum += loss
-            done = clock.now()
-            peak_memory.sample()
-            if online_probe is not None:  # outside the timed step: images/s is the same with it or without
-                seen = probe_order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-                online_probe.train_step(data.pretrain_images[seen], data.pretrain_labels[seen])
-            steps_here += 1
-            if steps_here > cfg.timing_warmup_steps and not compile_step:  # the first steps pay for allocation and caches
-                clock.add(tick, got_batch, done)
-            if time.perf_counter() - last_log > PROGRESS_EVERY_S:
-                speed = images_per_second(cfg.global_batch_size, clock.times()[0]) or 0
-                log(f"{cfg.method}: epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch} "
-                    f"loss {loss_sum.item() / (i + 1):.4f} {speed:.0f} img/s")
-                last_log = time.perf_counter()
-            tick = clock.now()
-        row = end_epoch(cfg, state, clock, loss_sum / steps_per_epoch, epoch_start, lr, tau)
-        state.peak_memory_bytes = max(state.peak_memory_bytes, peak_memory.bytes())
-        if state.status == "ok" and evaluator and cfg.knn_monitor_every and (epoch + 1) % cfg.knn_monitor_every == 0:
-            row["knn_top1"] = evaluator.knn_top1(method.backbone)
-        if state.status == "ok" and online_probe is not None:
-            row["online_probe_top1"] = evaluator.online_probe_top1(method.backbone, online_probe)
-        log(epoch_line(cfg.method, row, cfg.epochs))
-        if on_epoch is not None:  # a copy: the loop goes on changing the weights and the state
-            on_epoch(row, copy.deepcopy(Checkpoint(state, method.state_dict(), optimizer.state_dict(),
-                                                   online_probe.state_dict() if online_probe else None)))
-        if state.status != "ok":
-            break
-
-
-def end_epoch(cfg: TrialConfig, state: TrialState, clock: StepClock, mean_loss: Tensor, epoch_start: float,
-              lr: float, tau: float | None) -> dict:
-    """Adds an epoch's times and its history row to ``state``; marks a non-finite loss as diverged."""
-    step_times, data_times = clock.times()
-    state.step_times += step_times
-    state.data_times += data_times
-    state.pretrain_time_s += time.perf_counter() - epoch_start
-    if world_size() > 1:  # the global batch's loss is the ranks' mean (and every rank sees a divergence)
-        dist.all_reduce(mean_loss)
-        mean_loss /= world_size()
-    loss = mean_loss.item()
-    row = {"epoch": state.epoch + 1, "loss": loss, "lr": lr, "momentum": tau,
-           "images_per_s": images_per_second(cfg.global_batch_size, step_times),
-           "epoch_time_s": time.perf_counter() - epoch_start}
-    state.history.append(row)
-    state.epoch += 1
-    if not math.isfinite(loss):
-        state.status = "diverged"
-    return row
 
 
 def setup(cfg: TrialConfig) -> tuple[ImageData, nn.Module, nn.Module, torch.optim.Optimizer]:
