@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from byol_bench.models.backbones import build_backbone
+from byol_bench.models.method import Method, interface_problems
+from byol_bench.models.view_recipe import ViewRecipe
 from byol_bench.data.datasets import make_synthetic
 from byol_bench.models.methods import METHODS, uses_momentum
 from byol_bench.trial.batches import view_recipes
@@ -160,3 +162,19 @@ def test_a_method_trains_with_its_own_optimizer_unless_one_is_given():
     assert (given.optimizer, given.lr, given.weight_decay) == ("sgd", 0.2, 1.5e-6)  # each knob apart
     simclr = make_config({"method": "simclr"})
     assert (simclr.optimizer, simclr.lr, simclr.weight_decay) == ("sgd", 0.06, 5e-4)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_built_in_method_implements_the_method_interface(name, tiny_config):
+    assert interface_problems(METHODS[name]) == []
+    assert isinstance(_method(name, tiny_config(name)), Method)
+
+
+def test_a_method_that_breaks_the_interface_is_told_what_to_fix():
+    class HalfATarget(torch.nn.Module):  # reads a momentum schedule, has no target to update; one view
+        views = (ViewRecipe(),)
+        knobs = {"momentum_schedule": "constant:0.99"}
+
+    problems = interface_problems(HalfATarget)
+    assert len(problems) == 2 and problems[0].startswith("views:") and "update_target" in problems[1]
+    assert "not an nn.Module" in interface_problems(object)[0]

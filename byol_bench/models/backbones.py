@@ -9,6 +9,7 @@ import torch.nn as nn
 import torchvision
 
 from byol_bench.errors import unknown
+from byol_bench.models.method import BackboneBuilder
 
 SMALL_IMAGE_MAX = 64  # inputs up to this size get the 3x3 stem without max-pool
 
@@ -41,7 +42,7 @@ def _resnet(name: str):
     return build
 
 
-BACKBONES = {"small-cnn": small_cnn, "resnet18": _resnet("resnet18"), "resnet50": _resnet("resnet50")}
+BACKBONES: dict[str, BackboneBuilder] = {"small-cnn": small_cnn, "resnet18": _resnet("resnet18"), "resnet50": _resnet("resnet50")}
 
 
 def build_backbone(name: str, in_channels: int, image_size: int) -> tuple[nn.Module, int]:
