@@ -47,19 +47,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from byol_bench.models.backbones import build_backbone
-from byol_bench.trial.batches import make_batches
 from byol_bench.config import make_config
 from byol_bench.data.datasets import load_data
 from byol_bench.errors import UserError
-from byol_bench.trial.evaluate import ProbeRecipe, extract_features, linear_probe, topk_accuracy
+from byol_bench.models.backbones import build_backbone
 from byol_bench.models.methods import METHODS, uses_momentum
-from byol_bench.trial.provenance import provenance
 from byol_bench.models.momentum import parse_momentum_schedule
-from byol_bench.trial.schedules import learning_rate
+from byol_bench.trial.batches import make_batches
+from byol_bench.trial.evaluate import ProbeRecipe, extract_features, linear_probe, topk_accuracy
 from byol_bench.trial.instrument import matrix_product_flops, synchronize
 from byol_bench.trial.loop import counted_train_step, resolve_precision, train_step
+from byol_bench.trial.provenance import provenance
 from byol_bench.trial.run import build_method, build_optimizer, resolve_device
+from byol_bench.trial.schedules import learning_rate
 from byol_bench.trial.views import PILViewDataset
 
 

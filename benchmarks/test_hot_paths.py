@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from byol_bench.config import make_config
-from byol_bench.trial.evaluate import (CPU_EXTRACT_BATCH, EXTRACT_BATCH, ProbeRecipe, extract_features, knn_predict,
-                                 linear_probe)
 from byol_bench.models.methods import METHODS, uses_momentum
 from byol_bench.trial.batches import view_recipes
+from byol_bench.trial.evaluate import (CPU_EXTRACT_BATCH, EXTRACT_BATCH, ProbeRecipe, extract_features, knn_predict,
+                                       linear_probe)
 from byol_bench.trial.loop import train_step
 from byol_bench.trial.run import build_method, build_optimizer
 from byol_bench.trial.views import PILViewDataset, TensorViews

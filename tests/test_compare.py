@@ -4,13 +4,13 @@ import json
 import pytest
 
 from byol_bench.cli import main
-from byol_bench.regression.compare import Tolerances, compare_runs, load_run, save_baseline
-from byol_bench.report.regression import to_markdown
 from byol_bench.config import make_config, resolved_config
 from byol_bench.data.datasets import data_root, find_fashion_mnist
 from byol_bench.errors import UserError
-from byol_bench.trial.evaluate import collapse_rank
+from byol_bench.regression.compare import Tolerances, compare_runs, load_run, save_baseline
+from byol_bench.report.regression import to_markdown
 from byol_bench.results.tables import trial_row, write_json, write_tables
+from byol_bench.trial.evaluate import collapse_rank
 from byol_bench.trial.run import run_trial
 
 AXES = ["method", "batch_size", "momentum_schedule", "seed"]

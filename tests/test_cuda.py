@@ -5,10 +5,10 @@ import time
 import pytest
 import torch
 
-from byol_bench.trial.instrument import StepClock
-from byol_bench.trial.batches import ahead_on_side_stream
-from byol_bench.trial.run import run_trial
 from byol_bench.models.methods import METHODS
+from byol_bench.trial.batches import ahead_on_side_stream
+from byol_bench.trial.instrument import StepClock
+from byol_bench.trial.run import run_trial
 from byol_bench.trial.views import TensorViews
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]

@@ -17,12 +17,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
-from byol_bench.on_ray import failpoints
 from byol_bench.cli import main
-from byol_bench.trial.distributed import gather_rows, shard, sync_batchnorm
 from byol_bench.models.methods import METHODS
-from byol_bench.plan.sweep_file import load_sweep
+from byol_bench.on_ray import failpoints
 from byol_bench.on_ray.sweep import run_sweep
+from byol_bench.plan.sweep_file import load_sweep
+from byol_bench.trial.distributed import gather_rows, shard, sync_batchnorm
 from conftest import TINY, pretrained, quiet_fast_ray, tiny
 
 # Two steps of a global batch of 64 images: pretraining alone, the weights are what is compared.

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from byol_bench.trial.evaluate import ProbeRecipe, knn_predict, linear_probe, topk_accuracy
 from byol_bench.trial import evaluate
+from byol_bench.trial.evaluate import ProbeRecipe, knn_predict, linear_probe, topk_accuracy
 
 
 def _brute_force_knn(bank, labels, test, classes, k, t):

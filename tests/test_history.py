@@ -5,17 +5,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from byol_bench.regression import backfill as backfill_module
-from byol_bench.regression import history
-from byol_bench.regression.backfill import first_regressed
 from byol_bench.cli import main
 from byol_bench.config import resolved_config
 from byol_bench.errors import UserError
+from byol_bench.regression import backfill as backfill_module
+from byol_bench.regression import history
+from byol_bench.regression.backfill import first_regressed
 from byol_bench.regression.history import (append, bench_entry, change_points, load_history, regressions, series_points,
-                                sweep_entry, sweep_protocol)
-from byol_bench.trial.provenance import git_commit
+                                           sweep_entry, sweep_protocol)
 from byol_bench.report import write_report
 from byol_bench.results.tables import trial_row, write_json, write_tables
+from byol_bench.trial.provenance import git_commit
 
 # Run-to-run spread of one trial's images/s on this machine: six runs of the same BYOL trial (2 cores, AMX Xeon,
 # under other work) had a coefficient of variation of about 10% (docs/regression-tracking.md).

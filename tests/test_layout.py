@@ -9,14 +9,14 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "byol_bench"
 # Top to bottom: a module may import from its own layer and the layers below it, never from one above.
 LAYERS = (
-    ("cli",),
+    ("cli",),  # the byol-bench command
     ("on_ray",),  # the Ray edge: the cluster, running a sweep or a tune, the trainable, callbacks, trackers
     ("report",),  # documents: a sweep's report, comparisons, verdicts and the history's report
     ("regression",),  # compare against baselines, the history over revisions, backfill and bisect, statistics
     ("results",),  # a sweep's tables on disk, atomic writes, the folder lock
     ("plan",),  # sweep and tune files -> planned trials
     ("trial",),  # one trial: batches, views, the loop, evaluation, instrumentation, DDP, provenance
-    ("config",),  # every knob of a trial, validated
+    ("config", "protocol"),  # every knob of a trial, validated; what makes two figures comparable
     ("data",),  # the data sets
     ("models",),  # methods and backbones
     ("errors",),

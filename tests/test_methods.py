@@ -3,11 +3,11 @@ import copy
 import pytest
 import torch
 
+from byol_bench.data.datasets import make_synthetic
 from byol_bench.models.backbones import build_backbone
 from byol_bench.models.method import Method, interface_problems
-from byol_bench.models.view_recipe import ViewRecipe
-from byol_bench.data.datasets import make_synthetic
 from byol_bench.models.methods import METHODS, uses_momentum
+from byol_bench.models.view_recipe import ViewRecipe
 from byol_bench.trial.batches import view_recipes
 from byol_bench.trial.views import TensorViews
 

@@ -22,14 +22,14 @@ from byol_bench.cli import main
 from byol_bench.config import make_config, resolved_config
 from byol_bench.errors import UserError
 from byol_bench.models.methods import METHODS
+from byol_bench.regression.stats import bootstrap_interval
+from byol_bench.regression.stats import mean as mean_over_seeds
 from byol_bench.report import write_comparison, write_report
 from byol_bench.report.figures import (LEGEND_LABEL_MAX, accuracy_vs_batch_size, accuracy_vs_compute, byol_vs_momentum,
                                        embedding_maps, heatmap, legend_labels, method_palette, pareto_front,
                                        throughput_vs_batch_size, training_curves)
 from byol_bench.report.load import load_results
 from byol_bench.results.tables import embedding_rows, epoch_rows, summary, trial_row, write_json, write_tables
-from byol_bench.regression.stats import bootstrap_interval
-from byol_bench.regression.stats import mean as mean_over_seeds
 
 FIXED = {"dataset": "fashion-mnist", "backbone": "small-cnn", "subset": 5000, "test_subset": 2000, "epochs": 3, "threads": 1}
 FIGURES = ("accuracy_vs_batch_size", "byol_vs_momentum", "throughput_vs_batch_size", "accuracy_vs_compute",
@@ -658,7 +658,7 @@ def test_legend_labels_elide_the_middle_of_long_settings_and_keep_them_apart():
 
 def test_two_sources_scored_on_different_splits_are_flagged_as_not_comparable(tmp_path, capsys):
     """A run scored on a validation split held out of train beside one scored on the test split: the protocols
-    differ (config.PROTOCOL), so the comparison says so first and gives no B − A."""
+    differ (protocol.PROTOCOL), so the comparison says so first and gives no B − A."""
     test_split = write_sweep(tmp_path / "test-split", planned_trials(methods=("simclr",), batch_sizes=(64,)))
     on_validation = {key: value for key, value in FIXED.items() if key != "test_subset"} | {"validation": 0.1}
     validation = write_sweep(tmp_path / "validation", planned_trials(methods=("simclr",), batch_sizes=(64,),

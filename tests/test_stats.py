@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from byol_bench.regression.stats import (bootstrap_interval, detectable_difference, difference_of_means, mean, pooled_std,
-                              probability_of_improvement, seeds_needed, t_test_power)
+from byol_bench.regression.stats import (bootstrap_interval, detectable_difference, difference_of_means, mean,
+                                         pooled_std, probability_of_improvement, seeds_needed, t_test_power)
 
 RNG = np.random.default_rng(7)
 SEEDS = RNG.normal(62.0, 1.5, size=5)  # five seeds' accuracies, in points

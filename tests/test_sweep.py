@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from byol_bench.on_ray import failpoints
 from byol_bench.cli import main
-from byol_bench.results.tables import DiskFull, write_tables
-from byol_bench.plan.sweep_file import expand, load_sweep, run_order
+from byol_bench.on_ray import failpoints
 from byol_bench.on_ray.sweep import run_sweep
+from byol_bench.plan.sweep_file import expand, load_sweep, run_order
+from byol_bench.results.tables import DiskFull, write_tables
 from conftest import TINY
 
 PRESETS = Path(__file__).resolve().parent.parent / "benchmarks" / "sweeps"

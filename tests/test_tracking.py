@@ -13,8 +13,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from byol_bench.on_ray import sweep as tune_runner
 from byol_bench.cli import main
+from byol_bench.on_ray import sweep as tune_runner
 from byol_bench.plan.sweep_file import expand, load_sweep
 from test_bad_inputs import a_file_as_folder, snapshot, sweep_file
 from test_sweep import write_sweep

@@ -13,11 +13,11 @@ import torch
 import yaml
 from torchvision.transforms.functional import to_pil_image
 
-from byol_bench.on_ray import failpoints
 from byol_bench.cli import main
 from byol_bench.data.datasets import make_synthetic
-from byol_bench.plan.tune_file import load_tune
+from byol_bench.on_ray import failpoints
 from byol_bench.on_ray.tuning import run_search
+from byol_bench.plan.tune_file import load_tune
 from conftest import TINY
 
 # TINY's trial, one search trial at a time and in fp32 on one thread: the same search twice gives the same numbers.

@@ -16,17 +16,18 @@ import sys
 import time
 from pathlib import Path
 
-from byol_bench.config import floor_setting, make_config
+from byol_bench.config import make_config
 from byol_bench.errors import UserError
-from byol_bench.results.lock import LOCK_FILE, hold_folder
-from byol_bench.trial.provenance import git_revision, versions
 from byol_bench.on_ray.cluster import check_resources, concurrency_limit, start_ray, trials_that_fit
-from byol_bench.results.tables import (DiskFull, check_writable, disk_full, embedding_rows, epoch_rows, megabytes, summary,
-                                trial_row, write_json, write_tables)
-from byol_bench.plan.tune_file import SEARCH_FILES, SEARCH_RECORD
-from byol_bench.plan.sweep_file import PlannedTrial, Sweep, expand, run_order
 from byol_bench.on_ray.trackers import Tracking, check_tracking, param_space
 from byol_bench.on_ray.trainable import run_name, trainable
+from byol_bench.plan.sweep_file import PlannedTrial, Sweep, expand, run_order
+from byol_bench.plan.tune_file import SEARCH_FILES, SEARCH_RECORD
+from byol_bench.protocol import floor_setting
+from byol_bench.results.lock import LOCK_FILE, hold_folder
+from byol_bench.results.tables import (DiskFull, check_writable, disk_full, embedding_rows, epoch_rows, megabytes,
+                                       summary, trial_row, write_json, write_tables)
+from byol_bench.trial.provenance import git_revision, versions
 
 TUNE_FOLDER = "tune"  # Ray Tune's experiment folder inside results/<sweep>/
 TRAIN_FOLDER = "train"  # Ray Train's runs (DDP trials' checkpoints) inside results/<sweep>/

@@ -17,8 +17,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from byol_bench.errors import UserError, did_you_mean, unknown
-from byol_bench.results.tables import check_writable
 from byol_bench.plan.sweep_file import PlannedTrial
+from byol_bench.results.tables import check_writable
 
 # What each tracker cannot log without: modules that its pip extra (of the same name) installs.
 TRACKER_MODULES = {"mlflow": ("mlflow", "sqlalchemy", "alembic"), "tensorboard": ("tensorboardX",), "wandb": ("wandb",)}

@@ -15,10 +15,11 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from byol_bench.config import TrialConfig, floor_setting, make_config
+from byol_bench.config import TrialConfig, make_config
 from byol_bench.on_ray.failpoints import failpoint
-from byol_bench.results.tables import megabytes
 from byol_bench.plan.sweep_file import PlannedTrial
+from byol_bench.protocol import floor_setting
+from byol_bench.results.tables import megabytes
 
 
 def trainable(config: dict, planned_by_id: dict, worker_resources: dict, train_storage: str, floors: dict) -> None:

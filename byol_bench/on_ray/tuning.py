@@ -15,15 +15,15 @@ import pandas as pd
 
 from byol_bench.config import make_config
 from byol_bench.errors import UserError
-from byol_bench.results.lock import LOCK_FILE, hold_folder
-from byol_bench.on_ray.progress import search_line
 from byol_bench.on_ray.cluster import check_resources, start_ray
-from byol_bench.results.tables import check_writable, write_json, write_parquet
-from byol_bench.plan.tune_file import (SEARCH_FOLDER, SEARCH_RECORD, SEARCH_TABLE, Search, SearchRecord, best_trials, chosen,
-                               defaults, final_runs, search_knobs)
-from byol_bench.on_ray.trackers import check_tracking
+from byol_bench.on_ray.progress import search_line
 from byol_bench.on_ray.sweep import TUNE_FOLDER, last_lines, run_sweep, save_state_often
+from byol_bench.on_ray.trackers import check_tracking
 from byol_bench.on_ray.trainable import epoch_reporter, log_as, resume_point, tune_report
+from byol_bench.plan.tune_file import (SEARCH_FOLDER, SEARCH_RECORD, SEARCH_TABLE, Search, SearchRecord, best_trials,
+                                       chosen, defaults, final_runs, search_knobs)
+from byol_bench.results.lock import LOCK_FILE, hold_folder
+from byol_bench.results.tables import check_writable, write_json, write_parquet
 
 
 def search_trainable(config: dict, knobs: dict) -> None:

@@ -11,9 +11,10 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from byol_bench.config import KEYS, TrialConfig, make_config, method_reads, read_yaml, resolved_config, setting_label
+from byol_bench.config import KEYS, TrialConfig, make_config, method_reads, read_yaml, resolved_config
 from byol_bench.errors import UserError, did_you_mean
 from byol_bench.models.methods import METHODS
+from byol_bench.protocol import setting_label
 
 SWEEP_KEYS = ("name", "description", "trial", "method_overrides", "axes", "resources", "max_concurrent", "max_failures",
               "anchors", "search")

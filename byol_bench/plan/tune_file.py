@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from byol_bench.config import KEYS, PROTOCOL, knob_types, make_config, method_reads, resolved_config, setting_label
+from byol_bench.config import KEYS, knob_types, make_config, method_reads, resolved_config
 from byol_bench.errors import UserError, did_you_mean, unknown
 from byol_bench.plan.sweep_file import PlannedTrial, Sweep, expand, load_sweep
+from byol_bench.protocol import PROTOCOL, setting_label
 
 SEARCH_KEYS = ("space", "algorithm", "budget", "scheduler", "validation", "final_seeds", "run_defaults", "seed")
 DISTRIBUTIONS = ("loguniform", "uniform", "choice")

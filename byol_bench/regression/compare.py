@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from byol_bench.config import setting_label
 from byol_bench.errors import UserError
+from byol_bench.protocol import setting_label
+from byol_bench.regression.stats import (MIN_EFFECT_POINTS, NO_INTERVAL, bootstrap_interval, difference_of_means,
+                                         ratio_of_means, with_interval)
 from byol_bench.results.tables import setting_axes, settings, write_json
-from byol_bench.regression.stats import (MIN_EFFECT_POINTS, NO_INTERVAL, bootstrap_interval, difference_of_means, ratio_of_means,
-                              with_interval)
 
 BASELINES_DIR = Path("results") / "baselines"
 ACCURACY_METRICS = ("knn_top1", "linear_top1")

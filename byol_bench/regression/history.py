@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from byol_bench.regression.compare import load_run
-from byol_bench.config import setting_label
 from byol_bench.errors import UserError
-from byol_bench.trial.provenance import Commit, device_name, git_commit, versions
+from byol_bench.protocol import setting_label
+from byol_bench.regression.compare import load_run
 from byol_bench.results.tables import NOT_READ, setting_axes, settings, write_atomic
+from byol_bench.trial.provenance import Commit, device_name, git_commit, versions
 
 HISTORY_DIR = Path("results") / "history"
 SWEEP_METRICS = ("knn_top1", "linear_top1", "images_per_s", "step_time_median_s", "peak_memory_bytes", "mfu")

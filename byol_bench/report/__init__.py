@@ -15,19 +15,19 @@ import json
 from pathlib import Path
 
 from byol_bench.errors import UserError
-from byol_bench.trial.evaluate import EMBEDDING_POINTS
+from byol_bench.plan.tune_file import CHOSEN_DIGITS, budget_text
+from byol_bench.regression.stats import BOOTSTRAP_RESAMPLES, MIN_EFFECT_POINTS
 from byol_bench.report import figures
 from byol_bench.report.load import Results, load_results
 from byol_bench.report.regression import report_blocks, sweep_history_blocks
 from byol_bench.report.render import Figure, Table, write_documents, writable
+from byol_bench.report.search_tables import chosen_table, search_budget_table, tuned_vs_defaults
 from byol_bench.report.tables import (ACCURACY_COLUMNS, COMPARED, COST_COLUMNS, anchor_table, axis_label,
-                                      chosen_table, comparison_table, evaluation_columns, evaluation_floor_columns,
-                                      floor_table, improvement_frame, improvement_table, per_group, protocol,
-                                      protocol_differences, provenance_table, ranking_warnings, search_budget_table,
-                                      seeds_needed_table, settings_title, status_counts, tuned_vs_defaults,
-                                      unfinished_table)
-from byol_bench.plan.tune_file import CHOSEN_DIGITS, budget_text
-from byol_bench.regression.stats import BOOTSTRAP_RESAMPLES, MIN_EFFECT_POINTS
+                                      comparison_table, evaluation_columns, evaluation_floor_columns, floor_table,
+                                      improvement_frame, improvement_table, per_group, protocol, protocol_differences,
+                                      provenance_table, ranking_warnings, seeds_needed_table, settings_title,
+                                      status_counts, unfinished_table)
+from byol_bench.trial.evaluate import EMBEDDING_POINTS
 
 __all__ = ["write_report", "write_comparison", "settings_summary"]
 

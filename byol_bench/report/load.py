@@ -11,9 +11,9 @@ import pandas as pd
 
 from byol_bench.config import resolved_config
 from byol_bench.errors import UserError
-from byol_bench.results.tables import (EMBEDDING_COLUMNS, FLOORS, METRICS, NOT_READ, axis_values, embedding_rows, epoch_rows,
-                                setting_axes, trial_row)
 from byol_bench.plan.tune_file import SEARCH_RECORD, SEARCH_TABLE, SearchRecord
+from byol_bench.results.tables import (EMBEDDING_COLUMNS, FLOORS, METRICS, NOT_READ, axis_values, embedding_rows,
+                                       epoch_rows, setting_axes, trial_row)
 
 # One row of every results table: a setting, whose seeds are its samples. Trials that differ only in their DDP
 # workers (a scaling study at one global batch) are different settings, not seeds of one; so are trials that differ

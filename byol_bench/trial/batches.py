@@ -12,8 +12,8 @@ from torch import Tensor
 
 from byol_bench.config import TrialConfig
 from byol_bench.data.datasets import ImageData
-from byol_bench.trial.distributed import rank, world_size
 from byol_bench.models.methods import METHODS, multi_crop
+from byol_bench.trial.distributed import rank, world_size
 from byol_bench.trial.views import PILViewDataset, TensorViews, ViewRecipe
 
 
