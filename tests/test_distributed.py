@@ -23,6 +23,7 @@ from byol_bench.on_ray import failpoints
 from byol_bench.on_ray.sweep import run_sweep
 from byol_bench.plan.sweep_file import load_sweep
 from byol_bench.trial.distributed import gather_rows, shard, sync_batchnorm
+from byol_bench.trial.state import load_checkpoint
 from conftest import TINY, pretrained, quiet_fast_ray, tiny
 
 # Two steps of a global batch of 64 images: pretraining alone, the weights are what is compared.
@@ -209,7 +210,7 @@ def test_a_ddp_trial_in_a_sweep_is_one_row_with_its_global_batch(tmp_path, ray_c
     # The DDP trial's checkpoints are Ray Train's, in the same results folder: rank 0's state alone.
     checkpoints = sorted(p for p in (folder / "train").glob("*/checkpoint_*") if p.is_dir())
     assert len(checkpoints) >= 1 and all(sorted(p.name for p in c.iterdir()) == ["state.pt"] for c in checkpoints)
-    checkpoint = torch.load(checkpoints[-1] / "state.pt", weights_only=False)
+    checkpoint = load_checkpoint(checkpoints[-1] / "state.pt")
     assert checkpoint.state.epoch == 2 and "backbone.0.weight" in checkpoint.method
 
 

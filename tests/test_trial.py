@@ -229,3 +229,18 @@ def test_a_trial_records_the_precision_it_resolved_to(tiny_config):
     result = run_trial(tiny_config(epochs=1), log=lambda line: None)
     assert result["config"]["precision"] == "auto"
     assert result["run"]["precision"] == resolve_precision("auto", __import__("torch").device("cpu"))
+
+
+def test_a_checkpoint_is_read_without_running_code(tmp_path):
+    """load_checkpoint reads back what a trial saves, and refuses a file that would run code when unpickled."""
+    import pickle
+
+    from byol_bench.trial.state import Checkpoint, TrialState, load_checkpoint
+
+    saved = Checkpoint(TrialState(floors={"random_init_knn_top1": 0.5}, restarts=[2]), {"w": torch.ones(2)}, {}, None)
+    torch.save(saved, tmp_path / "state.pt")
+    loaded = load_checkpoint(tmp_path / "state.pt")
+    assert loaded.state == saved.state and torch.equal(loaded.method["w"], saved.method["w"])
+    torch.save({"state": print}, tmp_path / "hostile.pt")  # a global the checkpoint allowlist does not hold
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(tmp_path / "hostile.pt")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import pickle
 import re
 import sys
 import tempfile
@@ -117,7 +118,8 @@ def newest_whole(checkpoint, say):
     or damaged (a full disk, a crash as it was written), in the newest whole one before it, saying so; None
     (start over) when none is whole. torch.save writes a zip archive: a CRC test finds the damage."""
     import pyarrow.fs
-    import torch
+
+    from byol_bench.trial.state import load_checkpoint
 
     parent, name = checkpoint.path.rstrip("/").rsplit("/", 1)
     found = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
@@ -128,8 +130,8 @@ def newest_whole(checkpoint, say):
             try:
                 with zipfile.ZipFile(Path(folder) / "state.pt") as archive:
                     if archive.testzip() is None:
-                        return torch.load(Path(folder) / "state.pt", weights_only=False)
-            except (OSError, zipfile.BadZipFile, RuntimeError, EOFError):
+                        return load_checkpoint(Path(folder) / "state.pt")
+            except (OSError, zipfile.BadZipFile, RuntimeError, EOFError, pickle.UnpicklingError):  # refused: not ours
                 pass
         say(f"checkpoint {parent}/{earlier} is truncated or damaged; "
             + ("falling back to the one before it" if earlier != names[-1] else "starting over from epoch 1"))

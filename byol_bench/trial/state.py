@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-
+import torch
 
 
 @dataclass
@@ -33,3 +34,10 @@ class Checkpoint:
     method: dict  # the method's state_dict
     optimizer: dict  # the optimizer's state_dict
     online_probe: dict | None = None  # the online probe's classifier and optimizer (OnlineProbe.state_dict)
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """A ``Checkpoint`` that ``torch.save`` wrote to ``path``, read without running code: tensors, plain values and
+    these two classes only (a file that holds anything else is refused, never unpickled)."""
+    with torch.serialization.safe_globals([Checkpoint, TrialState]):
+        return torch.load(path, weights_only=True)
