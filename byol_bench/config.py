@@ -21,20 +21,28 @@ COMPILE_MIN_STEPS = 4000
 
 
 def knob(default, help: str, *, choices: tuple[str, ...] = (), above: float | None = None,
-         at_least: float | None = None, items: type | None = None):
+         at_least: float | None = None, items: type | None = None, options: bool = False):
     """A config field: its default, one line of help (``byol-bench train --help``) and its own
     constraint, checked by ``validate``: one of ``choices``, or a number ``above`` / ``at_least`` a bound.
     None (an optional knob left empty) always passes. A knob of ``items`` is a list of them: a YAML list or
-    comma-separated text, kept as that text (a table cell, a grouping key)."""
+    comma-separated text, kept as that text (a table cell, a grouping key). A knob of ``options`` is a mapping of
+    names to values (a YAML mapping, or name=value,... text); elsewhere each option is a knob of its own,
+    ``<knob>.<name>`` (a sweep axis, a table column, a trial id)."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "above": above,
-                                                        "at_least": at_least, "items": items})
+                                                        "at_least": at_least, "items": items, "options": options})
 
 
 @dataclass(frozen=True)
 class TrialConfig:
     # what is trained
     method: str = knob("byol", "the SSL method: byol, simclr, simsiam, moco, barlowtwins, vicreg, nnclr, dcl, dino or swav")
-    backbone: str = knob("small-cnn", "small-cnn (for CPU runs), resnet18 or resnet50")
+    backbone: str = knob("small-cnn", "small-cnn (for CPU runs), resnet18, resnet50, a plug-in's, or any torchvision or "
+                         "timm model by name: torchvision:resnet34, timm:vit_tiny_patch16_224 (byol-bench methods lists them)")
+    backbone_options: dict | None = knob(None, "keyword overrides for the backbone's builder, name=value,... (e.g. "
+                                         "patch_size=4 for a ViT); a sweep axis: backbone_options.NAME", options=True)
+    method_options: dict | None = knob(None, "the method's own hyperparameters, name=value,... (its options: "
+                                       "byol-bench methods lists them, with defaults); a sweep axis: method_options.NAME",
+                                       options=True)
     hidden_dim: int = knob(512, "the projection head's hidden width", above=0)
     projection_dim: int = knob(128, "the projection head's output width (DINO: the bottleneck before its last layer)",
                                above=0)
@@ -150,6 +158,7 @@ class TrialConfig:
 
 KEYS = tuple(f.name for f in fields(TrialConfig))
 KNOBS = {f.name: f for f in fields(TrialConfig)}
+OPTION_KNOBS = tuple(key for key in KEYS if KNOBS[key].metadata["options"])  # method_options, backbone_options
 HINTS = typing.get_type_hints(TrialConfig)
 _TRUE, _FALSE, _NULL = ("true", "yes", "1"), ("false", "no", "0"), ("null", "none")
 _TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text", type(None): "null"}
@@ -188,12 +197,28 @@ def _typed(key: str, value):
     items = KNOBS[key].metadata["items"]
     if items is not None:
         return _listed(key, items, value)
+    if KNOBS[key].metadata["options"]:
+        return parse_options(key, value)
     for kind in kinds:
         try:
             return _as(kind, value)
         except ValueError:
             continue
     raise UserError(f"{key}: {value!r} is not valid; give {' or '.join(_TYPE_NAMES[kind] for kind in kinds)}")
+
+
+def parse_options(key: str, value) -> dict:
+    """An options knob's mapping, or its name=value,... text as one (each value read as YAML reads it)."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        pairs = [part.partition("=") for part in value.split(",") if part.strip()]
+        if not all(name.strip().isidentifier() and equals for name, equals, _ in pairs):
+            raise UserError(f"{key}: {value!r} is not valid; give name=value, several separated by commas")
+        value = {name.strip(): yaml.safe_load(text.strip()) for name, _, text in pairs}
+    if not isinstance(value, dict) or not all(isinstance(name, str) and name.isidentifier() for name in value):
+        raise UserError(f"{key}: {value!r} is not valid; give a mapping of names to values, e.g. {{tau: 0.1}}")
+    return dict(value)
 
 
 def _listed(key: str, kind: type, value) -> str:
@@ -213,11 +238,31 @@ def listed(text: str | None) -> list[str]:
     return text.split(",") if text else []
 
 
+def is_key(key: str) -> bool:
+    """Whether ``key`` names a knob: a config field, or one option of an options knob (``method_options.tau``)."""
+    return key in KEYS or key.partition(".")[0] in OPTION_KNOBS and bool(key.partition(".")[2])
+
+
+def folded(values: dict) -> dict:
+    """``values`` with each ``<knob>.<name>`` key folded into its options knob's mapping (given whole or not)."""
+    values = dict(values)
+    for key in [key for key in values if "." in key and is_key(key)]:
+        knob, _, name = key.partition(".")
+        values[knob] = {**parse_options(knob, values.get(knob)), name: values.pop(key)}
+    return values
+
+
+def option_columns(config: dict) -> dict:
+    """A config's options as knobs of their own (``method_options.tau``): table columns, grouping keys."""
+    return {f"{knob}.{name}": value for knob in OPTION_KNOBS for name, value in (config.get(knob) or {}).items()}
+
+
 def make_config(values: dict) -> TrialConfig:
     """Build a validated TrialConfig from a mapping of knobs (from YAML, the CLI or a sweep)."""
     for key in values:
-        if key not in KEYS:
+        if not is_key(key):
             raise UserError(f"unknown key '{key}'{did_you_mean(key, KEYS)}; valid keys: {', '.join(KEYS)}")
+    values = folded(values)
     cfg = TrialConfig(**{key: _typed(key, value) for key, value in {**_trains_with(values), **values}.items()})
     cfg = with_method_defaults(cfg)
     validate(cfg)
@@ -236,8 +281,14 @@ def with_method_defaults(cfg: TrialConfig) -> TrialConfig:
     """``cfg`` with every method-specific knob its method reads and that was left empty set to the method's default."""
     from byol_bench.models.methods import METHODS
 
-    defaults = METHODS[cfg.method].knobs if cfg.method in METHODS else {}
-    return dataclasses.replace(cfg, **{key: value for key, value in defaults.items() if getattr(cfg, key) is None})
+    from byol_bench.models.method import method_options
+
+    if cfg.method not in METHODS:
+        return cfg
+    defaults = METHODS[cfg.method].config_keys
+    options = {**method_options(METHODS[cfg.method]), **(cfg.method_options or {})}
+    return dataclasses.replace(cfg, **{key: value for key, value in defaults.items() if getattr(cfg, key) is None},
+                               method_options=options or None)
 
 
 def _check_constraint(field: dataclasses.Field, value) -> None:
@@ -255,16 +306,21 @@ def _check_constraint(field: dataclasses.Field, value) -> None:
 
 def validate(cfg: TrialConfig) -> None:
     """Each knob's own constraint, the registries' names, then the rules that tie knobs together."""
-    from byol_bench.models.backbones import BACKBONES
     from byol_bench.data.datasets import DATASETS
+    from byol_bench.models.backbones import backbone_problem
     from byol_bench.models.methods import METHODS
+    from byol_bench.models.plugins import broken
 
     for field in fields(cfg):
         _check_constraint(field, getattr(cfg, field.name))
+    if cfg.method not in METHODS and broken("method", cfg.method):
+        raise UserError(f"{broken('method', cfg.method)}; fix or uninstall that package")
     for kind, name, registry in (("method", cfg.method, METHODS), ("data set", cfg.dataset, DATASETS),
-                                 ("backbone", cfg.backbone, BACKBONES), ("views", cfg.views, ("method", *METHODS))):
+                                 ("views", cfg.views, ("method", *METHODS))):
         if name not in registry:
             raise unknown(kind, name, registry)
+    if backbone_problem(cfg.backbone):
+        raise UserError(backbone_problem(cfg.backbone))
     if isinstance(cfg.compile, str) and cfg.compile != "auto":
         raise UserError(f"compile: {cfg.compile!r} is not valid; give true, false or auto")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
@@ -313,6 +369,7 @@ def validate(cfg: TrialConfig) -> None:
         raise UserError(f"view_size {cfg.view_size} is larger than the {image_size} px images; give at most "
                         f"{image_size} (null: {image_size})")
     _validate_method_knobs(cfg, cfg.global_view_size(image_size), pretrain)
+    _validate_patches(cfg, image_size)
 
 
 def _validate_eval_datasets(items: list[str]) -> None:
@@ -344,8 +401,9 @@ def _validate_method_knobs(cfg: TrialConfig, image_size: int, pretrain_images: i
 
     for key in KEYS:
         if getattr(cfg, key) is not None and not method_reads(cfg.method, key):
-            readers = ", ".join(name for name, method in METHODS.items() if key in method.knobs)
+            readers = ", ".join(name for name, method in METHODS.items() if key in method.config_keys)
             raise UserError(f"{key}: method {cfg.method} does not read it (read by {readers}); leave it out")
+    _validate_method_options(cfg)
     if cfg.momentum_schedule is not None:
         parse_momentum_schedule(cfg.momentum_schedule)
     if cfg.projection_layers not in (None, 2, 3):
@@ -358,6 +416,43 @@ def _validate_method_knobs(cfg: TrialConfig, image_size: int, pretrain_images: i
                         f"give at most {image_size} (null: half of it)")
 
 
+def _validate_method_options(cfg: TrialConfig) -> None:
+    """Every option given is one the method declares, of its default's type (an int serves a float)."""
+    from byol_bench.models.method import method_options
+    from byol_bench.models.methods import METHODS
+
+    declared = method_options(METHODS[cfg.method])
+    for name, value in (cfg.method_options or {}).items():
+        if name not in declared:
+            listed_options = ", ".join(f"{key} (default {default!r})" for key, default in declared.items())
+            raise UserError(f"method_options.{name}: method {cfg.method} has no such option; "
+                            + (f"its options: {listed_options}" if declared else "it takes no method_options"))
+        default = declared[name]
+        if default is not None and value is not None and not isinstance(value, type(default)) and not (
+                isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
+            raise UserError(f"method_options.{name}: {value!r} is not valid for method {cfg.method}; give "
+                            f"{_TYPE_NAMES.get(type(default), type(default).__name__)} (default {default!r})")
+
+
+def _validate_patches(cfg: TrialConfig, image_size: int) -> None:
+    """A ViT backbone cuts every image it sees into whole patches: the images evaluated, the global views and a
+    multi-crop method's local crops must each be a multiple of its patch side (else its border is dropped unseen)."""
+    from byol_bench.models.backbones import patch_size
+
+    patch = patch_size(cfg.backbone, cfg.backbone_options or {})
+    if patch is None:
+        return
+    view = cfg.global_view_size(image_size)
+    sizes = {"images": image_size, "global views": view}
+    if cfg.local_crops:
+        sizes[f"method {cfg.method}'s local crops"] = cfg.local_crop_size or view // 2
+    for what, size in sizes.items():
+        if size % patch:
+            raise UserError(f"backbone {cfg.backbone}: the {size} px {what} do not divide into its {patch} px patches; "
+                            f"set backbone_options.patch_size to a divisor of {size}"
+                            + (" or local_crop_size to a multiple of it" if "local" in what else ""))
+
+
 def memory_bank_too_large(size: int, pretrain_images: int) -> UserError:
     return UserError(f"memory_bank_size {size} is larger than the {pretrain_images} pretraining images (the bank "
                      f"would hold stale copies of them); give at most {pretrain_images}")
@@ -368,8 +463,13 @@ def method_reads(method: str, key: str) -> bool:
     is read only by the methods that list it (SimCLR has no momentum schedule)."""
     from byol_bench.models.methods import METHODS
 
-    method_specific = any(key in known.knobs for known in METHODS.values())
-    return not method_specific or (method in METHODS and key in METHODS[method].knobs)
+    from byol_bench.models.method import method_options
+
+    knob, _, option = key.partition(".")
+    if knob == "method_options" and option:
+        return method in METHODS and option in method_options(METHODS[method])
+    method_specific = any(key in known.config_keys for known in METHODS.values())
+    return not method_specific or (method in METHODS and key in METHODS[method].config_keys)
 
 
 def resolved_config(knobs: dict) -> dict:

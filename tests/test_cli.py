@@ -11,7 +11,7 @@ import pytest
 
 import byol_bench.results.tables
 import byol_bench.trial.run
-from byol_bench.cli import main
+from byol_bench.cli import flag, main
 from byol_bench.config import KEYS, make_config
 from byol_bench.errors import UserError
 from byol_bench.results.tables import check_writable
@@ -30,7 +30,7 @@ def help_text(capsys, *argv) -> str:
 def test_every_config_key_is_a_train_flag_with_its_help_and_choices(capsys):
     text = help_text(capsys, "train")
     for key in KEYS:
-        assert f"--{key.replace('_', '-')} " in text, key
+        assert f"{flag(key)} " in text, key
     assert "--optimizer {sgd,lars,adam}" in text and "--compile {true,false,auto}" in text
     assert "the optimizer's momentum (SGD and LARS) (>= 0; default: 0.9)" in " ".join(text.split())
 

@@ -11,6 +11,7 @@ from byol_bench.regression.compare import Tolerances, compare_runs, load_run, sa
 from byol_bench.report.regression import to_markdown
 from byol_bench.results.tables import trial_row, write_json, write_tables
 from byol_bench.trial.evaluate import collapse_rank
+from byol_bench.trial.result import Metrics, TrialResult
 from byol_bench.trial.run import run_trial
 
 AXES = ["method", "batch_size", "momentum_schedule", "seed"]
@@ -24,7 +25,8 @@ def make_sweep(folder, name, groups, fixed=None, axes=AXES):
         for seed, (knn, linear, speed, memory) in enumerate(seeds):
             knobs = {"method": method, "batch_size": batch, **dict(others), "seed": seed}
             trial_id = ",".join(f"{knob}={value}" for knob, value in knobs.items())
-            result = {"metrics": {"knn_top1": knn, "linear_top1": linear, "images_per_s": speed, "peak_memory_bytes": memory}}
+            result = TrialResult("ok", knobs, metrics=Metrics(knn_top1=knn, linear_top1=linear, images_per_s=speed,
+                                                              peak_memory_bytes=memory))
             rows.append(trial_row(trial_id, resolved_config(knobs), "ok", result))
     write_tables(folder / name, rows, [])
     write_json(folder / name / "manifest.json", {"sweep": name, "axes": axes, "fixed": fixed or {"epochs": 4}})
@@ -43,21 +45,21 @@ def test_other_seeds_of_an_unchanged_config_are_not_flagged(tmp_path):
     rerun = [(k + 0.003 * (-1) ** i, lin, s * 1.03, m) for i, (k, lin, s, m) in enumerate(SEEDS)]
     cand = make_sweep(tmp_path, "cand", {("byol", 256): rerun, ("simclr", 256): rerun})
     result = compare_runs(load_run(base), load_run(cand))
-    assert not result["regressed"]
-    assert {g["knn_top1"]["verdict"] for g in result["groups"]} == {"unchanged"}
-    assert result["groups"][0]["knn_top1"]["test"] == "welch"
+    assert not result.regressed
+    assert {g.knn_top1.verdict for g in result.groups} == {"unchanged"}
+    assert result.groups[0].knn_top1.test == "welch"
 
 
 def test_a_significant_accuracy_drop_is_a_regression(tmp_path):
     base = make_sweep(tmp_path, "base", {("byol", 256): SEEDS, ("simclr", 256): SEEDS})
     cand = make_sweep(tmp_path, "cand", {("byol", 256): shifted(SEEDS, knn=-0.05), ("simclr", 256): SEEDS})
     result = compare_runs(load_run(base), load_run(cand))
-    verdicts = {g["group"]["method"]: g["knn_top1"]["verdict"] for g in result["groups"]}
-    assert verdicts == {"byol": "regressed", "simclr": "unchanged"} and result["regressed"]
-    byol = [g for g in result["groups"] if g["group"]["method"] == "byol"][0]
-    assert byol["knn_top1"]["delta_points"] == pytest.approx(-5.0) and byol["knn_top1"]["p_value"] < 0.05
+    verdicts = {g.group["method"]: g.knn_top1.verdict for g in result.groups}
+    assert verdicts == {"byol": "regressed", "simclr": "unchanged"} and result.regressed
+    byol = [g for g in result.groups if g.group["method"] == "byol"][0]
+    assert byol.knn_top1.delta_points == pytest.approx(-5.0) and byol.knn_top1.p_value < 0.05
     # The interval of the difference: the seeds' spread around -5 points; the verdict table states it.
-    low, high = byol["knn_top1"]["delta_interval"]
+    low, high = byol.knn_top1.delta_interval
     assert -5.6 < low < -5.0 < high < -4.4
     assert f"-5.00 [{low:+.2f}, {high:+.2f}] (p " in to_markdown(result)
 
@@ -65,31 +67,31 @@ def test_a_significant_accuracy_drop_is_a_regression(tmp_path):
 def test_a_small_but_significant_change_under_the_effect_size_is_not_flagged(tmp_path):
     base = make_sweep(tmp_path, "base", {("byol", 256): SEEDS})
     cand = make_sweep(tmp_path, "cand", {("byol", 256): shifted(SEEDS, knn=-0.009)})
-    knn = compare_runs(load_run(base), load_run(cand))["groups"][0]["knn_top1"]
-    assert knn["p_value"] < 0.05 and knn["delta_points"] == pytest.approx(-0.9)  # significant, under 1 point
-    assert knn["verdict"] == "unchanged"
+    knn = compare_runs(load_run(base), load_run(cand)).groups[0].knn_top1
+    assert knn.p_value < 0.05 and knn.delta_points == pytest.approx(-0.9)  # significant, under 1 point
+    assert knn.verdict == "unchanged"
     smaller_effect = Tolerances(acc_points=0.5)  # the effect size, not the test, kept it unflagged
-    assert compare_runs(load_run(base), load_run(cand), smaller_effect)["groups"][0]["knn_top1"]["verdict"] == "regressed"
+    assert compare_runs(load_run(base), load_run(cand), smaller_effect).groups[0].knn_top1.verdict == "regressed"
 
 
 def test_one_seed_uses_the_tolerance(tmp_path):
     base = make_sweep(tmp_path, "base", {("byol", 256): SEEDS[:1]})
     cand = make_sweep(tmp_path, "cand", {("byol", 256): shifted(SEEDS[:1], knn=-0.02)})
     comparison = compare_runs(load_run(base), load_run(cand), Tolerances(acc_points=1.0))
-    knn = comparison["groups"][0]["knn_top1"]
-    assert knn["delta_interval"] is None and "(1 seed: no interval)" in to_markdown(comparison)
-    assert knn["test"] == "tolerance" and knn["verdict"] == "regressed"
-    knn = compare_runs(load_run(base), load_run(cand), Tolerances(acc_points=3.0))["groups"][0]["knn_top1"]
-    assert knn["verdict"] == "unchanged"
+    knn = comparison.groups[0].knn_top1
+    assert knn.delta_interval is None and "(1 seed: no interval)" in to_markdown(comparison)
+    assert knn.test == "tolerance" and knn.verdict == "regressed"
+    knn = compare_runs(load_run(base), load_run(cand), Tolerances(acc_points=3.0)).groups[0].knn_top1
+    assert knn.verdict == "unchanged"
 
 
 def test_a_planted_slowdown_and_memory_growth_are_caught(tmp_path):
     base = make_sweep(tmp_path, "base", {("byol", 256): SEEDS})
     cand = make_sweep(tmp_path, "cand", {("byol", 256): shifted(SEEDS, speed=0.7, memory=1.3)})
-    group = compare_runs(load_run(base), load_run(cand))["groups"][0]
-    assert group["images_per_s"]["verdict"] == "regressed" and group["images_per_s"]["ratio"] == pytest.approx(0.7)
-    assert group["peak_memory_bytes"]["verdict"] == "regressed"
-    assert group["knn_top1"]["verdict"] == "unchanged"
+    group = compare_runs(load_run(base), load_run(cand)).groups[0]
+    assert group.images_per_s.verdict == "regressed" and group.images_per_s.ratio == pytest.approx(0.7)
+    assert group.peak_memory_bytes.verdict == "regressed"
+    assert group.knn_top1.verdict == "unchanged"
 
 
 def test_unmatched_and_unfinished_trials_are_reported_not_crashed_on(tmp_path):
@@ -98,12 +100,14 @@ def test_unmatched_and_unfinished_trials_are_reported_not_crashed_on(tmp_path):
     run = load_run(cand)
     run.trials.loc[0, "status"] = "failed"
     result = compare_runs(load_run(base), run)
-    assert [g["method"] for g in result["unmatched"]["baseline_only"]] == ["simsiam"]
-    assert [g["method"] for g in result["unmatched"]["candidate_only"]] == ["simclr"]
-    assert result["not_ok"] == [{"run": "cand", "trial_id": "method=byol,batch_size=256,seed=0", "status": "failed"}]
-    assert result["protocol_changes"] == {"epochs": [4, 8]}
+    assert [g["method"] for g in result.unmatched["baseline_only"]] == ["simsiam"]
+    assert [g["method"] for g in result.unmatched["candidate_only"]] == ["simclr"]
+    assert result.not_ok == [{"run": "cand", "trial_id": "method=byol,batch_size=256,seed=0", "status": "failed"}]
+    assert result.protocol_changes == {"epochs": [4, 8]}
     run.trials["precision"] = "bf16"  # precision auto resolved otherwise on the candidate's machine
-    assert compare_runs(load_run(base), run)["protocol_changes"] == {"epochs": [4, 8], "precision": ["auto", "bf16"]}
+    assert compare_runs(load_run(base), run).protocol_changes == {"epochs": [4, 8], "precision": ["auto", "bf16"]}
+    run.trials["validation"] = 0.1  # scored on a validation split held out of train, not on the test split
+    assert compare_runs(load_run(base), run).protocol_changes["validation"] == [None, "0.1"]
     markdown = to_markdown(result)
     assert markdown.startswith("# Regression check: cand against base\n")
     lost_trial = "\n| method=byol, batch_size=256, momentum_schedule=cosine:0.99-1.0 | 3 → 2 | regressed |"
@@ -121,10 +125,10 @@ def test_settings_are_matched_by_the_axes_of_either_run(tmp_path):
                                          ("byol", 256, ("lr", 0.06), ("subset", 5000)): shifted(SEEDS, -0.1)},
                       axes=[*AXES, "lr", "subset"])
     result = compare_runs(load_run(base), load_run(cand))
-    assert [(g["group"]["lr"], g["group"]["subset"], g["knn_top1"]["verdict"]) for g in result["groups"]] == [
+    assert [(g.group["lr"], g.group["subset"], g.knn_top1.verdict) for g in result.groups] == [
         (0.06, "all", "unchanged")]
-    assert sorted((g["lr"], g["subset"]) for g in result["unmatched"]["candidate_only"]) == [(0.06, 5000), (0.4, "all")]
-    assert not result["regressed"]
+    assert sorted((g["lr"], g["subset"]) for g in result.unmatched["candidate_only"]) == [(0.06, 5000), (0.4, "all")]
+    assert not result.regressed
 
 
 def test_baseline_save_and_the_compare_command(tmp_path, capsys):
@@ -190,9 +194,9 @@ def simsiam_trial(seed: int, stop_gradient: bool = True) -> dict:
 @FASHION_MNIST
 def test_simsiam_without_stop_gradient_is_flagged_as_collapsed():
     collapsed, healthy = simsiam_trial(0, stop_gradient=False), simsiam_trial(0)
-    assert collapsed["status"] == "collapsed" and healthy["status"] == "ok"
-    assert collapsed["metrics"]["effective_rank"] < collapse_rank(128) < healthy["metrics"]["effective_rank"]
-    assert collapsed["metrics"]["knn_top1"] is not None  # a collapsed trial keeps its numbers for the tables
+    assert collapsed.status == "collapsed" and healthy.status == "ok"
+    assert collapsed.metrics.effective_rank < collapse_rank(128) < healthy.metrics.effective_rank
+    assert collapsed.metrics.knn_top1 is not None  # a collapsed trial keeps its numbers for the tables
 
 
 @FASHION_MNIST
@@ -202,16 +206,16 @@ def test_a_planted_regression_is_caught_and_a_rerun_with_other_seeds_is_not(tmp_
         rows = []
         for seed in seeds:
             result = simsiam_trial(seed, **changes)
-            cfg = make_config(result["config"])
-            rows.append(trial_row(f"method=simsiam,seed={seed}", resolved_config(cfg.to_dict()), result["status"], result))
+            cfg = make_config(result.config)
+            rows.append(trial_row(f"method=simsiam,seed={seed}", resolved_config(cfg.to_dict()), result.status, result))
         write_tables(tmp_path / name, rows, [])
         write_json(tmp_path / name / "manifest.json", {"sweep": name, "axes": ["method", "seed"], "fixed": changes})
         return load_run(tmp_path / name)
 
     baseline = sweep("baseline", [0, 1])
-    rerun = compare_runs(baseline, sweep("rerun", [2, 3]))["groups"][0]
-    assert [rerun[m]["verdict"] for m in ("status", "knn_top1", "linear_top1")] == ["unchanged"] * 3
+    rerun = compare_runs(baseline, sweep("rerun", [2, 3])).groups[0]
+    assert [getattr(rerun, m).verdict for m in ("status", "knn_top1", "linear_top1")] == ["unchanged"] * 3
     broken = compare_runs(baseline, sweep("no-stop-gradient", [0], stop_gradient=False))  # one collapse is enough
-    assert broken["regressed"] and broken["groups"][0]["status"]["verdict"] == "regressed"
-    assert broken["groups"][0]["status"]["candidate"] == {"collapsed": 1}
-    assert broken["protocol_changes"] == {"stop_gradient": [None, False]}
+    assert broken.regressed and broken.groups[0].status.verdict == "regressed"
+    assert broken.groups[0].status.candidate == {"collapsed": 1}
+    assert broken.protocol_changes == {"stop_gradient": [None, False]}

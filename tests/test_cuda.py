@@ -42,9 +42,9 @@ def test_views_made_ahead_on_a_side_stream_are_the_views_made_in_series():
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_a_trial_runs_on_the_gpu(method, tiny_config):
     result = run_trial(tiny_config(method=method, device="cuda", backbone="resnet18"), log=lambda line: None)
-    assert result["status"] == "ok" and result["run"]["device"].startswith("cuda")
-    assert result["metrics"]["peak_memory_bytes"] > 0 and result["metrics"]["images_per_s"] > 0
-    assert 0 <= result["metrics"]["knn_top1"] <= 1
+    assert result.status == "ok" and result.run.device.startswith("cuda")
+    assert result.metrics.peak_memory_bytes > 0 and result.metrics.images_per_s > 0
+    assert 0 <= result.metrics.knn_top1 <= 1
     assert result["provenance"]["device_name"] == torch.cuda.get_device_name()
 
 

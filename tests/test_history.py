@@ -16,6 +16,7 @@ from byol_bench.regression.history import (append, bench_entry, change_points, l
 from byol_bench.report import write_report
 from byol_bench.results.tables import trial_row, write_json, write_tables
 from byol_bench.trial.provenance import git_commit
+from byol_bench.trial.result import Metrics, TrialResult
 
 # Run-to-run spread of one trial's images/s on this machine: six runs of the same BYOL trial (2 cores, AMX Xeon,
 # under other work) had a coefficient of variation of about 10% (docs/regression-tracking.md).
@@ -70,8 +71,8 @@ def test_other_machine_types_are_series_of_their_own():
 def make_sweep(folder, knn=0.7, speed=400.0, complete=True):
     """A finished two-setting sweep at this checkout's revision, as a sweep writes it."""
     rows = [trial_row(f"method={method},seed={seed}", resolved_config({"method": method, "seed": seed}), "ok",
-                      {"metrics": {"knn_top1": knn, "linear_top1": knn, "images_per_s": speed + seed,
-                                   "peak_memory_bytes": 1e9}})
+                      TrialResult("ok", {}, metrics=Metrics(knn_top1=knn, linear_top1=knn, images_per_s=speed + seed,
+                                                            peak_memory_bytes=1e9)))
             for method in ("byol", "simclr") for seed in (0, 1)]
     write_tables(folder, rows, [])
     write_json(folder / "manifest.json", {"sweep": folder.name, "axes": ["method", "seed"], "fixed": {"epochs": 1},

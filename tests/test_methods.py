@@ -54,7 +54,7 @@ def test_loss_falls_on_a_fixed_batch(name, tiny_config):
         losses.append(loss.item())
     # A memory (MoCo's queue, NNCLR's support set) starts with random entries: its loss is read from the second
     # step on, when the memory holds the batch's own.
-    first = 1 if "memory_bank_size" in METHODS[name].knobs else 0
+    first = 1 if "memory_bank_size" in METHODS[name].config_keys else 0
     assert losses[-1] < losses[first] - 0.05, losses
 
 
@@ -173,7 +173,7 @@ def test_every_built_in_method_implements_the_method_interface(name, tiny_config
 def test_a_method_that_breaks_the_interface_is_told_what_to_fix():
     class HalfATarget(torch.nn.Module):  # reads a momentum schedule, has no target to update; one view
         views = (ViewRecipe(),)
-        knobs = {"momentum_schedule": "constant:0.99"}
+        config_keys = {"momentum_schedule": "constant:0.99"}
 
     problems = interface_problems(HalfATarget)
     assert len(problems) == 2 and problems[0].startswith("views:") and "update_target" in problems[1]

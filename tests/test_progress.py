@@ -2,9 +2,10 @@ import json
 
 from byol_bench.on_ray.progress import SUMMARY_EVERY_S, SweepProgress
 from byol_bench.trial.console import epoch_line, result_line
+from byol_bench.trial.result import TrialResult
 
 ROW = {"epoch": 2, "loss": 0.51234, "lr": 0.03, "momentum": 0.995, "images_per_s": 181.6, "epoch_time_s": 9.0}
-RESULT = {"status": "ok", "metrics": {"knn_top1": 0.7123, "linear_top1": 0.8012, "images_per_s": 180.2, "pretrain_time_s": 61.4},
+RESULT = {"status": "ok", "config": {}, "metrics": {"knn_top1": 0.7123, "linear_top1": 0.8012, "images_per_s": 180.2, "pretrain_time_s": 61.4},
           "baselines": {"random_init_knn_top1": 0.609, "random_init_linear_top1": 0.767}}
 
 
@@ -16,10 +17,10 @@ def test_an_epoch_line_names_the_trial_and_shows_what_is_known():
 
 
 def test_a_result_line_sets_accuracy_against_the_floors():
-    assert result_line("byol", RESULT) == ("byol: ok, kNN top-1 0.712 (random init 0.609), linear top-1 0.801 (0.767), "
+    assert result_line("byol", TrialResult.from_dict(RESULT)) == ("byol: ok, kNN top-1 0.712 (random init 0.609), linear top-1 0.801 (0.767), "
                                            "180 img/s, pretrained in 61 s")
     diverged = {**RESULT, "status": "diverged", "metrics": {**RESULT["metrics"], "knn_top1": None}}
-    assert result_line("byol", diverged).startswith("byol: diverged, 180 img/s")
+    assert result_line("byol", TrialResult.from_dict(diverged)).startswith("byol: diverged, 180 img/s")
 
 
 def knobs(method: str, epochs: int, **others) -> dict:

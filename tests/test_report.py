@@ -30,6 +30,7 @@ from byol_bench.report.figures import (LEGEND_LABEL_MAX, accuracy_vs_batch_size,
                                        throughput_vs_batch_size, training_curves)
 from byol_bench.report.load import load_results
 from byol_bench.results.tables import embedding_rows, epoch_rows, summary, trial_row, write_json, write_tables
+from byol_bench.trial.result import SCHEMA_VERSION, Floors, TrialResult, columns, values
 
 FIXED = {"dataset": "fashion-mnist", "backbone": "small-cnn", "subset": 5000, "test_subset": 2000, "epochs": 3, "threads": 1}
 FIGURES = ("accuracy_vs_batch_size", "byol_vs_momentum", "throughput_vs_batch_size", "accuracy_vs_compute",
@@ -38,6 +39,7 @@ TABLES = ("Accuracy", "Published numbers next to ours", "Speed and cost", "Floor
           "Failed, diverged, incomplete and missing trials")
 ANCHOR = {"method": "byol", "batch_size": 128, "knn_top1": 0.869, "source": "lightly CIFAR-10 benchmark"}
 CHROMIUM = Path("/usr/bin/chromium")
+FIXTURE_V1 = Path(__file__).parent / "fixtures" / "result-v1.json"
 
 
 def fake_result(knobs: dict, status: str = "ok", offset: float = 0.0) -> dict:
@@ -99,7 +101,7 @@ def write_sweep(folder: Path, planned, outcomes: dict | None = None, offset: flo
             continue
         resolved = resolved_config(knobs)  # as the sweep records a trial's config
         if outcome in ("ok", "diverged"):
-            result = fake_result(knobs, outcome, offset)
+            result = TrialResult.from_dict(fake_result(knobs, outcome, offset))
             trials.append(trial_row(trial_id, resolved, outcome, result))
             epochs += epoch_rows(trial_id, result)
             embeddings += embedding_rows(trial_id, result)
@@ -629,7 +631,7 @@ def test_low_label_and_online_probe_accuracies_get_columns_where_measured(sweep,
         result["metrics"].update(knn_top1_10pct=0.5 + 0.01 * knobs["seed"], linear_top1_10pct=0.6,
                                  online_probe_top1=0.7)
         result["baselines"].update(random_init_knn_top1_10pct=0.3, random_init_linear_top1_10pct=0.4)
-        trials.append(trial_row(trial_id, resolved_config(knobs), "ok", result))
+        trials.append(trial_row(trial_id, resolved_config(knobs), "ok", TrialResult.from_dict(result)))
     write_tables(tmp_path / "low", trials, [])
     write_report(tmp_path / "low")
     accuracy = markdown_table(read(tmp_path / "low" / "report.md"), "Online probe, fewer labels, transfer").iloc[0]
@@ -673,5 +675,25 @@ def test_a_result_written_before_its_floors_were_named_floors_still_reads():
     knobs = {**FIXED, "method": "simclr", "batch_size": 64, "seed": 0}
     old = fake_result(knobs)  # the floors under "baselines", as results before 2026-12-07 hold them
     new = {**{key: value for key, value in old.items() if key != "baselines"}, "floors": old["baselines"]}
-    rows = [trial_row("t", resolved_config(knobs), "ok", result) for result in (old, new)]
+    rows = [trial_row("t", resolved_config(knobs), "ok", TrialResult.from_dict(result)) for result in (old, new)]
     assert rows[0] == rows[1] and rows[0]["random_init_knn_top1"] == old["baselines"]["random_init_knn_top1"]
+
+
+def test_a_result_json_written_by_the_version_before_the_typed_result_still_reads(tmp_path, capsys):
+    """tests/fixtures/result-v1.json: `byol-bench train` at 83e9a99 (schema 1: no schema_version, floors under
+    "baselines"). It reads as schema 2, its table row has every floor, and it reports."""
+    written = json.loads(FIXTURE_V1.read_text())
+    result = TrialResult.from_dict(written)
+    assert "schema_version" not in written and result.schema_version == SCHEMA_VERSION == 2
+    assert values(result.floors) == {**dict.fromkeys(columns(Floors)), **written["baselines"]}
+    assert result.metrics.extra == {"knn_top1_25pct": written["metrics"]["knn_top1_25pct"],
+                                    "linear_top1_25pct": written["metrics"]["linear_top1_25pct"]}
+    again = result.to_dict()
+    assert again["floors"] == {**dict.fromkeys(columns(Floors)), **written["baselines"]}
+    assert {key: again["metrics"][key] for key in written["metrics"]} == written["metrics"]
+    row = load_results(FIXTURE_V1).trials.iloc[0]
+    assert row["random_init_linear_top1_25pct"] == written["baselines"]["random_init_linear_top1_25pct"]
+    assert row["git_revision"] == written["provenance"]["git_revision"] and row["precision"] == written["run"]["precision"]
+    copy = tmp_path / "old.json"
+    copy.write_text(FIXTURE_V1.read_text())
+    assert main(["report", str(copy)]) == 0

@@ -10,6 +10,7 @@ import torch
 from byol_bench.cli import main
 from byol_bench.config import make_config
 from byol_bench.models.methods import METHODS
+from byol_bench.trial.result import values
 from byol_bench.trial.run import measure_floors, run_trial, setup
 from conftest import TINY, pretrained, tiny
 
@@ -52,17 +53,17 @@ def test_the_online_probe_learns_without_changing_pretraining_and_low_label_metr
     without, plain = trained()
     weights, result = trained(online_probe=True, probe_label_fractions="0.25", embedding_map=True)
     assert without.keys() == weights.keys() and all(torch.equal(without[key], weights[key]) for key in weights)
-    assert plain["metrics"]["knn_top1"] == result["metrics"]["knn_top1"]  # the same evaluation of the same weights
-    probed = [row["online_probe_top1"] for row in result["history"]]
-    assert len(probed) == 2 and result["metrics"]["online_probe_top1"] == probed[-1] > 0.2  # 10 classes: chance 0.1
-    assert "online_probe_top1" not in plain["history"][-1] and plain["metrics"]["online_probe_top1"] is None
+    assert plain.metrics.knn_top1 == result.metrics.knn_top1  # the same evaluation of the same weights
+    probed = [row["online_probe_top1"] for row in result.history]
+    assert len(probed) == 2 and result.metrics.online_probe_top1 == probed[-1] > 0.2  # 10 classes: chance 0.1
+    assert "online_probe_top1" not in plain.history[-1] and plain.metrics.online_probe_top1 is None
     for key in ("knn_top1_25pct", "linear_top1_25pct"):
-        assert 0.0 <= result["metrics"][key] <= 1.0 and key not in plain["metrics"]
-    maps = result["embedding"]
+        assert 0.0 <= values(result.metrics)[key] <= 1.0 and key not in values(plain.metrics)
+    maps = result.embedding
     assert maps["trained"]["labels"] == maps["random_init"]["labels"] and len(maps["trained"]["labels"]) == 100
     assert len(maps["trained"]["points"]) == 100 and maps["trained"]["points"] != maps["random_init"]["points"]
-    assert "embedding" not in plain
-    (tmp_path / "trial.json").write_text(json.dumps(result))
+    assert plain.embedding is None
+    (tmp_path / "trial.json").write_text(result.to_json())
     assert main(["report", str(tmp_path / "trial.json")]) == 0
     assert (tmp_path / "trial-report" / "figures" / "embedding_maps.png").stat().st_size > 1000
 
@@ -78,13 +79,13 @@ def test_transfer_evaluation_converts_other_data_sets_to_the_pretraining_images(
             to_pil_image(image).save(tmp_path / "tones" / label / f"{index}.png")
     cfg = make_config(tiny("simclr", epochs=1, probe_epochs=2, eval_datasets=["synthetic", str(tmp_path / "tones")]))
     result = run_trial(cfg, log=lambda line: None)  # the floors too, on each transfer set
-    assert result["run"]["transfer"] == ("synthetic (3→3 channels, 32→16 px, 256 train / 100 test images); "
+    assert result.run.transfer == ("synthetic (3→3 channels, 32→16 px, 256 train / 100 test images); "
                                          "tones (3→3 channels, 16→16 px, 32 train / 8 test images)")
-    assert result["metrics"]["transfer_tones_knn_top1"] == result["metrics"]["transfer_tones_linear_top1"] == 1.0
-    assert 0.0 <= result["metrics"]["transfer_synthetic_knn_top1"] <= 1.0
-    assert result["floors"]["random_init_transfer_tones_knn_top1"] == 1.0
-    assert 0.0 <= result["floors"]["random_init_transfer_synthetic_linear_top1"] <= 1.0
-    assert measure_floors(cfg) == result["floors"]  # a sweep's shared floors: the same numbers
+    assert result.metrics.extra["transfer_tones_knn_top1"] == result.metrics.extra["transfer_tones_linear_top1"] == 1.0
+    assert 0.0 <= result.metrics.extra["transfer_synthetic_knn_top1"] <= 1.0
+    assert result.floors.extra["random_init_transfer_tones_knn_top1"] == 1.0
+    assert 0.0 <= result.floors.extra["random_init_transfer_synthetic_linear_top1"] <= 1.0
+    assert measure_floors(cfg) == values(result.floors)  # a sweep's shared floors: the same numbers
 
 
 def test_conform_converts_channels_as_pil_does_and_resizes():
@@ -118,10 +119,10 @@ def test_same_config_and_seed_give_the_same_numbers_with_floors_measured_apart(t
     cfg = tiny_config(method="simclr", epochs=1)
     floors = measure_floors(cfg)
     a, b = run_trial(cfg, log=lambda line: None), run_trial(cfg, floors=floors, log=lambda line: None)
-    assert a["floors"] == b["floors"] == floors
-    assert a["history"][0]["loss"] == b["history"][0]["loss"]
+    assert values(a.floors) == values(b.floors) == floors
+    assert a.history[0]["loss"] == b.history[0]["loss"]
     for key in ("knn_top1", "linear_top1", "effective_rank"):
-        assert a["metrics"][key] == b["metrics"][key]
+        assert values(a.metrics)[key] == values(b.metrics)[key]
 
 
 def test_a_resumed_trial_ends_where_an_uninterrupted_one_does(tiny_config):
@@ -130,8 +131,8 @@ def test_a_resumed_trial_ends_where_an_uninterrupted_one_does(tiny_config):
     full = run_trial(cfg, on_epoch=lambda row, checkpoint: checkpoints.append(checkpoint), log=lambda line: None)
     assert [c.state.epoch for c in checkpoints] == [1, 2]
     resumed = run_trial(cfg, resume=checkpoints[0], log=lambda line: None)
-    assert [r["loss"] for r in resumed["history"]] == pytest.approx([r["loss"] for r in full["history"]], rel=1e-5)
-    assert resumed["metrics"]["knn_top1"] == pytest.approx(full["metrics"]["knn_top1"], abs=0.011)
+    assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in full.history], rel=1e-5)
+    assert resumed.metrics.knn_top1 == pytest.approx(full.metrics.knn_top1, abs=0.011)
 
 
 def test_the_console_script_exits_2_without_a_traceback(tmp_path):
@@ -145,9 +146,9 @@ def test_the_console_script_exits_2_without_a_traceback(tmp_path):
 
 def test_a_non_finite_loss_stops_the_trial_as_diverged(tiny_config):
     result = run_trial(tiny_config(method="simclr", epochs=3, lr=1e30), log=lambda line: None)
-    assert result["status"] == "diverged"
-    assert len(result["history"]) == 1  # stopped after the first epoch, not trained on
-    assert result["metrics"]["knn_top1"] is None  # nothing evaluated on a broken model
+    assert result.status == "diverged"
+    assert len(result.history) == 1  # stopped after the first epoch, not trained on
+    assert result.metrics.knn_top1 is None  # nothing evaluated on a broken model
 
 
 def test_a_compiled_trial_trains_as_the_eager_one_and_times_its_compile_apart():
@@ -174,22 +175,22 @@ def test_each_new_method_runs_a_trial_that_writes_a_complete_result(method):
     own knobs filled with its defaults and the others' left empty, and the best epoch's kNN accuracy."""
     knobs = tiny(method, subset=128, epochs=1, knn_monitor_every=1, timing_warmup_steps=0)
     result = run_trial(make_config(knobs), log=lambda line: None)
-    assert result["status"] == "ok", result["status"]
-    config, metrics = result["config"], result["metrics"]
-    assert all(config[key] is not None for key in METHODS[method].knobs if key not in ("predictor_hidden_dim",
+    assert result.status == "ok", result.status
+    config, metrics = result.config, values(result.metrics)
+    assert all(config[key] is not None for key in METHODS[method].config_keys if key not in ("predictor_hidden_dim",
                                                                                        "local_crop_size"))
-    assert config["stop_gradient"] is None and (config["momentum_schedule"] is None) != ("momentum_schedule" in METHODS[method].knobs)
-    assert [row["epoch"] for row in result["history"]] == [1] and math.isfinite(result["history"][0]["loss"])
+    assert config["stop_gradient"] is None and (config["momentum_schedule"] is None) != ("momentum_schedule" in METHODS[method].config_keys)
+    assert [row["epoch"] for row in result.history] == [1] and math.isfinite(result.history[0]["loss"])
     for key in ("knn_top1", "knn_top5", "linear_top1", "linear_top5"):
         assert 0.0 <= metrics[key] <= 1.0
-    assert metrics["knn_top1_best"] == max(row["knn_top1"] for row in result["history"]) == metrics["knn_top1"]
+    assert metrics["knn_top1_best"] == max(row["knn_top1"] for row in result.history) == metrics["knn_top1"]
     assert metrics["effective_rank"] > 0 and metrics["images_per_s"] > 0 and metrics["flops_per_image"] > 0
-    assert {"random_init_knn_top1", "random_init_linear_top1"} <= result["floors"].keys()
+    assert {"random_init_knn_top1", "random_init_linear_top1"} <= values(result.floors).keys()
 
 
 def test_the_best_epoch_knn_is_recorded_only_when_the_monitor_runs_every_epoch(tiny_config):
     every_other = run_trial(tiny_config(method="simclr", knn_monitor_every=2), log=lambda line: None)
-    assert "knn_top1" in every_other["history"][1] and every_other["metrics"]["knn_top1_best"] is None
+    assert "knn_top1" in every_other.history[1] and every_other.metrics.knn_top1_best is None
 
 
 def test_lr_scaling_none_keeps_the_learning_rate_at_every_batch_size(tiny_config):
@@ -227,8 +228,8 @@ def test_a_trial_records_the_precision_it_resolved_to(tiny_config):
     from byol_bench.trial.loop import resolve_precision
 
     result = run_trial(tiny_config(epochs=1), log=lambda line: None)
-    assert result["config"]["precision"] == "auto"
-    assert result["run"]["precision"] == resolve_precision("auto", __import__("torch").device("cpu"))
+    assert result.config["precision"] == "auto"
+    assert result.run.precision == resolve_precision("auto", __import__("torch").device("cpu"))
 
 
 def test_a_checkpoint_is_read_without_running_code(tmp_path):

@@ -126,7 +126,7 @@ def test_tensor_views_match_lightlys_pil_views_in_distribution(method):
     import numpy as np
 
     images, _ = make_synthetic(800, seed=0)
-    local_crop = {"local_crops": 1} if "local_crops" in METHODS[method].knobs else {}
+    local_crop = {"local_crops": 1} if "local_crops" in METHODS[method].config_keys else {}
     recipes = view_recipes(make_config({"method": method, **local_crop}), 32)
     mean, std = (0.5,) * 3, (0.25,) * 3
     tensor_views = TensorViews(recipes, 32, 3, mean, std, seed=0, device="cpu")(images)

@@ -9,7 +9,7 @@ from dataclasses import Field, fields
 from pathlib import Path
 
 from byol_bench.cli.history import add_history_parser
-from byol_bench.config import KEYS, TrialConfig, knob_types, make_config, read_yaml
+from byol_bench.config import KEYS, OPTION_KNOBS, TrialConfig, folded, knob_types, make_config, parse_options, read_yaml
 from byol_bench.errors import UserError
 from byol_bench.regression.stats import MIN_EFFECT_POINTS
 from byol_bench.results.tables import check_writable, write_atomic, write_json, write_json_or_fallback
@@ -52,6 +52,11 @@ def _version() -> str:
     return f"byol-bench {found['byol-bench']} (torch {found['torch']}, lightly {found['lightly']})"
 
 
+def flag(key: str) -> str:
+    """A config key's command-line flag: --batch-size; an options knob's, given once per option: --method-option."""
+    return f"--{key.replace('_', '-')}".removesuffix("s" if key in OPTION_KNOBS else "")
+
+
 def _add_knob_flag(parser: argparse.ArgumentParser, knob: Field) -> None:
     """``--knob-name VALUE`` for a config field; its text is typed and checked by make_config, as YAML is."""
     rule, kinds = knob.metadata, knob_types(knob.name)
@@ -63,7 +68,10 @@ def _add_knob_flag(parser: argparse.ArgumentParser, knob: Field) -> None:
     notes += [f">= {rule['at_least']}"] if rule["at_least"] is not None else []
     if knob.default is not None:
         notes.append(f"default: {str(knob.default).lower() if isinstance(knob.default, bool) else knob.default}")
-    parser.add_argument(f"--{knob.name.replace('_', '-')}", dest=knob.name, metavar=metavar,
+    if rule["options"]:  # one flag per option, repeated: --method-option tau=0.1 --method-option weight=2
+        parser.add_argument(flag(knob.name), dest=knob.name, action="append", metavar="NAME=VALUE", help=rule["help"])
+        return
+    parser.add_argument(flag(knob.name), dest=knob.name, metavar=metavar,
                         help=f"{rule['help']} ({'; '.join(notes)})" if notes else rule["help"])
 
 
@@ -76,7 +84,12 @@ def cmd_train(args) -> int:
     from byol_bench.trial.run import resolve_device, run_trial
 
     values = read_yaml(args.config) if args.config else {}
-    values.update({key: getattr(args, key) for key in KEYS if getattr(args, key) is not None})
+    for key in KEYS:
+        given = getattr(args, key)
+        if isinstance(given, list):  # an options knob's flags, each name=value, over the config file's options
+            values[key] = {**folded(values).get(key, {}), **parse_options(key, ",".join(given))}
+        elif given is not None:
+            values[key] = given
     cfg = make_config(values)
     out = Path(args.out or f"results/trials/{cfg.method}-{cfg.dataset}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     if dist.is_torchelastic_launched():  # one rank of torchrun's: join its group, on this rank's GPU
@@ -88,10 +101,10 @@ def cmd_train(args) -> int:
     if dist.is_initialized():
         dist.destroy_process_group()
     if not writes:
-        return 0 if result["status"] == "ok" else 1
-    written = write_json_or_fallback(out, result)
+        return 0 if result.status == "ok" else 1
+    written = write_json_or_fallback(out, result.to_dict())
     print(f"wrote {written}")
-    return 0 if result["status"] == "ok" and written == out else 1
+    return 0 if result.status == "ok" and written == out else 1
 
 
 def cmd_sweep(args) -> int:
@@ -149,14 +162,14 @@ def cmd_compare(args) -> int:
     print(markdown)
     folder = Path(args.candidate) if Path(args.candidate).is_dir() else baselines / args.candidate
     stem = f"regression-vs-{Path(str(args.baseline).rstrip('/')).name}"  # two baselines of one sweep: two files
-    write_json(folder / f"{stem}.json", comparison)
+    write_json(folder / f"{stem}.json", comparison.to_dict())
     write_atomic(folder / f"{stem}.md", (markdown + "\n").encode())
     print(f"wrote {folder / stem}.md and .json")
     if (folder / "trials.parquet").exists():  # a sweep: its report shows the verdicts too
         from byol_bench.report import write_report
 
         print(f"report: {write_report(folder, acc_points=args.acc_tol)}")
-    return 1 if comparison["regressed"] else 0
+    return 1 if comparison.regressed else 0
 
 
 def cmd_data(args) -> int:

@@ -7,13 +7,13 @@ Plain Python, fed by ``on_ray.sweep``'s Tune callback; a trial prints its own ep
 from __future__ import annotations
 
 import heapq
-import json
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from byol_bench.trial.console import epoch_line, result_line
+from byol_bench.trial.result import TrialResult
 
 SUMMARY_EVERY_S = 30.0
 RECENT_EPOCHS = 2  # a trial's epochs that time its epochs to come
@@ -85,7 +85,7 @@ class SweepProgress:
             if trial.epoch_s:  # its last epoch was seen here
                 trial.evaluation_s = now - trial.last
             trial.done, trial.last = trial.epochs, now
-            self.print(result_line(trial_id, json.loads(result["result_json"])))
+            self.print(result_line(trial_id, TrialResult.from_json(result["result_json"])))
         elif "epoch" in result:
             if "note" in result:  # e.g. a damaged checkpoint passed over
                 self.print(f"{trial_id}: {result['note']}")

@@ -28,6 +28,7 @@ from byol_bench.results.lock import LOCK_FILE, hold_folder
 from byol_bench.results.tables import (DiskFull, check_writable, disk_full, embedding_rows, epoch_rows, megabytes,
                                        summary, trial_row, write_json, write_tables)
 from byol_bench.trial.provenance import git_revision, versions
+from byol_bench.trial.result import TrialResult
 
 TUNE_FOLDER = "tune"  # Ray Tune's experiment folder inside results/<sweep>/
 TRAIN_FOLDER = "train"  # Ray Train's runs (DDP trials' checkpoints) inside results/<sweep>/
@@ -82,8 +83,8 @@ def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict],
         if result is not None and result.error is not None:
             trials.append(trial_row(plan.trial_id, plan.resolved, "failed", error=last_lines(result.error)))
         elif "result_json" in metrics:
-            outcome = json.loads(metrics["result_json"])
-            trials.append(trial_row(plan.trial_id, plan.resolved, outcome["status"], outcome))
+            outcome = TrialResult.from_json(metrics["result_json"])
+            trials.append(trial_row(plan.trial_id, plan.resolved, outcome.status, outcome))
             epochs += epoch_rows(plan.trial_id, outcome)
             embeddings += embedding_rows(plan.trial_id, outcome)
         else:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import pickle
 import re
 import sys
@@ -21,6 +20,7 @@ from byol_bench.on_ray.failpoints import failpoint
 from byol_bench.plan.sweep_file import PlannedTrial
 from byol_bench.protocol import floor_setting
 from byol_bench.results.tables import megabytes
+from byol_bench.trial.result import values
 
 
 def trainable(config: dict, planned_by_id: dict, worker_resources: dict, train_storage: str, floors: dict) -> None:
@@ -109,8 +109,8 @@ def run_and_report(trial_id: str, cfg: TrialConfig, floors: dict | None, checkpo
     resume = resume_point(checkpoint, notes, log)
     on_epoch = epoch_reporter(trial_id, report, saves_checkpoints, notes)
     result = run_trial(cfg, floors=floors, on_epoch=on_epoch, resume=resume, log=log)
-    summary = {k: v for k, v in result["metrics"].items() if v is not None}
-    report({**summary, "status": result["status"], "result_json": json.dumps(result, default=str)})
+    summary = {k: v for k, v in values(result.metrics).items() if v is not None}
+    report({**summary, "status": result.status, "result_json": result.to_json()})
 
 
 def newest_whole(checkpoint, say):

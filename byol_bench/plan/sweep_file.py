@@ -11,7 +11,7 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from byol_bench.config import KEYS, TrialConfig, make_config, method_reads, read_yaml, resolved_config
+from byol_bench.config import KEYS, TrialConfig, is_key, make_config, method_reads, read_yaml, resolved_config
 from byol_bench.errors import UserError, did_you_mean
 from byol_bench.models.methods import METHODS
 from byol_bench.protocol import setting_label
@@ -85,7 +85,7 @@ def load_sweep(path: str | Path) -> Sweep:
     if not axes:
         raise UserError(f"{path}: 'axes' is empty; list at least one knob to sweep, e.g. 'method: [byol, simclr]'")
     for key, values in axes.items():
-        if key not in KEYS:
+        if not is_key(key):
             raise UserError(f"{path}: axes: unknown key '{key}'{did_you_mean(key, KEYS)}")
         if not isinstance(values, list) or not values:
             raise UserError(f"{path}: axes.{key} must be a non-empty list, e.g. '{key}: [{values!r}]'")
@@ -96,7 +96,7 @@ def load_sweep(path: str | Path) -> Sweep:
         if method not in METHODS:
             raise UserError(f"{path}: method_overrides: unknown method '{method}'{did_you_mean(method, METHODS)}")
         for key in knobs:
-            if key not in KEYS or key in axes:
+            if not is_key(key) or key in axes:
                 raise UserError(f"{path}: method_overrides.{method}.{key}: not a trial key, or already an axis")
     overlap = set(trial) & set(axes)
     if overlap:

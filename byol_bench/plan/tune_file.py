@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from byol_bench.config import KEYS, knob_types, make_config, method_reads, resolved_config
+from byol_bench.config import KEYS, is_key, knob_types, make_config, method_reads, resolved_config
 from byol_bench.errors import UserError, did_you_mean, unknown
 from byol_bench.plan.sweep_file import PlannedTrial, Sweep, expand, load_sweep
 from byol_bench.protocol import PROTOCOL, setting_label
@@ -188,7 +188,7 @@ def _space(raw, sweep: Sweep, search: Search) -> dict[str, dict[str, Distributio
 
 def _distribution(where: str, key: str, raw, method: str, knobs: dict) -> Distribution:
     """One knob's distribution for ``method``, or the one-line reason it cannot be searched."""
-    if key not in KEYS:
+    if not is_key(key):
         raise _fail(where, f"unknown knob{did_you_mean(key, KEYS)}")
     if key in NOT_SEARCHED:
         raise _fail(where, "part of the protocol every method is measured with; fix it in 'trial' instead")
@@ -200,7 +200,7 @@ def _distribution(where: str, key: str, raw, method: str, knobs: dict) -> Distri
     if not isinstance(values, list) or not values:
         raise _fail(where, f"{kind} needs a non-empty list")
     if kind != "choice":
-        if knob_types(key)[0] is not float:
+        if key in KEYS and knob_types(key)[0] is not float:  # an option's type is checked with each value below
             raise _fail(where, f"{key} is not a real number; search it with choice: [...]")
         if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             raise _fail(where, f"{kind} needs [low, high], two numbers")

@@ -14,7 +14,7 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import pandas as pd
 from scipy import stats
 
 from byol_bench.errors import UserError
-from byol_bench.protocol import setting_label
+from byol_bench.protocol import PROTOCOL, setting_label
 from byol_bench.regression.stats import (MIN_EFFECT_POINTS, NO_INTERVAL, bootstrap_interval, difference_of_means,
                                          ratio_of_means, with_interval)
 from byol_bench.results.tables import setting_axes, settings, write_json
@@ -30,7 +30,9 @@ from byol_bench.results.tables import setting_axes, settings, write_json
 BASELINES_DIR = Path("results") / "baselines"
 ACCURACY_METRICS = ("knn_top1", "linear_top1")
 VERDICT_METRICS = ("status", *ACCURACY_METRICS, "images_per_s", "peak_memory_bytes")
-# What the trials ran with on their machine (``auto`` resolved): numbers from two of these are not comparable.
+# What the trials ran with on their machine (``auto`` resolved): like the protocol's knobs (the trials' own values,
+# whichever the sweeps fixed or varied), numbers from two of these are not comparable. The knobs a sweep fixes are
+# reported too, as the sweep file states them: a changed learning rate explains a changed accuracy.
 RAN_WITH = ("precision", "device_name")
 BROKEN = ("failed", "diverged", "collapsed")  # outcomes a change can cause; "incomplete" is an interruption
 
@@ -41,6 +43,84 @@ class Tolerances:
     speed_percent: float = 10.0  # images/s may drop this much before it is a regression
     memory_percent: float = 10.0  # peak memory may grow this much
     alpha: float = 0.05  # significance level of Welch's t-test
+
+
+@dataclass
+class AccuracyVerdict:
+    """Mean accuracy (0-1) of a group's seeds on each side, the difference in points with its 95% bootstrap
+    interval, the test that decided (``welch`` or, with one seed a side, ``tolerance``) and its p-value."""
+    baseline: float
+    candidate: float
+    delta_points: float
+    delta_interval: tuple[float, float] | None
+    test: str
+    p_value: float | None
+    verdict: str  # regressed, improved or unchanged
+
+
+@dataclass
+class RatioVerdict:
+    """Mean speed or memory on each side, candidate / baseline with its 95% bootstrap interval."""
+    baseline: float
+    candidate: float
+    ratio: float
+    ratio_interval: tuple[float, float] | None
+    verdict: str
+
+
+@dataclass
+class StatusVerdict:
+    """How many of a group's trials ended in each status on each side."""
+    baseline: dict[str, int]
+    candidate: dict[str, int]
+    verdict: str
+
+
+@dataclass
+class GroupVerdict:
+    """One setting present in both runs (its axes' values): its verdicts. A metric's verdict is None when no seed
+    finished on one side."""
+    group: dict
+    status: StatusVerdict
+    seeds: dict[str, int]  # seeds that finished, by side
+    knn_top1: AccuracyVerdict | None = None
+    linear_top1: AccuracyVerdict | None = None
+    images_per_s: RatioVerdict | None = None
+    peak_memory_bytes: RatioVerdict | None = None
+
+    def verdicts(self) -> dict[str, str]:
+        """Metric (and ``status``) -> its verdict, for the metrics this group has one for."""
+        return {name: found.verdict for name in VERDICT_METRICS if (found := getattr(self, name)) is not None}
+
+
+@dataclass
+class Comparison:
+    """``compare_runs``'s result, written as ``regression-vs-<baseline>.json`` and read back by the report."""
+    baseline: str
+    baseline_saved_as: str | None  # the name it was saved under (``baseline save``), where it was saved
+    candidate: str
+    tolerances: Tolerances
+    groups: list[GroupVerdict]
+    unmatched: dict[str, list[dict]]  # baseline_only, candidate_only: the groups of one side alone
+    not_ok: list[dict]  # the trials of either run that did not end ok
+    protocol_changes: dict[str, list]  # knob -> [baseline's, candidate's]: protocol knobs, machine, fixed knobs
+    regressed: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, whole: dict) -> Comparison:
+        def group(g: dict) -> GroupVerdict:
+            kinds = {"status": StatusVerdict, "knn_top1": AccuracyVerdict, "linear_top1": AccuracyVerdict,
+                     "images_per_s": RatioVerdict, "peak_memory_bytes": RatioVerdict}
+            return GroupVerdict(**{key: kinds[key](**value) if key in kinds and value is not None else value
+                                   for key, value in g.items()})
+
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{key: value for key, value in whole.items() if key in known},
+                      "baseline_saved_as": whole.get("baseline_saved_as"),  # absent from older verdicts
+                      "tolerances": Tolerances(**whole["tolerances"]), "groups": [group(g) for g in whole["groups"]]})
 
 
 @dataclass
@@ -96,7 +176,7 @@ def save_baseline(sweep_folder: str | Path, name: str, baselines_dir: Path = BAS
     return target
 
 
-def _accuracy_verdict(base: np.ndarray, cand: np.ndarray, tol: Tolerances) -> dict:
+def _accuracy_verdict(base: np.ndarray, cand: np.ndarray, tol: Tolerances) -> AccuracyVerdict:
     delta = 100 * (cand.mean() - base.mean())
     if len(base) >= 2 and len(cand) >= 2:
         test = "welch"
@@ -113,20 +193,18 @@ def _accuracy_verdict(base: np.ndarray, cand: np.ndarray, tol: Tolerances) -> di
     elif significant and delta >= tol.acc_points:
         verdict = "improved"
     interval = bootstrap_interval([100 * base, 100 * cand], difference_of_means)
-    return {"baseline": float(base.mean()), "candidate": float(cand.mean()), "delta_points": float(delta),
-            "delta_interval": interval, "test": test, "p_value": p_value, "verdict": verdict}
+    return AccuracyVerdict(float(base.mean()), float(cand.mean()), float(delta), interval, test, p_value, verdict)
 
 
-def _ratio_verdict(base: np.ndarray, cand: np.ndarray, tolerance_percent: float, higher_is_better: bool) -> dict:
+def _ratio_verdict(base: np.ndarray, cand: np.ndarray, tolerance_percent: float, higher_is_better: bool) -> RatioVerdict:
     ratio = float(cand.mean() / base.mean())
     worse = ratio < 1 - tolerance_percent / 100 if higher_is_better else ratio > 1 + tolerance_percent / 100
     better = ratio > 1 + tolerance_percent / 100 if higher_is_better else ratio < 1 - tolerance_percent / 100
-    return {"baseline": float(base.mean()), "candidate": float(cand.mean()), "ratio": ratio,
-            "ratio_interval": bootstrap_interval([base, cand], ratio_of_means),
-            "verdict": "regressed" if worse else "improved" if better else "unchanged"}
+    return RatioVerdict(float(base.mean()), float(cand.mean()), ratio, bootstrap_interval([base, cand], ratio_of_means),
+                        "regressed" if worse else "improved" if better else "unchanged")
 
 
-def _status_verdict(base: pd.Series, cand: pd.Series) -> dict:
+def _status_verdict(base: pd.Series, cand: pd.Series) -> StatusVerdict:
     """A group that ran cleanly in the baseline and now fails, diverges or collapses has regressed."""
     broken = lambda statuses: int(statuses.isin(BROKEN).sum())  # noqa: E731
     verdict = "unchanged"
@@ -134,10 +212,10 @@ def _status_verdict(base: pd.Series, cand: pd.Series) -> dict:
         verdict = "regressed"
     elif broken(base) and not broken(cand):
         verdict = "improved"
-    return {"baseline": base.value_counts().to_dict(), "candidate": cand.value_counts().to_dict(), "verdict": verdict}
+    return StatusVerdict(base.value_counts().to_dict(), cand.value_counts().to_dict(), verdict)
 
 
-def compare_runs(baseline: Run, candidate: Run, tol: Tolerances = Tolerances()) -> dict:
+def compare_runs(baseline: Run, candidate: Run, tol: Tolerances = Tolerances()) -> Comparison:
     """Verdicts for every group of trials present in both runs, and what could not be matched."""
     axes = list(dict.fromkeys(setting_axes([*baseline.manifest["axes"], *candidate.manifest["axes"]])))
     not_ok = [{"run": run.name, "trial_id": row.trial_id, "status": row.status}
@@ -146,35 +224,33 @@ def compare_runs(baseline: Run, candidate: Run, tol: Tolerances = Tolerances()) 
     groups = []
     for key in sorted(set(base_groups) & set(cand_groups), key=str):
         base, cand = base_groups[key], cand_groups[key]
-        entry = {"group": dict(zip(axes, (k.item() if hasattr(k, "item") else k for k in key))),
-                 "status": _status_verdict(base["status"], cand["status"])}
+        status = _status_verdict(base["status"], cand["status"])
         base, cand = base[base.status == "ok"], cand[cand.status == "ok"]
-        entry["seeds"] = {"baseline": len(base), "candidate": len(cand)}
+        entry = GroupVerdict(dict(zip(axes, (k.item() if hasattr(k, "item") else k for k in key))), status,
+                             {"baseline": len(base), "candidate": len(cand)})
         groups.append(entry)
         if base.empty or cand.empty:  # nothing finished on one side: the status verdict speaks for the group
             continue
-        for metric in ACCURACY_METRICS:
-            entry[metric] = _accuracy_verdict(base[metric].to_numpy(float), cand[metric].to_numpy(float), tol)
-        entry["images_per_s"] = _ratio_verdict(base["images_per_s"].to_numpy(float), cand["images_per_s"].to_numpy(float),
-                                               tol.speed_percent, higher_is_better=True)
-        entry["peak_memory_bytes"] = _ratio_verdict(base["peak_memory_bytes"].to_numpy(float),
-                                                    cand["peak_memory_bytes"].to_numpy(float), tol.memory_percent,
-                                                    higher_is_better=False)
+        column = lambda trials, metric: trials[metric].to_numpy(float)  # noqa: E731
+        entry.knn_top1, entry.linear_top1 = (_accuracy_verdict(column(base, metric), column(cand, metric), tol)
+                                             for metric in ACCURACY_METRICS)
+        entry.images_per_s = _ratio_verdict(column(base, "images_per_s"), column(cand, "images_per_s"),
+                                            tol.speed_percent, higher_is_better=True)
+        entry.peak_memory_bytes = _ratio_verdict(column(base, "peak_memory_bytes"), column(cand, "peak_memory_bytes"),
+                                                 tol.memory_percent, higher_is_better=False)
     describe = lambda keys: [dict(zip(axes, k)) for k in sorted(keys, key=str)]  # noqa: E731
     fixed_a, fixed_b = baseline.manifest.get("fixed", {}), candidate.manifest.get("fixed", {})
-    return {
-        "baseline": baseline.name, "baseline_saved_as": baseline.manifest.get("baseline"), "candidate": candidate.name,
-        "tolerances": tol.__dict__,
-        "groups": groups,
-        "unmatched": {"baseline_only": describe(set(base_groups) - set(cand_groups)),
-                      "candidate_only": describe(set(cand_groups) - set(base_groups))},
-        "not_ok": not_ok,
-        "protocol_changes": {**{k: [fixed_a.get(k), fixed_b.get(k)] for k in sorted(set(fixed_a) | set(fixed_b))
-                                if fixed_a.get(k) != fixed_b.get(k)},
-                             **{k: [a, b] for k in RAN_WITH
-                                if (a := _ran_with(baseline, k)) != (b := _ran_with(candidate, k))}},
-        "regressed": any(g[m]["verdict"] == "regressed" for g in groups for m in VERDICT_METRICS if m in g),
-    }
+    return Comparison(
+        baseline=baseline.name, baseline_saved_as=baseline.manifest.get("baseline"), candidate=candidate.name,
+        tolerances=tol, groups=groups,
+        unmatched={"baseline_only": describe(set(base_groups) - set(cand_groups)),
+                   "candidate_only": describe(set(cand_groups) - set(base_groups))},
+        not_ok=not_ok,
+        protocol_changes={**{k: [a, b] for k in (*PROTOCOL, *RAN_WITH)
+                             if (a := _ran_with(baseline, k)) != (b := _ran_with(candidate, k))},
+                          **{k: [fixed_a.get(k), fixed_b.get(k)] for k in sorted(set(fixed_a) | set(fixed_b))
+                             if fixed_a.get(k) != fixed_b.get(k)}},
+        regressed=any(verdict == "regressed" for g in groups for verdict in g.verdicts().values()))
 
 
 def _ran_with(run: Run, column: str) -> str | None:
@@ -193,44 +269,40 @@ def _with_interval(value: float, interval: tuple | None, decimals: int, sign: st
     return text if interval is not None else f"{text} ({NO_INTERVAL})"
 
 
-def verdict_table(comparison: dict) -> pd.DataFrame:
+def verdict_table(comparison: Comparison) -> pd.DataFrame:
     """One row per matched group: status, the accuracy deltas (points, with their 95% interval and p), the ratios
     (with theirs), and each verdict."""
     rows = []
-    for g in comparison["groups"]:
-        row = {"group": setting_label(g["group"], ", "),
-               "seeds ok": f"{g['seeds']['baseline']} → {g['seeds']['candidate']}", "status verdict": g["status"]["verdict"]}
-        for metric, label in (("knn_top1", "kNN top-1"), ("linear_top1", "linear top-1")):
-            found = g.get(metric)
+    for g in comparison.groups:
+        row = {"group": setting_label(g.group, ", "),
+               "seeds ok": f"{g.seeds['baseline']} → {g.seeds['candidate']}", "status verdict": g.status.verdict}
+        for found, label in ((g.knn_top1, "kNN top-1"), (g.linear_top1, "linear top-1")):
             row[f"{label} Δ points [95% CI] (p)"] = "-" if not found else (
-                f"{_with_interval(found['delta_points'], found.get('delta_interval'), 2, '+')} "
-                f"(p {_nan_safe(found['p_value'], '.3f')})")
-            row[f"{label} verdict"] = found["verdict"] if found else "-"
-        for metric, label in (("images_per_s", "images/s"), ("peak_memory_bytes", "memory")):
-            found = g.get(metric)
-            row[f"{label} ratio [95% CI]"] = (_with_interval(found["ratio"], found.get("ratio_interval"), 3)
-                                              if found else "-")
-            row[f"{label} verdict"] = found["verdict"] if found else "-"
+                f"{_with_interval(found.delta_points, found.delta_interval, 2, '+')} (p {_nan_safe(found.p_value, '.3f')})")
+            row[f"{label} verdict"] = found.verdict if found else "-"
+        for found, label in ((g.images_per_s, "images/s"), (g.peak_memory_bytes, "memory")):
+            row[f"{label} ratio [95% CI]"] = _with_interval(found.ratio, found.ratio_interval, 3) if found else "-"
+            row[f"{label} verdict"] = found.verdict if found else "-"
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def notes(comparison: dict) -> list[str]:
+def notes(comparison: Comparison) -> list[str]:
     """What the verdict table cannot show: unmatched groups, unfinished trials, protocol changes, the verdict."""
-    tol = comparison["tolerances"]
-    lines = [f"Accuracy: Welch's t-test (alpha {tol['alpha']}) with at least 2 seeds a side, and a change of at least "
-             f"{tol['acc_points']} points; speed tolerance {tol['speed_percent']}%, memory {tol['memory_percent']}%. "
+    tol = comparison.tolerances
+    lines = [f"Accuracy: Welch's t-test (alpha {tol.alpha}) with at least 2 seeds a side, and a change of at least "
+             f"{tol.acc_points} points; speed tolerance {tol.speed_percent}%, memory {tol.memory_percent}%. "
              "In brackets: the 95% bootstrap interval of the difference (or ratio) of the means, each side's seeds "
              "resampled on their own."]
-    unmatched = comparison["unmatched"]
+    unmatched = comparison.unmatched
     for side, label in (("baseline_only", "only in the baseline"), ("candidate_only", "only in the candidate")):
         if unmatched[side]:
             lines.append(f"Groups {label}: " + "; ".join(setting_label(g, ", ") for g in unmatched[side]))
-    if comparison["not_ok"]:
+    if comparison.not_ok:
         lines.append("Trials that did not finish: " + "; ".join(f"{t['run']}: {t['trial_id']} ({t['status']})"
-                                                               for t in comparison["not_ok"]))
-    if comparison["protocol_changes"]:
+                                                               for t in comparison.not_ok))
+    if comparison.protocol_changes:
         lines.append("Protocol changes (fixed knobs, precision or device that differ): " + "; ".join(
-            f"{k}: {a} → {b}" for k, (a, b) in comparison["protocol_changes"].items()))
-    lines.append("Verdict: REGRESSED" if comparison["regressed"] else "Verdict: no regression")
+            f"{k}: {a} → {b}" for k, (a, b) in comparison.protocol_changes.items()))
+    lines.append("Verdict: REGRESSED" if comparison.regressed else "Verdict: no regression")
     return lines

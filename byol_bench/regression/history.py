@@ -107,7 +107,9 @@ def sweep_entry(folder: Path) -> pd.DataFrame:
 
 
 def sweep_protocol(name: str, manifest: dict) -> str:
-    """A sweep's protocol: its name and a hash of the knobs its axes do not vary (a changed knob starts new series)."""
+    """A sweep's series key: its name and a hash of every knob its axes do not vary. Stricter than the protocol
+    (``protocol.PROTOCOL``, which the fixed knobs include): a history follows one sweep over revisions, so a changed
+    learning rate in the sweep file starts new series too, rather than showing as a change of the code."""
     knobs = {key: manifest.get(key) for key in ("fixed", "method_overrides", "resources")}
     return f"{name} {_run_id(knobs)[:8]}"
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from byol_bench.errors import UserError
 from byol_bench.plan.tune_file import CHOSEN_DIGITS, budget_text
+from byol_bench.regression.compare import Comparison
 from byol_bench.regression.stats import BOOTSTRAP_RESAMPLES, MIN_EFFECT_POINTS
 from byol_bench.report import figures
 from byol_bench.report.load import Results, load_results
@@ -147,7 +148,7 @@ def _regression_checks(folder: Path) -> list:
     """The verdicts of every `byol-bench compare` run against this sweep as the candidate."""
     blocks = []
     for path in sorted(folder.glob("regression-vs-*.json")):
-        blocks += report_blocks(json.loads(path.read_text(encoding="utf-8")))
+        blocks += report_blocks(Comparison.from_dict(json.loads(path.read_text(encoding="utf-8"))))
     return blocks or ["None yet: `byol-bench compare BASELINE this-folder` adds its verdicts here."]
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 from byol_bench.config import resolved_config
 from byol_bench.errors import UserError
 from byol_bench.plan.tune_file import SEARCH_RECORD, SEARCH_TABLE, SearchRecord
+from byol_bench.trial.result import TrialResult
 from byol_bench.results.tables import (EMBEDDING_COLUMNS, FLOORS, METRICS, NOT_READ, axis_values, embedding_rows,
                                        epoch_rows, setting_axes, trial_row)
 
@@ -93,7 +94,8 @@ def _trial_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
         raise UserError(f"{path} is not a readable JSON file ({error}); {SOURCE_HINT}") from None
     if not isinstance(result, dict) or not isinstance(result.get("config"), dict) or "status" not in result:
         raise UserError(f"{path} holds no 'status' and 'config'; {SOURCE_HINT}")
-    row = trial_row(path.stem, resolved_config(result["config"]), result["status"], result)
+    result = TrialResult.from_dict(result)
+    row = trial_row(path.stem, resolved_config(result.config), result.status, result)
     return (pd.DataFrame([row]), pd.DataFrame(epoch_rows(path.stem, result)),
             pd.DataFrame(embedding_rows(path.stem, result), columns=EMBEDDING_COLUMNS))
 

@@ -8,26 +8,26 @@ from pathlib import Path
 import pandas as pd
 
 from byol_bench.errors import UserError
-from byol_bench.regression.compare import notes, verdict_table
+from byol_bench.regression.compare import Comparison, notes, verdict_table
 from byol_bench.regression.history import (REPORTED_METRICS, SERIES, history_beside, load_history, series_points,
                                            summary_table, sweep_protocol)
 from byol_bench.report import figures, render
 
 
-def report_blocks(comparison: dict) -> list:
+def report_blocks(comparison: Comparison) -> list:
     """The verdict table and the notes, as blocks of a report section."""
     table = verdict_table(comparison)
-    saved_as = comparison.get("baseline_saved_as")  # absent from the verdicts of older versions
-    title = f"Against baseline {saved_as} (sweep {comparison['baseline']})" if saved_as else \
-        f"Against baseline {comparison['baseline']}"
+    saved_as = comparison.baseline_saved_as
+    title = f"Against baseline {saved_as} (sweep {comparison.baseline})" if saved_as else \
+        f"Against baseline {comparison.baseline}"
     verdicts = render.Table(title, table) if len(table) else \
         "No group of trials is in both runs."
     return [verdicts, *notes(comparison)]
 
 
-def to_markdown(comparison: dict) -> str:
+def to_markdown(comparison: Comparison) -> str:
     """The comparison as a Markdown document: the verdict table, then the notes."""
-    title = f"Regression check: {comparison['candidate']} against {comparison['baseline']}"
+    title = f"Regression check: {comparison.candidate} against {comparison.baseline}"
     return render.to_markdown(title, [("Verdicts per group", report_blocks(comparison))])
 
 

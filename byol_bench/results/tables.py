@@ -13,18 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from byol_bench.config import KEYS, method_reads
+from byol_bench.config import KEYS, OPTION_KNOBS, method_reads, option_columns
 from byol_bench.errors import UserError
-from byol_bench.trial.result import result_floors
+from byol_bench.trial.result import Floors, Metrics, TrialResult, columns, values
 
-METRICS = ("knn_top1", "knn_top5", "knn_top1_best", "linear_top1", "linear_top5", "embedding_std", "effective_rank",
-           "images_per_s", "step_time_median_s", "data_wait_fraction", "peak_memory_bytes", "pretrain_time_s",
-           "flops_per_image", "peak_flops_per_s", "mfu", "final_loss")
-FLOORS = ("random_init_knn_top1", "random_init_knn_top5", "random_init_linear_top1", "random_init_linear_top5",
-          "raw_pixels_knn_top1", "raw_pixels_knn_top5")
-RUN_FIELDS = ("device", "precision", "global_batch_size", "pretrain_images", "train_images", "test_images",
-              "total_steps", "peak_lr", "transfer", "restarts")
-PROVENANCE_FIELDS = ("device_name", "threads", "git_revision", "torch", "lightly", "hostname", "time")
+# The trial table's columns from the result's parts (every trial has them, whatever it measured).
+METRICS, FLOORS = columns(Metrics), columns(Floors)
 NOT_READ = "-"  # an axis's value in a trial whose method does not read that knob (SimCLR's momentum schedule)
 EMPTY_MEANS = {"subset": "all", "test_subset": "all"}  # what an empty (null) knob means, where it is not "null"
 
@@ -62,7 +56,7 @@ def settings(trials: pd.DataFrame, axes: list[str]) -> dict[tuple, pd.DataFrame]
     return {tuple(key): rows for key, rows in ended.groupby(axes)}
 
 
-def trial_row(trial_id: str, config: dict, status: str, result: dict | None = None, error: str | None = None) -> dict:
+def trial_row(trial_id: str, config: dict, status: str, result: TrialResult | None = None, error: str | None = None) -> dict:
     """One trial as a flat row: every config key, the status, metrics, floors, run facts and provenance.
 
     ``config`` is the trial's resolved config (``config.resolved_config``): a method-specific key the method
@@ -71,28 +65,31 @@ def trial_row(trial_id: str, config: dict, status: str, result: dict | None = No
     """
     row = {"trial_id": trial_id, "status": status, "error": error}
     row.update({key: config.get(key) for key in KEYS})
-    result = result or {}
-    metrics = result.get("metrics", {})
-    row.update({key: metrics.get(key) for key in (*METRICS, *metrics)})  # the metrics a trial's knobs add, too
-    floors = result_floors(result)
-    row.update({key: floors.get(key) for key in (*FLOORS, *floors)})  # and the low-label and transfer ones
-    row.update({key: result["run"][key] for key in RUN_FIELDS if key in result.get("run", {})})
-    row.update({key: result.get("provenance", {}).get(key) for key in PROVENANCE_FIELDS})
+    # an options knob as its name=value text, and each option as a column of its own (an axis, a grouping key)
+    row.update({key: ",".join(f"{name}={value}" for name, value in config[key].items())
+                for key in OPTION_KNOBS if config.get(key)})
+    row.update(option_columns(config))
+    result = result or TrialResult(status, config)
+    # every part's columns, with what a trial's knobs add (low-label and transfer metrics and floors); a run fact
+    # the result lacks (a result of an older version) leaves the config's value
+    row.update({**values(result.metrics), **values(result.floors)})
+    row.update({key: value for key, value in values(result.run).items() if value is not None})
+    row.update(values(result.provenance))
     return row
 
 
-def epoch_rows(trial_id: str, result: dict) -> list[dict]:
-    return [{"trial_id": trial_id, **row} for row in result.get("history", [])]
+def epoch_rows(trial_id: str, result: TrialResult) -> list[dict]:
+    return [{"trial_id": trial_id, **row} for row in result.history]
 
 
 EMBEDDING_COLUMNS = ["trial_id", "map", "algorithm", "x", "y", "label"]
 
 
-def embedding_rows(trial_id: str, result: dict) -> list[dict]:
+def embedding_rows(trial_id: str, result: TrialResult) -> list[dict]:
     """A trial's embedding maps (``embedding_map``), a row per point: which map (trained, random_init), the
     algorithm, the coordinates and the image's class."""
     return [{"trial_id": trial_id, "map": name, "algorithm": found["algorithm"], "x": x, "y": y, "label": label}
-            for name, found in (result.get("embedding") or {}).items() if found
+            for name, found in (result.embedding or {}).items() if found
             for (x, y), label in zip(found["points"], found["labels"])]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from byol_bench.trial.result import result_floors
+from byol_bench.trial.result import TrialResult
 
 
 def epoch_line(name: str, row: dict, epochs: int) -> str:
@@ -13,12 +13,12 @@ def epoch_line(name: str, row: dict, epochs: int) -> str:
             + (f" knn {row['knn_top1']:.3f}" if row.get("knn_top1") is not None else ""))
 
 
-def result_line(name: str, result: dict) -> str:
+def result_line(name: str, result: TrialResult) -> str:
     """A finished trial (``run_trial``'s result): its status, kNN and linear top-1 against the random-init
     floors, speed and pretraining time."""
-    metrics, floors = result["metrics"], result_floors(result)
-    line = f"{name}: {result['status']}"
-    if metrics["knn_top1"] is not None:
-        line += (f", kNN top-1 {metrics['knn_top1']:.3f} (random init {floors['random_init_knn_top1']:.3f}), "
-                 f"linear top-1 {metrics['linear_top1']:.3f} ({floors['random_init_linear_top1']:.3f})")
-    return line + f", {metrics['images_per_s'] or 0:.0f} img/s, pretrained in {metrics['pretrain_time_s']:.0f} s"
+    metrics, floors = result.metrics, result.floors
+    line = f"{name}: {result.status}"
+    if metrics.knn_top1 is not None:
+        line += (f", kNN top-1 {metrics.knn_top1:.3f} (random init {floors.random_init_knn_top1:.3f}), "
+                 f"linear top-1 {metrics.linear_top1:.3f} ({floors.random_init_linear_top1:.3f})")
+    return line + f", {metrics.images_per_s or 0:.0f} img/s, pretrained in {metrics.pretrain_time_s:.0f} s"

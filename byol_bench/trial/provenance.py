@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from byol_bench.trial.result import Provenance, typed
+
 
 def _version(package: str) -> str | None:
     try:
@@ -76,8 +78,8 @@ def versions() -> dict:
     }
 
 
-def provenance(device: torch.device, seed: int) -> dict:
-    return {
+def provenance(device: torch.device, seed: int) -> Provenance:
+    return typed(Provenance, {
         **versions(),
         "git_revision": git_revision(),
         "device": str(device),
@@ -88,4 +90,4 @@ def provenance(device: torch.device, seed: int) -> dict:
         "platform": platform.platform(),
         "seed": seed,
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    })

@@ -28,6 +28,7 @@ from byol_bench.trial.evaluate import PROBE_METHOD, Evaluator, collapse_rank
 from byol_bench.trial.instrument import images_per_second, measured_peak_flops
 from byol_bench.trial.loop import compiles, log_to_stderr, memory_format, pretrain, resolve_precision
 from byol_bench.trial.provenance import provenance
+from byol_bench.trial.result import Floors, Metrics, RunFacts, TrialResult, typed
 from byol_bench.trial.state import Checkpoint, TrialState
 
 
@@ -42,7 +43,7 @@ def resolve_device(name: str) -> torch.device:
 def build_method(cfg: TrialConfig, channels: int, image_size: int, device: torch.device) -> nn.Module:
     """The method with a fresh backbone on ``device``, in the trial's memory layout; with BatchNorm over
     the global batch in a DDP trial that asks for it."""
-    backbone, feature_dim = build_backbone(cfg.backbone, channels, image_size)
+    backbone, feature_dim = build_backbone(cfg.backbone, channels, image_size, cfg.backbone_options)
     method = METHODS[cfg.method](backbone, feature_dim, cfg).to(device)
     if cfg.workers > 1 and cfg.sync_batchnorm:
         method = sync_batchnorm(method, device)
@@ -136,7 +137,7 @@ def run_search_trial(cfg: TrialConfig, on_epoch: Callable[[dict, Checkpoint], No
 
 
 def run_trial(cfg: TrialConfig, floors: dict | None = None, on_epoch: Callable[[dict, Checkpoint], None] | None = None,
-              resume: Checkpoint | None = None, log: Callable[[str], None] = log_to_stderr) -> dict:
+              resume: Checkpoint | None = None, log: Callable[[str], None] = log_to_stderr) -> TrialResult:
     """Pretrain ``cfg.method``, then evaluate it; returns the trial's result (see docs/trials-and-metrics.md).
 
     ``floors`` are this trial's ``measure_floors`` when a sweep has measured them already; else the trial
@@ -164,59 +165,56 @@ def run_trial(cfg: TrialConfig, floors: dict | None = None, on_epoch: Callable[[
     if scores and scores["effective_rank"] < collapse_rank(cfg.projection_dim):
         state.status = "collapsed"
     result = trial_result(cfg, data, device, state, scores, evaluator.probe)
-    if transfers:
-        result["run"]["transfer"] = "; ".join(transfers)
+    result.run.transfer = "; ".join(transfers) or None
     if cfg.embedding_map and scores:
-        result["embedding"] = {"random_init": state.random_init_map, "trained": evaluator.embedding(method.backbone)}
+        result.embedding = {"random_init": state.random_init_map, "trained": evaluator.embedding(method.backbone)}
     log(result_line(cfg.method, result))
     return result
 
 
-def trial_result(cfg: TrialConfig, data: ImageData, device: torch.device, state: TrialState, scores: dict, probe) -> dict:
-    """The trial's result (see docs/trials-and-metrics.md): its config, what it resolved to, history, metrics,
-    floors and provenance."""
+def trial_result(cfg: TrialConfig, data: ImageData, device: torch.device, state: TrialState, scores: dict,
+                 probe) -> TrialResult:
+    """The trial's result: its config, what it resolved to, history, metrics, floors and provenance."""
+    return TrialResult(status=state.status, config=cfg.to_dict(), run=run_facts(cfg, data, device, state, probe),
+                       history=state.history, metrics=measured(cfg, device, state, scores),
+                       floors=typed(Floors, state.floors),
+                       provenance=provenance(device, cfg.seed))
+
+
+def run_facts(cfg: TrialConfig, data: ImageData, device: torch.device, state: TrialState, probe) -> RunFacts:
+    steps_per_epoch = len(data.pretrain_images) // cfg.global_batch_size
+    return RunFacts(
+        device=str(device), precision=resolve_precision(cfg.precision, device), image_size=data.image_size,
+        channels=data.channels, num_classes=data.num_classes, pretrain_images=len(data.pretrain_images),
+        train_images=len(data.train_images), test_images=len(data.test_images), evaluated_on=evaluated_on(cfg),
+        global_batch_size=cfg.global_batch_size, steps_per_epoch=steps_per_epoch,
+        total_steps=cfg.epochs * steps_per_epoch, peak_lr=cfg.peak_lr,
+        lr_warmup_steps=round(cfg.lr_warmup_epochs * steps_per_epoch), timed_steps=len(state.step_times),
+        compiled=compiles(cfg, device, cfg.epochs * steps_per_epoch), restarts=len(state.restarts),
+        restarted_after_epochs=state.restarts, probe_recipe={**asdict(probe), **PROBE_METHOD})
+
+
+def measured(cfg: TrialConfig, device: torch.device, state: TrialState, scores: dict) -> Metrics:
+    """The metrics: ``scores`` (the evaluation's; empty where it did not run) and the training's own."""
     step_times, data_times = state.step_times, state.data_times
     images_per_s = images_per_second(cfg.global_batch_size, step_times)
-    precision = resolve_precision(cfg.precision, device)
-    peak_flops = measured_peak_flops(device, torch.bfloat16 if precision == "bf16" else torch.float32,
-                                     torch.get_num_threads())
-    steps_per_epoch = len(data.pretrain_images) // cfg.global_batch_size
+    dtype = torch.bfloat16 if resolve_precision(cfg.precision, device) == "bf16" else torch.float32
+    peak_flops = measured_peak_flops(device, dtype, torch.get_num_threads())
     monitored = [row["knn_top1"] for row in state.history if "knn_top1" in row]
     probed = [row["online_probe_top1"] for row in state.history if "online_probe_top1" in row]
-    metrics = {
-        **{k: scores.get(k) for k in ("knn_top1", "knn_top5", "linear_top1", "linear_top5", "embedding_std",
-                                      "effective_rank")},  # None where not evaluated (diverged)
-        **scores,  # with what the knobs add: the low-label accuracies
-        # The best epoch's kNN accuracy, as lightly's benchmarks report it: only when the monitor ran every epoch.
-        "knn_top1_best": max(monitored) if scores and cfg.knn_monitor_every == 1 else None,
-        "online_probe_top1": probed[-1] if scores and probed else None,  # the last epoch's
-        "images_per_s": images_per_s,
-        "step_time_median_s": float(torch.tensor(step_times).median()) if step_times else None,
-        "data_wait_fraction": sum(data_times) / sum(step_times) if step_times else None,
-        "peak_memory_bytes": state.peak_memory_bytes,  # of one worker (rank 0)
-        "pretrain_time_s": state.pretrain_time_s,
-        "flops_per_image": state.flops_per_image,
-        "compile_time_s": state.compile_time_s or None,
-        "peak_flops_per_s": peak_flops,
-        "mfu": (state.flops_per_image * images_per_s / (peak_flops * cfg.workers)
-                if images_per_s and state.flops_per_image else None),
-        "final_loss": state.history[-1]["loss"] if state.history else None,
-    }
-    return {
-        "status": state.status,
-        "config": cfg.to_dict(),
-        "run": {"device": str(device), "image_size": data.image_size, "channels": data.channels,
-                "num_classes": data.num_classes, "pretrain_images": len(data.pretrain_images),
-                "train_images": len(data.train_images), "test_images": len(data.test_images),
-                "evaluated_on": evaluated_on(cfg),
-                "global_batch_size": cfg.global_batch_size, "steps_per_epoch": steps_per_epoch,
-                "total_steps": cfg.epochs * steps_per_epoch, "peak_lr": cfg.peak_lr,
-                "lr_warmup_steps": round(cfg.lr_warmup_epochs * steps_per_epoch), "timed_steps": len(step_times),
-                "compiled": compiles(cfg, device, cfg.epochs * steps_per_epoch), "precision": precision,
-                "restarts": len(state.restarts), "restarted_after_epochs": state.restarts,
-                "probe_recipe": {**asdict(probe), **PROBE_METHOD}},
-        "history": state.history,
-        "metrics": metrics,
-        "floors": state.floors,
-        "provenance": provenance(device, cfg.seed),
-    }
+    metrics = typed(Metrics, scores)
+    # The best epoch's kNN accuracy, as lightly's benchmarks report it: only when the monitor ran every epoch.
+    metrics.knn_top1_best = max(monitored) if scores and cfg.knn_monitor_every == 1 else None
+    metrics.online_probe_top1 = probed[-1] if scores and probed else None
+    metrics.images_per_s = images_per_s
+    metrics.step_time_median_s = float(torch.tensor(step_times).median()) if step_times else None
+    metrics.data_wait_fraction = sum(data_times) / sum(step_times) if step_times else None
+    metrics.peak_memory_bytes = state.peak_memory_bytes
+    metrics.pretrain_time_s = state.pretrain_time_s
+    metrics.flops_per_image = state.flops_per_image
+    metrics.compile_time_s = state.compile_time_s or None
+    metrics.peak_flops_per_s = peak_flops
+    metrics.mfu = (state.flops_per_image * images_per_s / (peak_flops * cfg.workers)
+                   if images_per_s and state.flops_per_image else None)
+    metrics.final_loss = state.history[-1]["loss"] if state.history else None
+    return metrics

@@ -17,7 +17,7 @@ def global_batch(z):
 
 class BarlowTwins(nn.Module):
     views = BYOL.views  # lightly's Barlow Twins example uses BYOLTransform
-    knobs = {"projection_layers": 3}  # 3: the paper's head; 2: lightly's CIFAR-10 benchmark's
+    config_keys = {"projection_layers": 3}  # 3: the paper's head; 2: lightly's CIFAR-10 benchmark's
     # lightly's ImageNet benchmark: LARS at 0.2 x batch/256 (SGD at the suite's lr collapses it on a small CNN).
     trains_with = {"optimizer": "lars", "lr": 0.1, "weight_decay": 1.5e-6}
 

@@ -11,7 +11,7 @@ from byol_bench.models.view_recipe import ViewRecipe
 class BYOL(WithTarget):
     views = (ViewRecipe(), ViewRecipe(blur_prob=0.1, solarize_prob=0.2))  # lightly's BYOLView1/2Transform
     # The method-specific config keys it reads, with its defaults (None: derived from other knobs).
-    knobs = {"momentum_schedule": "cosine:0.99-1.0", "predictor_hidden_dim": None}
+    config_keys = {"momentum_schedule": "cosine:0.99-1.0", "predictor_hidden_dim": None}
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg):
         super().__init__()

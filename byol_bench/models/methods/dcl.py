@@ -9,7 +9,7 @@ from byol_bench.models.methods.simclr import SimCLR
 
 class DCL(nn.Module):
     views = SimCLR.views  # lightly's DCL example uses SimCLRTransform
-    knobs = {"temperature": 0.1}
+    config_keys = {"temperature": 0.1}
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg):
         super().__init__()

@@ -14,7 +14,7 @@ class DINO(WithTarget):
     views = (ViewRecipe(min_scale=0.4), ViewRecipe(min_scale=0.4, blur_prob=0.1, solarize_prob=0.2))
     # ... and local_crops small ones of local_crop_size (null: half the image's side).
     local_view = ViewRecipe(min_scale=0.05, max_scale=0.4, blur_prob=0.5)
-    knobs = {"momentum_schedule": "constant:0.99", "prototypes": 2048, "local_crops": 6, "local_crop_size": None,
+    config_keys = {"momentum_schedule": "constant:0.99", "prototypes": 2048, "local_crops": 6, "local_crop_size": None,
              "projection_layers": 3}
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg):

@@ -11,7 +11,7 @@ from byol_bench.models.methods.simsiam import SimSiam
 
 class MoCo(WithTarget):
     views = SimSiam.views  # lightly's MoCoV2Transform: the same ops and strengths as SimSiamTransform
-    knobs = {"momentum_schedule": "constant:0.99", "temperature": 0.1, "memory_bank_size": 4096}
+    config_keys = {"momentum_schedule": "constant:0.99", "temperature": 0.1, "memory_bank_size": 4096}
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg):
         super().__init__()

@@ -12,7 +12,7 @@ from byol_bench.models.methods.simclr import SimCLR
 class NNCLR(nn.Module):
     views = SimCLR.views  # lightly's NNCLR example uses SimCLRTransform
     # The method-specific config keys it reads, with its defaults (None: derived from other knobs).
-    knobs = {"temperature": 0.5, "memory_bank_size": 4096, "predictor_hidden_dim": None, "projection_layers": 3}
+    config_keys = {"temperature": 0.5, "memory_bank_size": 4096, "predictor_hidden_dim": None, "projection_layers": 3}
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg):
         super().__init__()

@@ -9,7 +9,7 @@ from byol_bench.models.view_recipe import ViewRecipe
 
 class SimCLR(nn.Module):
     views = (ViewRecipe(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, blur_prob=0.5),) * 2  # SimCLRTransform
-    knobs = {"temperature": 0.5}  # the method-specific config keys it reads, with its defaults
+    config_keys = {"temperature": 0.5}  # the method-specific config keys it reads, with its defaults
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg):
         super().__init__()

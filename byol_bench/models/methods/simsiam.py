@@ -10,7 +10,7 @@ from byol_bench.models.view_recipe import ViewRecipe
 class SimSiam(nn.Module):
     views = (ViewRecipe(min_scale=0.2, saturation=0.4, blur_prob=0.5),) * 2  # lightly's SimSiamTransform
     # The method-specific config keys it reads, with its defaults (None: derived from other knobs).
-    knobs = {"predictor_hidden_dim": None, "stop_gradient": True, "projection_layers": 3}
+    config_keys = {"predictor_hidden_dim": None, "stop_gradient": True, "projection_layers": 3}
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg):
         super().__init__()

@@ -16,7 +16,7 @@ class SwAV(nn.Module):
     # the image's side), every crop with the same colour ops.
     views = (ViewRecipe(min_scale=0.14, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, blur_prob=0.5),) * 2
     local_view = replace(views[0], min_scale=0.05, max_scale=0.14)
-    knobs = {"prototypes": 512, "local_crops": 6, "local_crop_size": None}
+    config_keys = {"prototypes": 512, "local_crops": 6, "local_crop_size": None}
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg):
         super().__init__()

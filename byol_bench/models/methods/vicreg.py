@@ -10,7 +10,7 @@ from byol_bench.models.view_recipe import ViewRecipe
 
 class VICReg(nn.Module):
     views = (ViewRecipe(blur_prob=0.5, solarize_prob=0.1),) * 2  # lightly's VICRegTransform
-    knobs = {"projection_layers": 3}  # 3: the paper's head; 2 for a shallower one
+    config_keys = {"projection_layers": 3}  # 3: the paper's head; 2 for a shallower one
     # lightly's Imagenette benchmark: LARS at 0.3 x batch/256 ("training diverges without LARS").
     trains_with = {"optimizer": "lars", "lr": 0.15, "weight_decay": 1e-4}
 
