@@ -20,8 +20,6 @@ import yaml
 from byol_bench.cli import main
 from byol_bench.models.methods import METHODS
 from byol_bench.on_ray import failpoints
-from byol_bench.on_ray.sweep import run_sweep
-from byol_bench.plan.sweep_file import load_sweep
 from byol_bench.trial.distributed import gather_rows, shard, sync_batchnorm
 from byol_bench.trial.state import load_checkpoint
 from conftest import TINY, pretrained, quiet_fast_ray, tiny
@@ -196,24 +194,6 @@ def _ddp_sweep(folder: Path, name: str, axes: dict, max_failures: int = 0, **tri
     return path
 
 
-def test_a_ddp_trial_in_a_sweep_is_one_row_with_its_global_batch(tmp_path, ray_cluster):
-    path = _ddp_sweep(tmp_path, "ddp", {"workers": [1, 2]}, method="simclr")
-    assert run_sweep(load_sweep(path), tmp_path / "results") == 0
-    folder = tmp_path / "results" / "ddp"
-    trials = pd.read_parquet(folder / "trials.parquet").set_index("workers")
-    assert len(trials) == 2 and set(trials["status"]) == {"ok"}
-    assert trials.loc[1, "global_batch_size"] == 32 and trials.loc[2, "global_batch_size"] == 64
-    assert trials.loc[2, "total_steps"] == 2 * (256 // 64) and trials.loc[2, "peak_lr"] == pytest.approx(0.06 * 64 / 128)
-    assert trials["knn_top1"].between(0, 1).all() and (trials["images_per_s"] > 0).all()
-    epochs = pd.read_parquet(folder / "epochs.parquet")
-    assert epochs.groupby("trial_id").size().tolist() == [2, 2]
-    # The DDP trial's checkpoints are Ray Train's, in the same results folder: rank 0's state alone.
-    checkpoints = sorted(p for p in (folder / "train").glob("*/checkpoint_*") if p.is_dir())
-    assert len(checkpoints) >= 1 and all(sorted(p.name for p in c.iterdir()) == ["state.pt"] for c in checkpoints)
-    checkpoint = load_checkpoint(checkpoints[-1] / "state.pt")
-    assert checkpoint.state.epoch == 2 and "backbone.0.weight" in checkpoint.method
-
-
 # Quick node-death detection for the simulated cluster: a node is declared dead after about 1.5 s of silence.
 FAST_NODE_DEATH = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
 
@@ -234,12 +214,13 @@ def _node_running(nodes: list, title: str):
     return None
 
 
-def test_a_trial_whose_node_is_lost_continues_from_its_checkpoint_on_the_nodes_left(tmp_path, monkeypatch):
+def test_a_ddp_trial_in_a_sweep_whose_node_is_lost_continues_from_its_checkpoint_on_the_nodes_left(tmp_path, monkeypatch):
     """Simulated nodes of one CPU each (the head has none), into one results folder. Part-way through each trial, a
     node it runs on is killed (for the 2-rank DDP trial, one rank's; its coordinator is on the head) and a fresh
     node joins: Tune retries the trial on the nodes left from its last checkpoint. One row per trial, each recording
     its restart; no epoch twice in the tables, none run again. Each trial pauses once its second epoch is reported
-    (a failpoint), so the node is lost at that point on any machine, however fast."""
+    (a failpoint), so the node is lost at that point on any machine, however fast. The DDP trial (Ray Train inside
+    Ray Tune) is one row with its global batch, and its checkpoints are rank 0's state alone."""
     from ray.cluster_utils import Cluster
 
     quiet_fast_ray()
@@ -294,9 +275,17 @@ def test_a_trial_whose_node_is_lost_continues_from_its_checkpoint_on_the_nodes_l
     assert "run again" not in output
     trials = pd.read_parquet(folder / "trials.parquet").set_index("trial_id")
     assert set(trials["status"]) == {"ok"} and trials["restarts"].to_dict() == {"workers=1": 1, "workers=2": 1}
-    assert trials.loc["workers=2", "global_batch_size"] == 64
+    by_workers = trials.set_index("workers")
+    assert by_workers.loc[1, "global_batch_size"] == 32 and by_workers.loc[2, "global_batch_size"] == 64
+    assert by_workers.loc[2, "total_steps"] == 3 * (256 // 64) and by_workers.loc[2, "peak_lr"] == pytest.approx(0.06 * 64 / 128)
+    assert trials["knn_top1"].between(0, 1).all() and (trials["images_per_s"] > 0).all()
     epochs = pd.read_parquet(folder / "epochs.parquet")
     assert epochs.groupby("trial_id")["epoch"].apply(list).to_dict() == {trial_id: [1, 2, 3] for trial_id in trials.index}
+    # The DDP trial's checkpoints are Ray Train's, in the same results folder: rank 0's state alone.
+    checkpoints = sorted(p for p in (folder / "train").glob("*/checkpoint_*") if p.is_dir())
+    assert len(checkpoints) >= 1 and all(sorted(p.name for p in c.iterdir()) == ["state.pt"] for c in checkpoints)
+    checkpoint = load_checkpoint(checkpoints[-1] / "state.pt")
+    assert checkpoint.state.epoch == 3 and "backbone.0.weight" in checkpoint.method
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["address"] == address and manifest["cluster_resources"]["CPU"] == 2
     assert (folder / "report.html").exists()
