@@ -9,6 +9,7 @@ from dataclasses import Field, fields
 from pathlib import Path
 
 from byol_bench.cli.history import add_history_parser
+from byol_bench.cli.models import add_model_parsers
 from byol_bench.config import KEYS, OPTION_KNOBS, TrialConfig, folded, knob_types, make_config, parse_options, read_yaml
 from byol_bench.errors import UserError
 from byol_bench.regression.stats import MIN_EFFECT_POINTS
@@ -81,9 +82,13 @@ def cmd_train(args) -> int:
     import torch.distributed as dist
 
     from byol_bench.trial.distributed import join_torchrun, rank
+    from byol_bench.results.weights import keep_weights, train_weights_paths
     from byol_bench.trial.run import resolve_device, run_trial
+    from byol_bench.trial.weights import backbone_bytes
 
     values = read_yaml(args.config) if args.config else {}
+    if isinstance(values.get("config"), dict) and "status" in values:  # a trial's result JSON: run its config again
+        values = {key: value for key, value in values["config"].items() if value is not None}
     for key in KEYS:
         given = getattr(args, key)
         if isinstance(given, list):  # an options knob's flags, each name=value, over the config file's options
@@ -97,13 +102,16 @@ def cmd_train(args) -> int:
     writes = rank() == 0  # every rank returns the same result; one writes it
     if writes:
         check_writable(out, "output path", "choose another --out", file=True)
-    result = run_trial(cfg)  # a rank that fails exits, and torchrun stops the others
-    if dist.is_initialized():
+    weights = []
+    result = run_trial(cfg, save_backbone=lambda backbone: weights.append(backbone_bytes(backbone, {"trial": out.stem})))
+    if dist.is_initialized():  # a rank that failed has exited above, and torchrun stopped the others
         dist.destroy_process_group()
     if not writes:
         return 0 if result.status == "ok" else 1
     written = write_json_or_fallback(out, result.to_dict())
     print(f"wrote {written}")
+    if weights and written == out:
+        print(f"wrote {keep_weights(weights[0], result, out.stem, *train_weights_paths(out))} and its model card")
     return 0 if result.status == "ok" and written == out else 1
 
 
@@ -208,17 +216,23 @@ def _add_ray_flags(command: argparse.ArgumentParser) -> None:
                               "http(s)://HOST:PORT (default: sqlite:///<results>/<sweep>/mlflow.db)")
 
 
+def _add_train_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--config", metavar="FILE", help="a YAML file of trial keys (a trial's result JSON too: "
+                                                          "its config); flags given here override it")
+    command.add_argument("--out", metavar="FILE",
+                         help="the result JSON (default: results/trials/<method>-<dataset>-seed<seed>-<time>.json); "
+                              "the backbone's weights and model card go beside it")
+    for knob in fields(TrialConfig):
+        _add_knob_flag(command, knob)
+
+
 def _add_trial_parsers(commands) -> None:
     """The commands that run trials: train (one), sweep (a grid on Ray Tune), tune (a search, then a sweep)."""
     train = commands.add_parser("train", help="run one trial: pretrain, measure, evaluate, write a JSON result",
                                 description="Run one trial: measure the floors, pretrain, evaluate the frozen backbone "
                                             "(kNN and linear probe), write a JSON result. Every config key is a flag; "
                                             "a flag overrides the same key in --config. 'null' empties an optional key.")
-    train.add_argument("--config", metavar="FILE", help="a YAML file of trial keys; flags given here override it")
-    train.add_argument("--out", metavar="FILE",
-                       help="the result JSON (default: results/trials/<method>-<dataset>-seed<seed>-<time>.json)")
-    for knob in fields(TrialConfig):
-        _add_knob_flag(train, knob)
+    _add_train_flags(train)
     train.set_defaults(run=cmd_train)
 
     sweep = commands.add_parser("sweep", help="run a grid of trials on Ray Tune (local cluster, or --address)")
@@ -294,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trial_parsers(commands)
     _add_results_parsers(commands)
     add_history_parser(commands)
+    add_model_parsers(commands, train_flags=_add_train_flags)
     return parser
 
 

@@ -27,7 +27,8 @@ from byol_bench.protocol import floor_setting
 from byol_bench.results.lock import LOCK_FILE, hold_folder
 from byol_bench.results.tables import (DiskFull, check_writable, disk_full, embedding_rows, epoch_rows, megabytes,
                                        summary, trial_row, write_json, write_tables)
-from byol_bench.trial.provenance import git_revision, versions
+from byol_bench.trial.provenance import git_revision, plugins_used, versions
+from byol_bench.results.weights import CARD_STEM, WEIGHTS_FILE, WEIGHTS_FOLDER, write_card
 from byol_bench.trial.result import TrialResult
 
 TUNE_FOLDER = "tune"  # Ray Tune's experiment folder inside results/<sweep>/
@@ -72,9 +73,10 @@ def _check_tune_state(experiment: Path) -> None:
                             f"again into a new --results-dir (the finished trials' results are in {experiment}/*/result.json)") from None
 
 
-def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict], list[dict]]:
+def _collect(planned: list[PlannedTrial], grid, folder: Path, ray_storage: str) -> tuple[list[dict], list[dict], list[dict]]:
     """Rows for every planned trial from Tune's results (ok/diverged, failed with its error, or incomplete), their
-    epochs' and their embedding maps' rows."""
+    epochs' and their embedding maps' rows; each finished trial's weights (in ``ray_storage``) kept in ``folder``
+    with a model card."""
     by_id = {result.config["trial_id"]: result for result in grid if result.config}
     trials, epochs, embeddings = [], [], []
     for plan in planned:
@@ -85,11 +87,31 @@ def _collect(planned: list[PlannedTrial], grid) -> tuple[list[dict], list[dict],
         elif "result_json" in metrics:
             outcome = TrialResult.from_json(metrics["result_json"])
             trials.append(trial_row(plan.trial_id, plan.resolved, outcome.status, outcome))
+            trials[-1]["weights"] = _kept_weights(plan.trial_id, outcome, folder, ray_storage)
             epochs += epoch_rows(plan.trial_id, outcome)
             embeddings += embedding_rows(plan.trial_id, outcome)
         else:
             trials.append(trial_row(plan.trial_id, plan.resolved, "incomplete"))
     return trials, epochs, embeddings
+
+
+def _kept_weights(trial_id: str, result: TrialResult, folder: Path, ray_storage: str) -> str | None:
+    """A trial's backbone under ``folder``/weights/<trial>/ (copied there from a remote storage), with its model card
+    beside it: the path relative to ``folder``, or None where the trial saved none (save_weights false)."""
+    import pyarrow.fs
+
+    relative = f"{WEIGHTS_FOLDER}/{run_name(trial_id)}/{WEIGHTS_FILE}"
+    local = folder / relative
+    if "://" in ray_storage and not local.exists():
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(f"{ray_storage}/{relative}")
+        if filesystem.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+            return None
+        local.parent.mkdir(parents=True, exist_ok=True)
+        pyarrow.fs.copy_files(path, str(local.resolve()), source_filesystem=filesystem)
+    if not local.exists():
+        return None
+    write_card(result, trial_id, local, local.with_name(CARD_STEM))
+    return relative
 
 
 def last_lines(error: Exception) -> str:
@@ -144,6 +166,8 @@ def _manifest(sweep: Sweep, planned: list[PlannedTrial], cluster: dict, address:
         "grid": [{"trial_id": p.trial_id, "knobs": p.knobs} for p in planned],
         "cluster_resources": cluster, "address": address or "local", "storage": ray_storage,
         "git_revision": git_revision(), "versions": versions(),
+        "plugins": {what: origin for p in planned for what, origin in
+                    plugins_used(p.resolved["method"], p.resolved["backbone"]).items()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": None, "complete": False,
     }
     if previous:  # a resumed sweep keeps its first start and lists every resumption
@@ -218,7 +242,8 @@ def _tuner(sweep: Sweep, planned: list[PlannedTrial], floors: dict, ray_storage:
     ddp_driver = tune.PlacementGroupFactory([{"CPU": 0, "memory": DRIVER_MEMORY, HEAD_NODE_RESOURCE: 0.001}])
     runnable = tune.with_resources(
         tune.with_parameters(trainable, planned_by_id=planned_by_id, worker_resources=sweep.resources,
-                             train_storage=f"{ray_storage}/{TRAIN_FOLDER}", floors=floors),
+                             train_storage=f"{ray_storage}/{TRAIN_FOLDER}", floors=floors,
+                             weights_storage=f"{ray_storage if '://' in ray_storage else Path(ray_storage).resolve()}/{WEIGHTS_FOLDER}"),
         lambda config: ddp_driver if planned_by_id[config["trial_id"]].workers > 1 else one_worker)
     experiment = f"{ray_storage}/{TUNE_FOLDER}"
     if resume and tune.Tuner.can_restore(experiment):
@@ -310,7 +335,7 @@ def _finish(sweep: Sweep, planned: list[PlannedTrial], grid, folder: Path, manif
             storage: str | None, slots: int) -> int:
     """The sweep's tables, finished manifest and report; the exit code (130 when trials are unfinished). A sweep
     stopped for want of room (``_disk_guard``) writes nothing more: a resume writes it all."""
-    trials, epochs, embeddings = _collect(planned, grid)
+    trials, epochs, embeddings = _collect(planned, grid, folder, manifest["storage"])
     resume = _sweep_command(sweep, folder, results_dir, storage)
     if not storage and any(row["status"] == "incomplete" for row in trials):
         _check_room(folder, slots, resume)

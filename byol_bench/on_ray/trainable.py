@@ -20,15 +20,17 @@ from byol_bench.on_ray.failpoints import failpoint
 from byol_bench.plan.sweep_file import PlannedTrial
 from byol_bench.protocol import floor_setting
 from byol_bench.results.tables import megabytes
+from byol_bench.results.weights import WEIGHTS_FILE
 from byol_bench.trial.result import values
 
 
-def trainable(config: dict, planned_by_id: dict, worker_resources: dict, train_storage: str, floors: dict) -> None:
+def trainable(config: dict, planned_by_id: dict, worker_resources: dict, train_storage: str, weights_storage: str,
+              floors: dict) -> None:
     """A Tune function trainable: one trial, reporting each epoch with a checkpoint, then its result.
 
     The trial is looked up by the id in Tune's config (its knobs stand beside the id for the trackers);
     the planned trials come with ``tune.with_parameters``. A DDP trial drives a Ray Train run instead of
-    training here.
+    training here. The final backbone goes to ``weights_storage`` (the sweep's storage, which every node reaches).
     """
     from ray import tune
 
@@ -36,11 +38,13 @@ def trainable(config: dict, planned_by_id: dict, worker_resources: dict, train_s
     trial = planned_by_id[trial_id]
     cfg = make_config(trial.knobs)
     trial_floors = floors.get(floor_setting(cfg))
+    weights_to = f"{weights_storage}/{run_name(trial_id)}/{WEIGHTS_FILE}"
     if trial.workers > 1:
-        _drive_ddp_trial(trial, trial_floors, worker_resources, train_storage)
+        _drive_ddp_trial(trial, trial_floors, worker_resources, train_storage, weights_to)
         return
 
-    run_and_report(trial_id, cfg, trial_floors, tune.get_checkpoint(), tune_report, saves_checkpoints=True)
+    run_and_report(trial_id, cfg, trial_floors, tune.get_checkpoint(), tune_report, saves_checkpoints=True,
+                   weights_to=weights_to)
 
 
 def tune_report(metrics: dict, checkpoint_folder: str | None = None) -> None:
@@ -100,17 +104,32 @@ def log_as(name: str):
     return lambda line: print(f"{name}: {line}", file=sys.stderr, flush=True)
 
 
-def run_and_report(trial_id: str, cfg: TrialConfig, floors: dict | None, checkpoint, report, saves_checkpoints: bool) -> None:
+def run_and_report(trial_id: str, cfg: TrialConfig, floors: dict | None, checkpoint, report, saves_checkpoints: bool,
+                   weights_to: str) -> None:
     """``run_trial`` inside Ray (with the sweep's ``floors`` for it, if measured): resume from ``checkpoint``, then ``report(metrics, checkpoint_folder)``
-    every epoch (with the state when ``saves_checkpoints``) and once more with the whole result."""
+    every epoch (with the state when ``saves_checkpoints``) and once more with the whole result; the final backbone
+    written to ``weights_to`` (a path or URI)."""
     from byol_bench.trial.run import run_trial
+    from byol_bench.trial.weights import backbone_bytes
 
     log, notes = log_as(trial_id), []
     resume = resume_point(checkpoint, notes, log)
     on_epoch = epoch_reporter(trial_id, report, saves_checkpoints, notes)
-    result = run_trial(cfg, floors=floors, on_epoch=on_epoch, resume=resume, log=log)
+    result = run_trial(cfg, floors=floors, on_epoch=on_epoch, resume=resume, log=log,
+                       save_backbone=lambda backbone: write_whole(weights_to, backbone_bytes(backbone, {"trial": trial_id})))
     summary = {k: v for k, v in values(result.metrics).items() if v is not None}
     report({**summary, "status": result.status, "result_json": result.to_json()})
+
+
+def write_whole(uri: str, content: bytes) -> None:
+    """``content`` at ``uri`` (a local path, file://, s3://, gs://, ...), under a temporary name until it is whole."""
+    import pyarrow.fs
+
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(f"{path}.partial") as stream:
+        stream.write(content)
+    filesystem.move(f"{path}.partial", path)
 
 
 def newest_whole(checkpoint, say):
@@ -140,7 +159,8 @@ def newest_whole(checkpoint, say):
     return None
 
 
-def _drive_ddp_trial(trial: PlannedTrial, floors: dict | None, worker_resources: dict, train_storage: str) -> None:
+def _drive_ddp_trial(trial: PlannedTrial, floors: dict | None, worker_resources: dict, train_storage: str,
+                     weights_to: str) -> None:
     """Run a trial as a Ray Train DDP run of ``workers`` ranks; their reports reach Tune as this trial's.
 
     Its checkpoints live in Ray Train's run folder (one per trial, named after it), so a retried or
@@ -151,7 +171,8 @@ def _drive_ddp_trial(trial: PlannedTrial, floors: dict | None, worker_resources:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     TorchTrainer(
-        ddp_worker, train_loop_config={"trial_id": trial.trial_id, "knobs": trial.knobs, "floors": floors},
+        ddp_worker, train_loop_config={"trial_id": trial.trial_id, "knobs": trial.knobs, "floors": floors,
+                                       "weights_to": weights_to},
         scaling_config=ray.train.ScalingConfig(
             num_workers=trial.workers, use_gpu=worker_resources["gpu"] > 0,
             resources_per_worker={"CPU": worker_resources["cpu"], "GPU": worker_resources["gpu"]}),
@@ -183,4 +204,4 @@ def ddp_worker(loop_config: dict) -> None:
 
     # Every rank reports (Ray Train waits for all of them, and passes rank 0's metrics on); rank 0 alone checkpoints.
     run_and_report(loop_config["trial_id"], cfg, loop_config["floors"], ray.train.get_checkpoint(), report,
-                   saves_checkpoints=ray.train.get_context().get_world_rank() == 0)
+                   saves_checkpoints=ray.train.get_context().get_world_rank() == 0, weights_to=loop_config["weights_to"])

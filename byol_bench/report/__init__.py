@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from byol_bench.errors import UserError
 from byol_bench.plan.tune_file import CHOSEN_DIGITS, budget_text
 from byol_bench.regression.compare import Comparison
@@ -22,6 +24,7 @@ from byol_bench.report import figures
 from byol_bench.report.load import Results, load_results
 from byol_bench.report.regression import report_blocks, sweep_history_blocks
 from byol_bench.report.render import Figure, Table, write_documents, writable
+from byol_bench.results.weights import CARD_STEM
 from byol_bench.report.search_tables import chosen_table, search_budget_table, tuned_vs_defaults
 from byol_bench.report.tables import (ACCURACY_COLUMNS, COMPARED, COST_COLUMNS, anchor_table, axis_label,
                                       comparison_table, evaluation_columns, evaluation_floor_columns, floor_table,
@@ -52,6 +55,7 @@ def write_report(source: Path, heatmap_axes: tuple[str, str] = ("method", "globa
         *([("Search", _search_section(results, figures_dir, above))] if results.search is not None else []),
         ("Trials that did not finish", [Table("Failed, diverged, incomplete and missing trials", unfinished, above)
                                         if len(unfinished) else "Every trial finished."]),
+        *([("Weights", [_weights(results)])] if results.trials.get("weights", pd.Series()).notna().any() else []),
         ("Regression checks", _regression_checks(results.report_dir)),
         *([("History", _history(results, figures_dir))] if results.manifest else []),
         ("Figures", _figures(results, improvements, figures_dir, *heatmap_axes)),
@@ -142,6 +146,15 @@ def _search_section(results: Results, folder: Path, above: str) -> list:
         Table("Tuned vs defaults on the test set", tuned_vs_defaults(results),
               f"{above} Mean ± std over seeds; clear of ±1 std: the difference exceeds the two std's summed."),
     ]
+
+
+def _weights(results: Results) -> Table:
+    trials = results.trials.dropna(subset=["weights"])
+    cards = [str(Path(path).with_name(f"{CARD_STEM}.md")) for path in trials["weights"]]
+    return Table("Each trial's final backbone (safetensors) and its model card", pd.DataFrame(
+        {"trial": trials["trial_id"], "status": trials["status"], "weights": trials["weights"], "model card": cards}),
+        "The model card says what the backbone was trained on, how it scored beside its floors, and how to load it.",
+        links=("weights", "model card"))
 
 
 def _regression_checks(folder: Path) -> list:

@@ -51,10 +51,12 @@ METHOD_COLOURS = ("#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#8c564
 
 def method_palette(methods) -> dict:
     """One colour per method, the same in every figure and every report: a registered method's by its place in
-    the registry; any other method (from an older results folder) one of its own after them."""
+    the registry (a plug-in's after the built-ins); any other method (from an older results folder) one of its own
+    after them."""
     order = in_registry_order(methods)
     others = [method for method in order if method not in METHODS]
-    colours = [*METHOD_COLOURS, *sns.color_palette("husl", len(METHODS) + len(others))[len(METHODS):]]
+    beyond = len(METHODS) + len(others) - len(METHOD_COLOURS)  # plug-ins' methods, and ones no longer registered
+    colours = [*METHOD_COLOURS, *sns.color_palette("husl", len(METHOD_COLOURS) + beyond)[len(METHOD_COLOURS):]]
     position = {method: index for index, method in enumerate([*METHODS, *others])}
     return {method: colours[position[method]] for method in order}
 

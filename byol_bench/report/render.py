@@ -20,6 +20,7 @@ class Table:
     title: str
     frame: pd.DataFrame
     above: str = ""  # the protocol, or what the table holds
+    links: tuple[str, ...] = ()  # columns of paths relative to the report: each cell links to its file
 
 
 @dataclass
@@ -44,7 +45,9 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 def _markdown_block(block) -> list[str]:
     if isinstance(block, Table):
-        return [f"### {block.title}", "", *([block.above, ""] if block.above else []), markdown_table(block.frame), ""]
+        frame = block.frame.assign(**{column: [f"[{path}]({path})" if isinstance(path, str) else "—"
+                                               for path in block.frame[column]] for column in block.links})
+        return [f"### {block.title}", "", *([block.above, ""] if block.above else []), markdown_table(frame), ""]
     if isinstance(block, Figure) and block.png is not None:
         return [f"### {block.title}", "", f"![{block.title}](figures/{block.name}.png)", "",
                 f"{block.caption} ([SVG](figures/{block.name}.svg))", ""]
@@ -79,7 +82,10 @@ def _html_block(block) -> str:
     escape = html.escape
     if isinstance(block, Table):
         above = f'<p class="above">{escape(block.above)}</p>' if block.above else ""
-        return f"<h3>{escape(block.title)}</h3>{above}" + block.frame.to_html(index=False, border=0, escape=True)
+        cells = block.frame.map(lambda cell: escape(str(cell)))
+        cells = cells.assign(**{column: [f'<a href="{escape(path)}">{escape(path)}</a>' if isinstance(path, str) else "—"
+                                         for path in block.frame[column]] for column in block.links})
+        return f"<h3>{escape(block.title)}</h3>{above}" + cells.to_html(index=False, border=0, escape=False)
     if isinstance(block, Figure) and block.png is not None:
         data = base64.b64encode(block.png).decode("ascii")
         return (f'<h3>{escape(block.title)}</h3><figure><img src="data:image/png;base64,{data}" '

@@ -75,6 +75,8 @@ def trial_row(trial_id: str, config: dict, status: str, result: TrialResult | No
     row.update({**values(result.metrics), **values(result.floors)})
     row.update({key: value for key, value in values(result.run).items() if value is not None})
     row.update(values(result.provenance))
+    if result.provenance.plugins:  # where a method or backbone came from, when not built in
+        row["plugins"] = "; ".join(f"{what}: {origin}" for what, origin in result.provenance.plugins.items())
     return row
 
 

@@ -78,7 +78,17 @@ def versions() -> dict:
     }
 
 
-def provenance(device: torch.device, seed: int) -> Provenance:
+def plugins_used(method: str, backbone: str) -> dict[str, str]:
+    """The trial's method and backbone that are not built in, each with the package (and version) it came from."""
+    from byol_bench.models.backbones import backbone_origin
+    from byol_bench.models.methods import METHOD_ORIGINS
+    from byol_bench.models.plugins import BUILT_IN
+
+    origins = {f"method {method}": METHOD_ORIGINS[method], f"backbone {backbone}": backbone_origin(backbone)}
+    return {what: origin for what, origin in origins.items() if origin != BUILT_IN}
+
+
+def provenance(device: torch.device, seed: int, plugins: dict[str, str]) -> Provenance:
     return typed(Provenance, {
         **versions(),
         "git_revision": git_revision(),
@@ -90,4 +100,5 @@ def provenance(device: torch.device, seed: int) -> Provenance:
         "platform": platform.platform(),
         "seed": seed,
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "plugins": plugins,
     })

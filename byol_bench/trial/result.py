@@ -93,6 +93,10 @@ class Provenance:
     platform: str | None = None
     seed: int | None = None
     time: str | None = field(default=None, metadata=COLUMN)
+    # the method and backbone that are not built in -> their package and version ("method tico": "byol-bench-tico 0.1.0")
+    plugins: dict[str, str] = field(default_factory=dict)
+    # with backbone_weights: where they came from (source, origin or SHA-256), the prefix stripped, the keys left out
+    backbone_weights: dict | None = None
 
 
 @dataclass

@@ -27,9 +27,10 @@ from byol_bench.trial.distributed import rank, sync_batchnorm, world_size
 from byol_bench.trial.evaluate import PROBE_METHOD, Evaluator, collapse_rank
 from byol_bench.trial.instrument import images_per_second, measured_peak_flops
 from byol_bench.trial.loop import compiles, log_to_stderr, memory_format, pretrain, resolve_precision
-from byol_bench.trial.provenance import provenance
+from byol_bench.trial.provenance import plugins_used, provenance
 from byol_bench.trial.result import Floors, Metrics, RunFacts, TrialResult, typed
 from byol_bench.trial.state import Checkpoint, TrialState
+from byol_bench.trial.weights import fit_to, read_weights
 
 
 def resolve_device(name: str) -> torch.device:
@@ -137,18 +138,22 @@ def run_search_trial(cfg: TrialConfig, on_epoch: Callable[[dict, Checkpoint], No
 
 
 def run_trial(cfg: TrialConfig, floors: dict | None = None, on_epoch: Callable[[dict, Checkpoint], None] | None = None,
-              resume: Checkpoint | None = None, log: Callable[[str], None] = log_to_stderr) -> TrialResult:
+              resume: Checkpoint | None = None, log: Callable[[str], None] = log_to_stderr,
+              save_backbone: Callable[[nn.Module], None] | None = None) -> TrialResult:
     """Pretrain ``cfg.method``, then evaluate it; returns the trial's result (see docs/trials-and-metrics.md).
 
     ``floors`` are this trial's ``measure_floors`` when a sweep has measured them already; else the trial
     measures them before training. ``on_epoch(row, checkpoint)`` is called after every epoch with that
     epoch's history row and a ``Checkpoint`` that ``resume`` accepts to continue the trial from the next
     epoch. In a DDP trial it is called on every rank (the checkpoints are the same); only rank 0 logs.
+    ``save_backbone(backbone)`` is called once training is done (on rank 0), where ``cfg.save_weights`` asks for it.
+    With ``cfg.backbone_weights`` the backbone is one trained elsewhere, loaded once its random-init floors are measured.
     """
     if rank() != 0:
         log = lambda line: None  # noqa: E731 -- the ranks train in lockstep; one progress log is enough
     data, method, model, optimizer = setup(cfg)
     device = next(method.parameters()).device
+    loaded = fitted_weights(cfg, method.backbone) if cfg.backbone_weights else None  # refused before any work
     evaluator, transfers = make_evaluator(cfg, data, device)
     online_probe = evaluator.online_probe(method.backbone) if cfg.online_probe else None
     if resume is None:
@@ -160,16 +165,29 @@ def run_trial(cfg: TrialConfig, floors: dict | None = None, on_epoch: Callable[[
         state = restore(cfg, method, optimizer, resume, log)
         if online_probe is not None:
             online_probe.load_state_dict(resume.online_probe)
+    if loaded is not None:
+        method.backbone.load_state_dict(loaded[0])
     pretrain(cfg, method, model, optimizer, data, state, evaluator, online_probe, on_epoch=on_epoch, log=log)
+    if save_backbone is not None and cfg.save_weights and rank() == 0:
+        save_backbone(method.backbone)
     scores = evaluator(method) if state.status == "ok" else {}
-    if scores and scores["effective_rank"] < collapse_rank(cfg.projection_dim):
-        state.status = "collapsed"
+    if scores and not loaded and scores["effective_rank"] < collapse_rank(cfg.projection_dim):  # a loaded backbone's
+        state.status = "collapsed"  # projection head is untrained: its collapse would mean nothing
     result = trial_result(cfg, data, device, state, scores, evaluator.probe)
     result.run.transfer = "; ".join(transfers) or None
+    result.provenance.backbone_weights = loaded[1] if loaded else None
     if cfg.embedding_map and scores:
         result.embedding = {"random_init": state.random_init_map, "trained": evaluator.embedding(method.backbone)}
     log(result_line(cfg.method, result))
     return result
+
+
+def fitted_weights(cfg: TrialConfig, backbone: nn.Module) -> tuple[dict, dict]:
+    """``cfg.backbone_weights`` read and keyed as ``backbone``'s, and where they came from (origin, SHA-256, what
+    was stripped or left out to fit them)."""
+    state, origin = read_weights(cfg.backbone_weights)
+    state, fitting = fit_to(backbone, state, cfg.backbone_weights)
+    return state, {**origin, **fitting}
 
 
 def trial_result(cfg: TrialConfig, data: ImageData, device: torch.device, state: TrialState, scores: dict,
@@ -178,7 +196,7 @@ def trial_result(cfg: TrialConfig, data: ImageData, device: torch.device, state:
     return TrialResult(status=state.status, config=cfg.to_dict(), run=run_facts(cfg, data, device, state, probe),
                        history=state.history, metrics=measured(cfg, device, state, scores),
                        floors=typed(Floors, state.floors),
-                       provenance=provenance(device, cfg.seed))
+                       provenance=provenance(device, cfg.seed, plugins_used(cfg.method, cfg.backbone)))
 
 
 def run_facts(cfg: TrialConfig, data: ImageData, device: torch.device, state: TrialState, probe) -> RunFacts:

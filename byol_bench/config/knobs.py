@@ -1,10 +1,9 @@
-"""The trial config: every knob of one trial, with its default, its constraint and a line of help,
-parsed and validated up front."""
+"""Every knob of one trial: its default, its type, its constraint and a line of help (``TrialConfig``), and how a
+value from YAML or the command line reads as that type."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from byol_bench.errors import UserError, did_you_mean, unknown
+from byol_bench.errors import UserError
 
 LR_REFERENCE_BATCH = 128  # lr is given for this batch size and scaled linearly (Goyal et al.), unless lr_scaling is none
 # compile "auto": the fewest training steps for which torch.compile pays back its compile time on a GPU
@@ -91,7 +90,7 @@ class TrialConfig:
     loader_workers: int = knob(1, "DataLoader workers for augment pil; 0: in the main process", at_least=0)
     # optimisation
     batch_size: int = knob(256, "images per step per worker: the global batch is batch_size x workers", above=0)
-    epochs: int = knob(4, "pretraining epochs", above=0)
+    epochs: int = knob(4, "pretraining epochs (0 with backbone_weights: evaluate them as they are)", at_least=0)
     # A method may train with its own optimizer, lr and weight decay (its `trains_with`), each unless given.
     optimizer: str = knob("sgd", "the pretraining optimizer (Barlow Twins and VICReg: their own, lars)",
                           choices=("sgd", "lars", "adam"))
@@ -118,6 +117,11 @@ class TrialConfig:
                                      "these data sets, each a registered name (e.g. cifar10) or an imagefolder tree's "
                                      "path, converted to the pretraining images' channels and size (metrics "
                                      "transfer_<name>_knn_top1 and _linear_top1)", items=str)
+    backbone_weights: str | None = knob(None, "evaluate a backbone trained elsewhere (with epochs 0): a .safetensors, "
+                                        ".pt or .pth state_dict, torchvision:MODEL.WEIGHTS (e.g. "
+                                        "torchvision:resnet18.IMAGENET1K_V1) or timm:NAME (its pretrained weights)")
+    save_weights: bool = knob(True, "save the final backbone (safetensors) and its model card with the result; false "
+                              "for sweeps too large to keep every trial's weights")
     embedding_map: bool = knob(False, "a 2-D map of the test features (UMAP where umap-learn is installed, else "
                                "scikit-learn's t-SNE) of the trained and of the random-init backbone, for the "
                                "report; needs pip install 'byol-bench[embedding]'")
@@ -161,7 +165,7 @@ KNOBS = {f.name: f for f in fields(TrialConfig)}
 OPTION_KNOBS = tuple(key for key in KEYS if KNOBS[key].metadata["options"])  # method_options, backbone_options
 HINTS = typing.get_type_hints(TrialConfig)
 _TRUE, _FALSE, _NULL = ("true", "yes", "1"), ("false", "no", "0"), ("null", "none")
-_TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text", type(None): "null"}
+TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text", type(None): "null"}
 
 
 def knob_types(key: str) -> tuple[type, ...]:
@@ -188,7 +192,7 @@ def _as(kind: type, value):
     raise ValueError(value)
 
 
-def _typed(key: str, value):
+def knob_value(key: str, value):
     """``value`` as knob ``key``'s type, or a UserError. The one type rule for a YAML value and for a
     command-line flag's text: '4' reads as 4, 'true' as True, 'null' (or 'none') as None where None is allowed."""
     kinds = knob_types(key)
@@ -204,7 +208,7 @@ def _typed(key: str, value):
             return _as(kind, value)
         except ValueError:
             continue
-    raise UserError(f"{key}: {value!r} is not valid; give {' or '.join(_TYPE_NAMES[kind] for kind in kinds)}")
+    raise UserError(f"{key}: {value!r} is not valid; give {' or '.join(TYPE_NAMES[kind] for kind in kinds)}")
 
 
 def parse_options(key: str, value) -> dict:
@@ -229,7 +233,7 @@ def _listed(key: str, kind: type, value) -> str:
             raise ValueError(value)
         return ",".join(str(_as(kind, part.strip() if isinstance(part, str) else part)) for part in parts)
     except ValueError:
-        raise UserError(f"{key}: {value!r} is not valid; give {_TYPE_NAMES[kind]} or several, as a YAML list or "
+        raise UserError(f"{key}: {value!r} is not valid; give {TYPE_NAMES[kind]} or several, as a YAML list or "
                         "comma-separated text") from None
 
 
@@ -257,207 +261,6 @@ def option_columns(config: dict) -> dict:
     return {f"{knob}.{name}": value for knob in OPTION_KNOBS for name, value in (config.get(knob) or {}).items()}
 
 
-def make_config(values: dict) -> TrialConfig:
-    """Build a validated TrialConfig from a mapping of knobs (from YAML, the CLI or a sweep)."""
-    for key in values:
-        if not is_key(key):
-            raise UserError(f"unknown key '{key}'{did_you_mean(key, KEYS)}; valid keys: {', '.join(KEYS)}")
-    values = folded(values)
-    cfg = TrialConfig(**{key: _typed(key, value) for key, value in {**_trains_with(values), **values}.items()})
-    cfg = with_method_defaults(cfg)
-    validate(cfg)
-    return cfg
-
-
-def _trains_with(values: dict) -> dict:
-    """The optimizer knobs that the trial's method trains with unless ``values`` give them (its ``trains_with``)."""
-    from byol_bench.models.methods import METHODS
-
-    method = values.get("method", TrialConfig.method)
-    return getattr(METHODS[method], "trains_with", {}) if isinstance(method, str) and method in METHODS else {}
-
-
-def with_method_defaults(cfg: TrialConfig) -> TrialConfig:
-    """``cfg`` with every method-specific knob its method reads and that was left empty set to the method's default."""
-    from byol_bench.models.methods import METHODS
-
-    from byol_bench.models.method import method_options
-
-    if cfg.method not in METHODS:
-        return cfg
-    defaults = METHODS[cfg.method].config_keys
-    options = {**method_options(METHODS[cfg.method]), **(cfg.method_options or {})}
-    return dataclasses.replace(cfg, **{key: value for key, value in defaults.items() if getattr(cfg, key) is None},
-                               method_options=options or None)
-
-
-def _check_constraint(field: dataclasses.Field, value) -> None:
-    """A knob's own constraint from its ``knob(...)`` metadata."""
-    rule = field.metadata
-    if value is None:
-        return
-    if rule["choices"] and value not in rule["choices"]:
-        raise unknown(field.name, value, rule["choices"])
-    if rule["above"] is not None and not value > rule["above"]:  # `not >` also refuses nan
-        raise UserError(f"{field.name} must be above {rule['above']}, got {value}")
-    if rule["at_least"] is not None and not value >= rule["at_least"]:
-        raise UserError(f"{field.name} must be at least {rule['at_least']}, got {value}")
-
-
-def validate(cfg: TrialConfig) -> None:
-    """Each knob's own constraint, the registries' names, then the rules that tie knobs together."""
-    from byol_bench.data.datasets import DATASETS
-    from byol_bench.models.backbones import backbone_problem
-    from byol_bench.models.methods import METHODS
-    from byol_bench.models.plugins import broken
-
-    for field in fields(cfg):
-        _check_constraint(field, getattr(cfg, field.name))
-    if cfg.method not in METHODS and broken("method", cfg.method):
-        raise UserError(f"{broken('method', cfg.method)}; fix or uninstall that package")
-    for kind, name, registry in (("method", cfg.method, METHODS), ("data set", cfg.dataset, DATASETS),
-                                 ("views", cfg.views, ("method", *METHODS))):
-        if name not in registry:
-            raise unknown(kind, name, registry)
-    if backbone_problem(cfg.backbone):
-        raise UserError(backbone_problem(cfg.backbone))
-    if isinstance(cfg.compile, str) and cfg.compile != "auto":
-        raise UserError(f"compile: {cfg.compile!r} is not valid; give true, false or auto")
-    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
-        raise UserError(f"device '{cfg.device}' is not valid; give auto, cpu, cuda or cuda:N")
-    for fraction in map(float, listed(cfg.probe_label_fractions)):
-        if not 0 < fraction <= 1:
-            raise UserError(f"probe_label_fractions: {fraction:g} is not a fraction of the labels; give each in "
-                            "(0, 1], e.g. 0.01,0.1")
-    _validate_eval_datasets(listed(cfg.eval_datasets))
-    if cfg.embedding_map and not any(importlib.util.find_spec(package) for package in ("umap", "sklearn")):
-        raise UserError("embedding_map needs scikit-learn (t-SNE) or umap-learn (UMAP): pip install "
-                        "'byol-bench[embedding]', or leave embedding_map out")
-    if cfg.online_probe and DATASETS[cfg.dataset].unlabeled_pretraining:
-        raise UserError(f"online_probe: {cfg.dataset} pretrains on unlabeled images, which the online probe cannot "
-                        "learn from; leave online_probe out")
-    if cfg.crop_min_scale is not None and cfg.crop_min_scale > 1:
-        raise UserError(f"crop_min_scale {cfg.crop_min_scale} is above 1; give an area fraction in (0, 1]")
-    spec = DATASETS[cfg.dataset]
-    if not spec.any_size and cfg.image_size not in (None, spec.image_size):
-        raise UserError(f"image_size {cfg.image_size}: {cfg.dataset} is used at its native {spec.image_size} px; "
-                        "leave image_size out (it sizes imagefolder and synthetic data only)")
-    if cfg.dataset == "imagefolder" and not cfg.data_dir:
-        raise UserError("dataset imagefolder needs --data-dir (the root of a <class>/<image> tree)")
-    if cfg.validation is not None and not cfg.validation < 1:
-        raise UserError(f"validation {cfg.validation} is not below 1; give the held-out fraction of the train split, "
-                        "e.g. 0.1")
-    if cfg.validation is not None and cfg.test_subset is not None:
-        raise UserError("test_subset: with validation the test split is never read; leave test_subset out")
-    if cfg.test_subset is not None and cfg.test_subset < cfg.workers:
-        raise UserError(f"test_subset {cfg.test_subset} is smaller than workers {cfg.workers}: every worker evaluates "
-                        "a share of the test images; raise test_subset")
-    if cfg.subset is not None and cfg.global_batch_size > cfg.subset:
-        raise UserError(f"global batch {cfg.global_batch_size} (batch_size x workers) is larger than subset {cfg.subset}; "
-                        "lower the batch size or raise the subset")
-    sizes = spec.sizes
-    pretrain = None
-    if sizes is not None:  # known before loading: fail now, not minutes into a sweep
-        pretrain, train, test = sizes
-        pretrain = min(pretrain, cfg.subset or pretrain)
-        for key, requested, available in (("subset", cfg.subset, train), ("test_subset", cfg.test_subset, test),
-                                          ("global batch", cfg.global_batch_size, pretrain)):
-            if requested is not None and requested > available:
-                raise UserError(f"{key} {requested} is larger than {cfg.dataset}'s {available} images; give at most {available}")
-    image_size = cfg.image_size or spec.image_size
-    if cfg.view_size is not None and cfg.view_size > image_size:
-        raise UserError(f"view_size {cfg.view_size} is larger than the {image_size} px images; give at most "
-                        f"{image_size} (null: {image_size})")
-    _validate_method_knobs(cfg, cfg.global_view_size(image_size), pretrain)
-    _validate_patches(cfg, image_size)
-
-
-def _validate_eval_datasets(items: list[str]) -> None:
-    """Each transfer data set a registered one (imagefolder is given by its path) or a folder of class folders,
-    and no two named alike in the metrics."""
-    from byol_bench.data.datasets import DATASETS, transfer_name
-
-    registered = [name for name in DATASETS if name != "imagefolder"]
-    for item in items:
-        if item in registered:
-            continue
-        path = Path(item).expanduser()
-        if not path.is_dir():
-            raise UserError(f"eval_datasets: {item!r} is neither a data set{did_you_mean(item, registered)} nor a "
-                            f"folder; give one of {', '.join(registered)} or an imagefolder tree's path")
-        if not any(child.is_dir() for child in path.iterdir()):
-            raise UserError(f"eval_datasets: {item} holds no class folders, so its classes cannot be read; give the "
-                            "root of a <class>/<image> tree")
-    names = [transfer_name(item) for item in items]
-    if len(set(names)) < len(names):
-        raise UserError(f"eval_datasets: {', '.join(items)} name the same metrics ({', '.join(names)}); give each "
-                        "data set once, and folders of different names")
-
-
-def _validate_method_knobs(cfg: TrialConfig, image_size: int, pretrain_images: int | None) -> None:
-    """The method-specific knobs: only the method's own, each within what the data allows."""
-    from byol_bench.models.methods import METHODS
-    from byol_bench.models.momentum import parse_momentum_schedule
-
-    for key in KEYS:
-        if getattr(cfg, key) is not None and not method_reads(cfg.method, key):
-            readers = ", ".join(name for name, method in METHODS.items() if key in method.config_keys)
-            raise UserError(f"{key}: method {cfg.method} does not read it (read by {readers}); leave it out")
-    _validate_method_options(cfg)
-    if cfg.momentum_schedule is not None:
-        parse_momentum_schedule(cfg.momentum_schedule)
-    if cfg.projection_layers not in (None, 2, 3):
-        raise UserError(f"projection_layers {cfg.projection_layers} is not valid; give 3 (the paper's head) or 2 "
-                        "(lightly's CIFAR-10 head)")
-    if cfg.memory_bank_size is not None and pretrain_images is not None and cfg.memory_bank_size > pretrain_images:
-        raise memory_bank_too_large(cfg.memory_bank_size, pretrain_images)
-    if cfg.local_crop_size is not None and cfg.local_crop_size > image_size:
-        raise UserError(f"local_crop_size {cfg.local_crop_size} is larger than the {image_size} px global crops; "
-                        f"give at most {image_size} (null: half of it)")
-
-
-def _validate_method_options(cfg: TrialConfig) -> None:
-    """Every option given is one the method declares, of its default's type (an int serves a float)."""
-    from byol_bench.models.method import method_options
-    from byol_bench.models.methods import METHODS
-
-    declared = method_options(METHODS[cfg.method])
-    for name, value in (cfg.method_options or {}).items():
-        if name not in declared:
-            listed_options = ", ".join(f"{key} (default {default!r})" for key, default in declared.items())
-            raise UserError(f"method_options.{name}: method {cfg.method} has no such option; "
-                            + (f"its options: {listed_options}" if declared else "it takes no method_options"))
-        default = declared[name]
-        if default is not None and value is not None and not isinstance(value, type(default)) and not (
-                isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
-            raise UserError(f"method_options.{name}: {value!r} is not valid for method {cfg.method}; give "
-                            f"{_TYPE_NAMES.get(type(default), type(default).__name__)} (default {default!r})")
-
-
-def _validate_patches(cfg: TrialConfig, image_size: int) -> None:
-    """A ViT backbone cuts every image it sees into whole patches: the images evaluated, the global views and a
-    multi-crop method's local crops must each be a multiple of its patch side (else its border is dropped unseen)."""
-    from byol_bench.models.backbones import patch_size
-
-    patch = patch_size(cfg.backbone, cfg.backbone_options or {})
-    if patch is None:
-        return
-    view = cfg.global_view_size(image_size)
-    sizes = {"images": image_size, "global views": view}
-    if cfg.local_crops:
-        sizes[f"method {cfg.method}'s local crops"] = cfg.local_crop_size or view // 2
-    for what, size in sizes.items():
-        if size % patch:
-            raise UserError(f"backbone {cfg.backbone}: the {size} px {what} do not divide into its {patch} px patches; "
-                            f"set backbone_options.patch_size to a divisor of {size}"
-                            + (" or local_crop_size to a multiple of it" if "local" in what else ""))
-
-
-def memory_bank_too_large(size: int, pretrain_images: int) -> UserError:
-    return UserError(f"memory_bank_size {size} is larger than the {pretrain_images} pretraining images (the bank "
-                     f"would hold stale copies of them); give at most {pretrain_images}")
-
-
 def method_reads(method: str, key: str) -> bool:
     """Whether a trial of ``method`` uses config ``key``: a key that some method lists in its ``knobs``
     is read only by the methods that list it (SimCLR has no momentum schedule)."""
@@ -470,15 +273,6 @@ def method_reads(method: str, key: str) -> bool:
         return method in METHODS and option in method_options(METHODS[method])
     method_specific = any(key in known.config_keys for known in METHODS.values())
     return not method_specific or (method in METHODS and key in METHODS[method].config_keys)
-
-
-def resolved_config(knobs: dict) -> dict:
-    """Every knob a trial with ``knobs`` runs with: the defaults under its knobs, and the knobs its method
-    never reads left empty (None) rather than a default that was never used. The sweep records this for
-    every trial, and the report for a planned trial that has no row (or a trial JSON, whose config may
-    come from a version that recorded every knob)."""
-    method = knobs.get("method", TrialConfig.method)
-    return make_config({key: value for key, value in knobs.items() if method_reads(method, key)}).to_dict()
 
 
 def read_yaml(path: str | Path) -> dict:
