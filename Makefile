@@ -10,11 +10,13 @@ STAMP := $(VENV)/.installed
 # Ray's and MLflow's up front (half the install): so the byte code must be written, whatever the shell says.
 unexport PYTHONDONTWRITEBYTECODE
 
-# (Re)build the virtual environment when it is missing or older than pyproject.toml.
-$(STAMP): pyproject.toml
+# (Re)build the virtual environment when it is missing or older than pyproject.toml; with the example plug-in
+# package (examples/byol-bench-tico), which the tests run as an outside package's method and backbone.
+EXAMPLE_PLUGIN := examples/byol-bench-tico
+$(STAMP): pyproject.toml $(EXAMPLE_PLUGIN)/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q --no-compile -e '.[test]'
+	$(BIN)/python -m pip install -q --no-compile -e '.[test]' -e $(EXAMPLE_PLUGIN)
 	@touch $@
 
 # A Debian package, installed where this can (as root with apt-get); elsewhere nothing happens.

@@ -70,7 +70,7 @@ def a_file_as_folder(tmp: Path):
 CASES = {
     "unknown method": (lambda t, m: train(t, "--method", "byl"), "unknown method 'byl' (did you mean 'byol'?)"),
     "another method's knob": (lambda t, m: train(t, "--method", "simclr", "--momentum-schedule", "constant:0.99"),
-                              "momentum_schedule: method simclr does not read it (read by byol, moco, dino); leave it out"),
+                              "momentum_schedule: method simclr does not read it (read by byol, moco, dino"),  # and plug-ins
     "memory bank larger than the data": (lambda t, m: train(t, "--method", "moco", "--memory-bank-size", "300"),
                                          "memory_bank_size 300 is larger than the 256 pretraining images"),
     "default memory bank larger than the data": (lambda t, m: train(t, "--method", "nnclr"),
@@ -101,7 +101,7 @@ CASES = {
     "unknown backbone": (lambda t, m: train(t, "--backbone", "resnet19"), "unknown backbone 'resnet19'"),
     "zero batch size": (lambda t, m: train(t, "--batch-size", "0"), "batch_size must be above 0, got 0"),
     "negative batch size": (lambda t, m: train(t, "--batch-size", "-4"), "batch_size must be above 0, got -4"),
-    "zero epochs": (lambda t, m: train(t, "--epochs", "0"), "epochs must be above 0, got 0"),
+    "zero epochs": (lambda t, m: train(t, "--epochs", "0"), "epochs 0 trains nothing; give epochs above 0, or backbone_weights"),
     "wrong type": (lambda t, m: train(t, "--epochs", "two"), "epochs: 'two' is not valid; give a whole number"),
     "batch larger than subset": (lambda t, m: train(t, "--batch-size", "512"), "global batch 512 (batch_size x workers) is larger than subset 256"),
     "workers outside a sweep": (lambda t, m: train(t, "--workers", "2"), "workers 2: this process group has 1; run a trial with workers N under 'torchrun"),

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from byol_bench.models.methods import METHODS
+from byol_bench.models.methods import BUILT_IN_METHODS, METHODS
 from byol_bench.trial.batches import ahead_on_side_stream
 from byol_bench.trial.instrument import StepClock
 from byol_bench.trial.run import run_trial
@@ -39,7 +39,7 @@ def test_views_made_ahead_on_a_side_stream_are_the_views_made_in_series():
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(BUILT_IN_METHODS))
 def test_a_trial_runs_on_the_gpu(method, tiny_config):
     result = run_trial(tiny_config(method=method, device="cuda", backbone="resnet18"), log=lambda line: None)
     assert result.status == "ok" and result.run.device.startswith("cuda")

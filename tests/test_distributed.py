@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 import yaml
 
 from byol_bench.cli import main
-from byol_bench.models.methods import METHODS
+from byol_bench.models.methods import BUILT_IN_METHODS
 from byol_bench.on_ray import failpoints
 from byol_bench.trial.distributed import gather_rows, shard, sync_batchnorm
 from byol_bench.trial.state import load_checkpoint
@@ -98,7 +98,7 @@ def _run_rank(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        for method in METHODS:
+        for method in BUILT_IN_METHODS:
             weights, state = pretrained(_split(method, world))
             torch.save({"method": weights, "state": state}, f"{out}/rank{rank}-{method}.pt")
         for name, (method, knobs, break_method) in BROKEN.items():
@@ -118,7 +118,7 @@ def two_ranks(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(BUILT_IN_METHODS))
 def test_two_workers_train_the_same_weights_as_one(two_ranks, method):
     """The global batch of 64 split over two gloo ranks (SyncBatchNorm, gathered negatives, DDP's averaged
     gradients, the EMA targets; MoCo's queue, NNCLR's support set and DINO's centre, which are in the weights
@@ -220,7 +220,8 @@ def test_a_ddp_trial_in_a_sweep_whose_node_is_lost_continues_from_its_checkpoint
     node joins: Tune retries the trial on the nodes left from its last checkpoint. One row per trial, each recording
     its restart; no epoch twice in the tables, none run again. Each trial pauses once its second epoch is reported
     (a failpoint), so the node is lost at that point on any machine, however fast. The DDP trial (Ray Train inside
-    Ray Tune) is one row with its global batch, and its checkpoints are rank 0's state alone."""
+    Ray Tune) is one row with its global batch, and its checkpoints are rank 0's state alone. The trials train the
+    example plug-in package's method, which every node's workers find through its entry point."""
     from ray.cluster_utils import Cluster
 
     quiet_fast_ray()
@@ -232,7 +233,9 @@ def test_a_ddp_trial_in_a_sweep_whose_node_is_lost_continues_from_its_checkpoint
     try:
         cluster.wait_for_nodes()
         address = cluster.address
-        path = _ddp_sweep(tmp_path, "nodes", {"workers": [1, 2]}, max_failures=1, method="simclr", epochs=3)
+        # The method is the example plug-in's (examples/byol-bench-tico), installed where every node's workers run
+        # (docs/extending.md: or shipped with Ray's runtime_env): its entry point reaches the ranks on the nodes.
+        path = _ddp_sweep(tmp_path, "nodes", {"workers": [1, 2]}, max_failures=1, method="tico", epochs=3)
         folder = tmp_path / "results" / "nodes"
         script = os.path.join(os.path.dirname(sys.executable), "byol-bench")
         sweep = subprocess.Popen([script, "sweep", str(path), "--results-dir", str(tmp_path / "results"), "--address", address],
@@ -288,7 +291,8 @@ def test_a_ddp_trial_in_a_sweep_whose_node_is_lost_continues_from_its_checkpoint
     assert checkpoint.state.epoch == 3 and "backbone.0.weight" in checkpoint.method
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["address"] == address and manifest["cluster_resources"]["CPU"] == 2
-    assert (folder / "report.html").exists()
+    assert (folder / "report.html").exists() and manifest["plugins"]["method tico"].startswith("byol-bench-tico ")
+    assert trials["weights"].map(lambda weights: (folder / weights).is_file()).all()  # from each trial's last node
 
 
 def test_ray_state_can_live_in_shared_storage_apart_from_the_tables(tmp_path, ray_cluster, capsys):

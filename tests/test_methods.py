@@ -3,15 +3,13 @@ import copy
 import pytest
 import torch
 
-from byol_bench.data.datasets import make_synthetic
 from byol_bench.models.backbones import build_backbone
 from byol_bench.models.method import Method, interface_problems
-from byol_bench.models.methods import METHODS, uses_momentum
+from byol_bench.models.methods import BUILT_IN_METHODS, METHODS, uses_momentum
 from byol_bench.models.view_recipe import ViewRecipe
-from byol_bench.trial.batches import view_recipes
-from byol_bench.trial.views import TensorViews
+from byol_bench.trial.conformance import check_loss_falls, fixed_views
 
-MOMENTUM_METHODS = sorted(name for name, method in METHODS.items() if uses_momentum(method))
+MOMENTUM_METHODS = sorted(name for name in BUILT_IN_METHODS if uses_momentum(METHODS[name]))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -32,30 +30,10 @@ def _method(name, cfg):
     return METHODS[name](backbone, dim, cfg)
 
 
-def _fixed_views(cfg, seed=0):
-    """One seeded batch of the views ``cfg``'s method trains on (a multi-crop method's local crops included)."""
-    images, _ = make_synthetic(32, seed=seed, image_size=SIZE)
-    return TensorViews(view_recipes(cfg, SIZE), SIZE, 3, (0.5,) * 3, (0.25,) * 3, seed=seed, device="cpu")(images)
-
-
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(BUILT_IN_METHODS))
 def test_loss_falls_on_a_fixed_batch(name, tiny_config):
-    cfg = tiny_config(method=name)
-    method, views = _method(name, cfg), _fixed_views(cfg)
-    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
-    losses = []
-    for _ in range(10):
-        loss = method(*views)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if uses_momentum(method):
-            method.update_target(0.99)
-        losses.append(loss.item())
-    # A memory (MoCo's queue, NNCLR's support set) starts with random entries: its loss is read from the second
-    # step on, when the memory holds the batch's own.
-    first = 1 if "memory_bank_size" in METHODS[name].config_keys else 0
-    assert losses[-1] < losses[first] - 0.05, losses
+    check = check_loss_falls(tiny_config(method=name))  # what byol-bench check-method runs on a plug-in too
+    assert check.passed, check.detail
 
 
 def _params(module):
@@ -72,7 +50,7 @@ def test_a_target_network_gets_no_gradient_and_moves_only_by_the_ema(name, tiny_
     method = _method(name, cfg)
     target_before = [p.detach().clone() for p in _target(method)]
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
-    method(*_fixed_views(cfg)).backward()
+    method(*fixed_views(cfg)).backward()
     optimizer.step()
     assert all(p.grad is None for p in _target(method))
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.backbone.parameters())
@@ -122,7 +100,7 @@ def test_simsiam_stop_gradient_switch_controls_the_target_branch(tiny_config):
     for stop in (True, False):
         cfg = tiny_config(method="simsiam", stop_gradient=stop)
         method = _method("simsiam", cfg)
-        method(*_fixed_views(cfg)).backward()
+        method(*fixed_views(cfg)).backward()
         grads[stop] = method.projection_head.layers[0].weight.grad.clone()  # reached by both branches
     assert not torch.allclose(grads[True], grads[False])
 
@@ -134,7 +112,7 @@ def test_the_evaluated_backbone_is_byols_online_one(tiny_config):
     method = _method("byol", cfg)
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
     before = _params(method.backbone)
-    method(*_fixed_views(cfg)).backward()
+    method(*fixed_views(cfg)).backward()
     optimizer.step()
     assert any(not torch.equal(now, then) for now, then in zip(_params(method.backbone), before))
     assert all(p.requires_grad for p in method.backbone.parameters())
@@ -147,7 +125,7 @@ def test_a_memory_bank_fills_with_the_batch_and_is_kept_in_checkpoints(name, ban
     the state_dict, so that a resumed trial goes on with what it had queued."""
     cfg = tiny_config(method=name)
     method = _method(name, cfg)
-    method(*_fixed_views(cfg))
+    method(*fixed_views(cfg))
     state = method.state_dict()
     assert state[f"{bank}.bank"].shape == (128, 32)
     assert state[f"{bank}.bank_ptr"].item() == (2 * 32 if name == "moco" else 32)
@@ -164,7 +142,7 @@ def test_a_method_trains_with_its_own_optimizer_unless_one_is_given():
     assert (simclr.optimizer, simclr.lr, simclr.weight_decay) == ("sgd", 0.06, 5e-4)
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(BUILT_IN_METHODS))
 def test_every_built_in_method_implements_the_method_interface(name, tiny_config):
     assert interface_problems(METHODS[name]) == []
     assert isinstance(_method(name, tiny_config(name)), Method)

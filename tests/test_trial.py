@@ -9,7 +9,7 @@ import torch
 
 from byol_bench.cli import main
 from byol_bench.config import make_config
-from byol_bench.models.methods import METHODS
+from byol_bench.models.methods import BUILT_IN_METHODS, METHODS
 from byol_bench.trial.result import values
 from byol_bench.trial.run import measure_floors, run_trial, setup
 from conftest import TINY, pretrained, tiny
@@ -35,7 +35,9 @@ def test_train_command_writes_a_complete_result(tmp_path, capsys):
     for key in ("python", "torch", "torchvision", "lightly", "ray", "git_revision", "device_name", "threads", "seed", "time"):
         assert key in result["provenance"]
     assert result["run"]["probe_recipe"]["epochs"] == 5
-    assert not [p for p in tmp_path.iterdir() if p.name != "trial.json"]  # no temporary file left behind
+    # the result, the backbone's weights and its model card; no temporary file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trial.backbone.safetensors", "trial.json",
+                                                         "trial.model-card.json", "trial.model-card.md"]
 
 
 def test_the_online_probe_learns_without_changing_pretraining_and_low_label_metrics_are_recorded(tmp_path):
@@ -169,7 +171,7 @@ def test_a_compiled_trial_trains_as_the_eager_one_and_times_its_compile_apart():
     assert len(eager_state.step_times) == 4 and len(compiled_state.step_times) == 3
 
 
-@pytest.mark.parametrize("method", [name for name in METHODS if name not in ("byol", "simclr", "simsiam")])
+@pytest.mark.parametrize("method", [name for name in BUILT_IN_METHODS if name not in ("byol", "simclr", "simsiam")])
 def test_each_new_method_runs_a_trial_that_writes_a_complete_result(method):
     """One epoch of two steps, with the kNN monitor every epoch: the result has every section, the method's
     own knobs filled with its defaults and the others' left empty, and the best epoch's kNN accuracy."""

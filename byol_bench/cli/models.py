@@ -7,6 +7,8 @@ import importlib.metadata
 import time
 from pathlib import Path
 
+from byol_bench.errors import UserError
+
 
 def cmd_methods(args) -> int:
     from byol_bench.models.backbones import BACKBONE_ORIGINS, BACKBONES, FAMILIES
@@ -57,6 +59,24 @@ def cmd_evaluate(args) -> int:
     return cmd_train(args)
 
 
+def cmd_check_method(args) -> int:
+    from byol_bench.errors import unknown
+    from byol_bench.models.methods import METHODS
+    from byol_bench.models.plugins import broken
+    from byol_bench.trial.conformance import check_method
+
+    if args.name not in METHODS:
+        found = broken("method", args.name)
+        raise UserError(f"{found}; fix or uninstall that package") if found else unknown("method", args.name, METHODS)
+    print(f"checking method {args.name} (a tiny trial on synthetic images, one thread; about a minute)")
+    checks = check_method(args.name, log=print)
+    if not checks[0].passed:
+        print(checks[0])
+    failed = [check.name for check in checks if not check.passed]
+    print(f"{args.name}: " + (f"FAILED {', '.join(failed)}" if failed else f"passed all {len(checks)} checks"))
+    return 1 if failed else 0
+
+
 def add_model_parsers(commands, train_flags) -> None:
     """``train_flags(parser)`` adds train's flags (evaluate takes them)."""
     evaluate = commands.add_parser(
@@ -70,6 +90,15 @@ def add_model_parsers(commands, train_flags) -> None:
                                           "torchvision:MODEL.WEIGHTS or timm:NAME (downloads)")
     train_flags(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
+
+    check = commands.add_parser("check-method", help="run the checks every built-in method passes on a method "
+                                                     "(a plug-in's): exit 1 naming what failed",
+                                description="Interface, declared views, the loss falls on a fixed batch, a target "
+                                            "network gets no gradient and moves only by its update, a checkpoint "
+                                            "resumes bit-identically, two DDP ranks train the weights of one worker. "
+                                            "From a plug-in's pytest: byol_bench.trial.conformance.check_method(NAME).")
+    check.add_argument("name", help="a method's name (byol-bench methods lists them)")
+    check.set_defaults(run=cmd_check_method)
 
     methods = commands.add_parser("methods", help="list every method and backbone: built-in, or from which package "
                                                   "(and version), with each method's options and defaults")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 from dataclasses import fields
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def validate(cfg: TrialConfig) -> None:
             raise unknown(kind, name, registry)
     if backbone_problem(cfg.backbone):
         raise UserError(backbone_problem(cfg.backbone))
+    _validate_backbone_options(cfg)
     if isinstance(cfg.compile, str) and cfg.compile != "auto":
         raise UserError(f"compile: {cfg.compile!r} is not valid; give true, false or auto")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
@@ -155,6 +157,24 @@ def _validate_method_options(cfg: TrialConfig) -> None:
                 isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
             raise UserError(f"method_options.{name}: {value!r} is not valid for method {cfg.method}; give "
                             f"{TYPE_NAMES.get(type(default), type(default).__name__)} (default {default!r})")
+
+
+def _validate_backbone_options(cfg: TrialConfig) -> None:
+    """A registered backbone's options are its builder's keyword parameters (a torchvision or timm model's are
+    checked as it is built)."""
+    from byol_bench.models.backbones import BACKBONES
+
+    builder = BACKBONES.get(cfg.backbone)
+    if builder is None or not cfg.backbone_options:
+        return
+    parameters = list(inspect.signature(builder).parameters.values())[2:]  # after in_channels, image_size
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+        return
+    for name in cfg.backbone_options:
+        if name not in {parameter.name for parameter in parameters}:
+            listed_options = ", ".join(f"{p.name} (default {p.default!r})" for p in parameters) or "none"
+            raise UserError(f"backbone_options.{name}: backbone {cfg.backbone} takes no such option; its options: "
+                            f"{listed_options}")
 
 
 def _validate_backbone_weights(cfg: TrialConfig) -> None:

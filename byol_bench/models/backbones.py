@@ -37,8 +37,8 @@ def small_cnn(in_channels: int, image_size: int, width: int = 32) -> tuple[nn.Mo
 
 
 def _resnet(name: str):
-    def build(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
-        return _torchvision_model(name, in_channels, image_size)
+    def build(in_channels: int, image_size: int, **options) -> tuple[nn.Module, int]:
+        return _torchvision_model(name, in_channels, image_size, **options)
 
     return build
 
@@ -97,16 +97,20 @@ def build_backbone(name: str, in_channels: int, image_size: int, options: dict |
         raise UserError(f"backbone_options {options}: backbone {name} does not take them ({error})") from None
 
 
-def _torchvision_model(name: str, in_channels: int, image_size: int, **options) -> tuple[nn.Module, int]:
-    """A torchvision model without its classifier; with the small-image stem where it has a ResNet's (``conv1`` and
-    ``maxpool``), and its first convolution taking ``in_channels``."""
+def _torchvision_model(name: str, in_channels: int, image_size: int, small_stem: bool | None = None,
+                       **options) -> tuple[nn.Module, int]:
+    """A torchvision model without its classifier, its first convolution taking ``in_channels``; with the small-image
+    stem where it has a ResNet's (``conv1`` and ``maxpool``) and ``small_stem`` asks for it (None: for images up to
+    SMALL_IMAGE_MAX px; false keeps ImageNet's stem, as ImageNet weights need)."""
+    if small_stem is None:
+        small_stem = image_size <= SMALL_IMAGE_MAX
     if name.startswith("vit_"):
         options.setdefault("image_size", image_size)
     try:
         model = torchvision.models.get_model(name, weights=None, **options)
     except (TypeError, ValueError) as error:
         raise UserError(f"backbone_options {options}: torchvision's {name} does not take them ({error})") from None
-    if image_size <= SMALL_IMAGE_MAX and isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+    if small_stem and isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
         # The ImageNet stem (7x7 stride 2 + max-pool) throws away most of a 32 px image (lightly#1419).
         model.conv1 = nn.Conv2d(in_channels, model.conv1.out_channels, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()

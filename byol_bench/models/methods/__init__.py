@@ -27,6 +27,7 @@ METHODS: dict[str, type[Method]] = {
     "dino": DINO,
     "swav": SwAV,
 }
+BUILT_IN_METHODS = tuple(METHODS)
 METHOD_ORIGINS = dict.fromkeys(METHODS, BUILT_IN)  # where each method comes from: built-in, or "package version"
 load_plugins(METHOD_GROUP, "method", METHODS, METHOD_ORIGINS, interface_problems)
 
