@@ -26,3 +26,20 @@ def floor_setting(cfg) -> tuple:
 def setting_label(values: dict, separator: str = ",") -> str:
     """A trial's or a setting's name: its knobs as key=value, in order (a trial id joins them with ',')."""
     return separator.join(f"{key}={value}" for key, value in values.items())
+
+
+# Each accuracy beside the floor it is read against, and the floor's name: a trial under one is a finding (at a short
+# budget, SSL features may not yet beat raw pixels), which the console and the report name.
+FLOOR_PAIRS = (("knn_top1", "random_init_knn_top1", "random-init kNN"),
+               ("knn_top1", "raw_pixels_knn_top1", "raw-pixel kNN"),
+               ("linear_top1", "random_init_linear_top1", "random-init linear"))
+
+
+def floors_under(values) -> list[str]:
+    """The floors a trial's accuracy is under (``values``: a result's metrics and floors, or a table row), each as
+    "<floor> (<accuracy> < <floor's>)"; empty where it measured none or is above all."""
+    def known(value) -> bool:
+        return value is not None and value == value  # None or NaN: not measured
+
+    return [f"{name} ({values[metric]:.3f} < {values[floor]:.3f})" for metric, floor, name in FLOOR_PAIRS
+            if known(values.get(metric)) and known(values.get(floor)) and values[metric] < values[floor]]

@@ -123,3 +123,11 @@ def test_a_trial_not_yet_measured_is_timed_by_its_other_seeds_before_its_method(
     # bf16: 1 epoch left at 4 s; then bf16-seed1 on that slot: the set-up the two took beyond their first epoch
     # (0 and 6 s: 3 s) and 2 epochs at its setting's 4 s, not its method's 7 s; fp32 ends before, 10 s from now
     assert progress.time_left({"fp32": "running", "bf16": "running", "bf16-seed1": "pending"}) == 4 + 3 + 2 * 4
+
+
+def test_a_result_line_names_each_floor_the_trial_is_under():
+    under = {**RESULT, "floors": {**RESULT["baselines"], "raw_pixels_knn_top1": 0.760}}
+    under.pop("baselines")
+    line = result_line("simsiam", TrialResult.from_dict(under))
+    assert line.endswith("; under its floor: raw-pixel kNN (0.712 < 0.760)")
+    assert "under" not in result_line("byol", TrialResult.from_dict(RESULT))

@@ -162,6 +162,12 @@ def test_the_report_has_every_table_and_figure(sweep):
     assert markdown.count("Protocol: data set fashion-mnist (train subset 5000, test subset 2000), backbone small-cnn, "
                           "3 pretraining epochs; kNN k = 200, T = 0.1; linear probe 100 epochs at lr 0.01") == len(TABLES)
     assert "device cpu (Test CPU)" in markdown
+    finished = pd.read_parquet(sweep / "trials.parquet").query("status == 'ok'")
+    under = finished[finished["knn_top1"] < finished["raw_pixels_knn_top1"]]  # the fake floors: raw pixels at 0.78
+    assert 0 < len(under) < len(finished)
+    assert f"Under a floor ({len(under)} of {len(finished)} finished trials; a finding of this budget" in markdown
+    for trial in under.itertuples():
+        assert f"{trial.trial_id}: raw-pixel kNN ({trial.knn_top1:.3f} < {trial.raw_pixels_knn_top1:.3f})" in markdown
     for name in FIGURES:
         assert (sweep / "figures" / f"{name}.png").stat().st_size > 1000
         assert read(sweep / "figures" / f"{name}.svg").lstrip().startswith("<?xml")

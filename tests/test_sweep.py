@@ -55,6 +55,8 @@ def test_method_specific_axes_cross_only_the_methods_that_read_them(tmp_path):
     ("gpu-check", 3),  # one trial per method
     ("quick-precision", 8 * 2 * 3),  # the quick preset's 8 settings x fp32, bf16 x 3 seeds
     ("trial-precision", 2 * 3),  # fp32, bf16 x 3 seeds
+    ("trust", 3 * 3),  # BYOL, SimCLR, SimSiam x 3 seeds; its transfer set is a registered data set (no script first)
+    ("vit-vs-cnn", 2 * 2),  # BYOL, SimCLR x the small CNN, a timm ViT
 ])
 def test_presets_dry_run_to_the_expected_trial_count(preset, trials, capsys):
     assert main(["sweep", str(PRESETS / f"{preset}.yaml"), "--dry-run"]) == 0
@@ -265,7 +267,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before_it_then_to_a_fresh_st
     assert notes[-1] == f"checkpoint {trial}/checkpoint_000000 is truncated or damaged; starting over from epoch 1"
 
 
-def test_a_checkpoint_the_disk_has_no_room_for_fails_its_trial_saying_so(tiny_config):
+def test_a_checkpoint_the_disk_has_no_room_for_fails_its_trial_saying_so(tiny_config, tmp_path):
     from byol_bench.on_ray.trainable import run_and_report
 
     def report(metrics: dict, checkpoint_folder: str | None = None) -> None:
@@ -273,7 +275,8 @@ def test_a_checkpoint_the_disk_has_no_room_for_fails_its_trial_saying_so(tiny_co
             raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
 
     with pytest.raises(OSError, match=r"no space left to save epoch 1's checkpoint \(\d+\.\d\d MB\) into the sweep's storage"):
-        run_and_report("t", tiny_config("simclr", epochs=1), {}, None, report, saves_checkpoints=True)
+        run_and_report("t", tiny_config("simclr", epochs=1), {}, None, report, saves_checkpoints=True,
+                       weights_to=str(tmp_path / "weights.safetensors"))
 
 
 def test_a_table_the_disk_has_no_room_for_is_not_written_at_all(tmp_path, monkeypatch):

@@ -51,8 +51,6 @@ def cmd_evaluate(args) -> int:
     from byol_bench.cli import cmd_train
 
     args.backbone_weights, args.epochs = args.weights, "0"
-    if args.save_weights is None:
-        args.save_weights = "false"  # the weights are on disk already
     if args.out is None:
         name = Path(args.weights.split(":")[-1]).stem.replace(".", "-")
         args.out = f"results/trials/evaluate-{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -239,6 +239,24 @@ def _load_synthetic(root: Path, image_size: int, download: bool):
     return train_images, train_labels, test_images, test_labels, None
 
 
+DIGITS_TEST = 500  # of scikit-learn's 1,797 digits, held out as the test split (stratified, seeded)
+
+
+def _load_digits(root: Path, image_size: int, download: bool):
+    """scikit-learn's bundled handwritten digits (no download): 8 px grayscale, 10 classes, split 1,297 / 500."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise UserError("the digits data set is scikit-learn's: pip install 'byol-bench[embedding]' (or scikit-learn)") from None
+    digits = load_digits()
+    images = torch.from_numpy(np.round(digits.images * 255 / 16).astype(np.uint8))[:, None]  # its 0-16 intensities
+    labels = torch.from_numpy(digits.target).long()
+    test = stratified_subset(labels, DIGITS_TEST, seed=0)
+    train = torch.ones(len(labels), dtype=torch.bool)
+    train[test] = False
+    return images[train], labels[train], images[test], labels[test], None
+
+
 # --- registry ------------------------------------------------------------------------------------
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -251,6 +269,8 @@ DATASETS: dict[str, DatasetSpec] = {
     "stl10": DatasetSpec(96, 3, (0.4408, 0.4279, 0.3867), (0.2682, 0.2610, 0.2686), _load_stl10, "STL-10, 96 px; pretrains on unlabeled+train", (105000, 5000, 8000),
                           unlabeled_pretraining=True),
     "imagefolder": DatasetSpec(64, 3, IMAGENET_MEAN, IMAGENET_STD, _load_imagefolder, "any root/<class>/<image> tree (--data-dir)", any_size=True),
+    "digits": DatasetSpec(8, 1, (0.306,), (0.376,), _load_digits, "scikit-learn's 1,797 8 px handwritten digits, for "
+                          "transfer evaluation", (1297, 1297, DIGITS_TEST)),
     "synthetic": DatasetSpec(32, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), _load_synthetic, "generated gratings for tests; not a benchmark", (2000, 2000, 500),
                              any_size=True),
 }

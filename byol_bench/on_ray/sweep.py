@@ -162,6 +162,7 @@ def _manifest(sweep: Sweep, planned: list[PlannedTrial], cluster: dict, address:
     manifest = {
         "sweep": sweep.name, "description": sweep.description, "sweep_file": sweep.source,
         "axes": list(sweep.axes), "fixed": sweep.trial, "method_overrides": sweep.method_overrides,
+        "backbone_overrides": sweep.backbone_overrides,
         "resources": sweep.resources, "anchors": sweep.anchors,
         "grid": [{"trial_id": p.trial_id, "knobs": p.knobs} for p in planned],
         "cluster_resources": cluster, "address": address or "local", "storage": ray_storage,

@@ -1,7 +1,7 @@
 """A sweep file: a YAML grid of trials, loaded, validated and expanded before anything runs (no Ray here).
 
 The sweep file names fixed trial knobs (``trial``), the crossed ``axes``, per-method knobs
-(``method_overrides``), the ``resources`` of a trial's worker, concurrency and retries, and optional
+(``method_overrides``) and per-backbone ones (``backbone_overrides``), the ``resources`` of a trial's worker, concurrency and retries, and optional
 published ``anchors``. ``expand`` turns it into planned trials; ``on_ray.sweep`` runs them on Ray Tune.
 """
 
@@ -16,8 +16,8 @@ from byol_bench.errors import UserError, did_you_mean
 from byol_bench.models.methods import METHODS
 from byol_bench.protocol import setting_label
 
-SWEEP_KEYS = ("name", "description", "trial", "method_overrides", "axes", "resources", "max_concurrent", "max_failures",
-              "anchors", "search")
+SWEEP_KEYS = ("name", "description", "trial", "method_overrides", "backbone_overrides", "axes", "resources",
+              "max_concurrent", "max_failures", "anchors", "search")
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Sweep:
     trial: dict  # knobs shared by every trial
     axes: dict[str, list]
     method_overrides: dict[str, dict] = field(default_factory=dict)  # e.g. each method's own head sizes
+    backbone_overrides: dict[str, dict] = field(default_factory=dict)  # e.g. a ViT's patch size and optimizer
     cpus_per_worker: float = 1.0
     gpus_per_trial: float = 0.0  # resources.gpu: a fraction or 1 for one worker, G > 1 for G DDP workers
     max_concurrent: int | None = None
@@ -89,15 +90,9 @@ def load_sweep(path: str | Path) -> Sweep:
             raise UserError(f"{path}: axes: unknown key '{key}'{did_you_mean(key, KEYS)}")
         if not isinstance(values, list) or not values:
             raise UserError(f"{path}: axes.{key} must be a non-empty list, e.g. '{key}: [{values!r}]'")
-    overrides = raw.get("method_overrides") or {}
-    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
-        raise UserError(f"{path}: method_overrides must map a method to its knobs, e.g. {{byol: {{hidden_dim: 1024}}}}")
-    for method, knobs in overrides.items():
-        if method not in METHODS:
-            raise UserError(f"{path}: method_overrides: unknown method '{method}'{did_you_mean(method, METHODS)}")
-        for key in knobs:
-            if not is_key(key) or key in axes:
-                raise UserError(f"{path}: method_overrides.{method}.{key}: not a trial key, or already an axis")
+    overrides = _overrides(path, raw, "method_overrides", "method", METHODS, axes, "{byol: {hidden_dim: 1024}}")
+    backbone_overrides = _overrides(path, raw, "backbone_overrides", "backbone", axes.get("backbone", []), axes,
+                                    "{'timm:vit_tiny_patch16_224': {backbone_options: {patch_size: 4}}}")
     overlap = set(trial) & set(axes)
     if overlap:
         raise UserError(f"{path}: {', '.join(sorted(overlap))} set both in 'trial' and in 'axes'; keep one")
@@ -106,6 +101,7 @@ def load_sweep(path: str | Path) -> Sweep:
         raise UserError(f"{path}: resources must be a mapping with 'cpu' and/or 'gpu', e.g. {{cpu: 1, gpu: 0.5}}")
     sweep = Sweep(
         name=name, path=Path(path), source=Path(path).read_text(), trial=trial, axes=axes, method_overrides=overrides,
+        backbone_overrides=backbone_overrides,
         cpus_per_worker=_number("resources.cpu", resources.get("cpu", 1), 0),
         gpus_per_trial=_number("resources.gpu", resources.get("gpu", 0), 0),
         max_concurrent=None if raw.get("max_concurrent") is None else _number("max_concurrent", raw["max_concurrent"], 1, integer=True),
@@ -121,6 +117,21 @@ def load_sweep(path: str | Path) -> Sweep:
     return sweep
 
 
+def _overrides(path, raw: dict, key: str, kind: str, known, axes: dict, example: str) -> dict[str, dict]:
+    """A sweep file's per-method (or per-backbone: one of the backbone axis's values) knobs, checked."""
+    overrides = raw.get(key) or {}
+    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+        raise UserError(f"{path}: {key} must map a {kind} to its knobs, e.g. {example}")
+    for name, knobs in overrides.items():
+        if name not in known:
+            where = "registered" if kind == "method" else "on the backbone axis"
+            raise UserError(f"{path}: {key}: '{name}' is not a {kind} {where}{did_you_mean(name, known)}")
+        for knob in knobs:
+            if not is_key(knob) or knob in axes:
+                raise UserError(f"{path}: {key}.{name}.{knob}: not a trial key, or already an axis")
+    return overrides
+
+
 def expand(sweep: Sweep) -> list[PlannedTrial]:
     """The grid's meaningful trials: a method-specific axis (momentum_schedule, temperature, ...) is
     crossed only with the methods that read it, so SimCLR runs once, not once per momentum schedule."""
@@ -129,6 +140,7 @@ def expand(sweep: Sweep) -> list[PlannedTrial]:
         knobs = {**sweep.trial, **dict(zip(sweep.axes, combination))}
         method = knobs.get("method", TrialConfig.method)
         knobs.update(sweep.method_overrides.get(method, {}))
+        knobs.update(sweep.backbone_overrides.get(knobs.get("backbone"), {}))
         knobs = {key: value for key, value in knobs.items() if method_reads(method, key)}
         if sweep.gpus_per_trial:
             knobs.setdefault("device", "cuda")

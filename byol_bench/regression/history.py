@@ -111,6 +111,8 @@ def sweep_protocol(name: str, manifest: dict) -> str:
     (``protocol.PROTOCOL``, which the fixed knobs include): a history follows one sweep over revisions, so a changed
     learning rate in the sweep file starts new series too, rather than showing as a change of the code."""
     knobs = {key: manifest.get(key) for key in ("fixed", "method_overrides", "resources")}
+    if manifest.get("backbone_overrides"):  # only where a sweep has them: older series keep their keys
+        knobs["backbone_overrides"] = manifest["backbone_overrides"]
     if manifest.get("plugins"):  # a plug-in's new version starts new series, as a changed knob does
         knobs["plugins"] = manifest["plugins"]
     return f"{name} {_run_id(knobs)[:8]}"

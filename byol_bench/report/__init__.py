@@ -18,6 +18,7 @@ import pandas as pd
 
 from byol_bench.errors import UserError
 from byol_bench.plan.tune_file import CHOSEN_DIGITS, budget_text
+from byol_bench.protocol import floors_under
 from byol_bench.regression.compare import Comparison
 from byol_bench.regression.stats import BOOTSTRAP_RESAMPLES, MIN_EFFECT_POINTS
 from byol_bench.report import figures
@@ -82,6 +83,11 @@ def _overview(results: Results) -> list[str]:
                  f"{BOOTSTRAP_RESAMPLES:,} resamples); "
                  "n counts those seeds ('k of m' when only k of a setting's m trials finished), and one seed gives "
                  "no interval. The batch size is the global batch (per-worker batch × workers).")
+    under = [f"{row['trial_id']}: {', '.join(found)}" for row in results.finished.to_dict("records")
+             if (found := floors_under(row))]
+    lines.append(f"Under a floor ({len(under)} of {len(results.finished)} finished trials; a finding of this budget, "
+                 f"not a failure): " + "; ".join(under) + "." if under else
+                 "Every finished trial is above its floors (random-init kNN and linear, raw-pixel kNN where measured).")
     return lines
 
 

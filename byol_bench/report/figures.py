@@ -250,9 +250,12 @@ def heatmap(results: Results, rows: str, columns: str):
 
 def improvement_probabilities(improvements: pd.DataFrame):
     """P(A > B) per pair of contenders with its 95% interval, a panel per ranked accuracy (rliable's figure);
-    a pair with one seed a side is a hollow point without a bar."""
+    a pair with one seed a side at some batch size is a hollow point without a bar; one with one seed a side at every
+    batch size is not drawn (not tested)."""
+    improvements = improvements.dropna(subset=["p"])
     if improvements.empty:
-        return "needs two or more methods (or variants) with finished trials at a common batch size"
+        return ("needs two or more methods (or variants) with finished trials at a common batch size, and more than "
+                "one seed a side at one of them")
     metrics = list(dict.fromkeys(improvements["metric"]))
     pairs = list(dict.fromkeys(zip(improvements["a"], improvements["b"])))
     figure, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics) + 3, 1.2 + 0.4 * len(pairs)), sharey=True,

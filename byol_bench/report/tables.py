@@ -293,9 +293,10 @@ def improvement_frame(results: Results) -> pd.DataFrame:
                 continue
             samples = [runs.loc[(runs["contender"] == name) & (runs["global_batch_size"] == batch), column]
                        .to_numpy(float) for batch in strata for name in (first, second)]
+            single = all(len(sample) == 1 for sample in samples)  # one seed a side everywhere: P is 0, 1/2 or 1
             rows.append({"a": first, "b": second, "metric": label, "batch_sizes": ", ".join(map(str, strata)),
                          "seeds_a": min(map(len, samples[::2])), "seeds_b": min(map(len, samples[1::2])),
-                         "p": float(probability_of_improvement(*samples)),
+                         "p": None if single else float(probability_of_improvement(*samples)),
                          "interval": bootstrap_interval(samples, probability_of_improvement)})
     return pd.DataFrame(rows, columns=["a", "b", "metric", "batch_sizes", "seeds_a", "seeds_b", "p", "interval"])
 
@@ -306,7 +307,8 @@ def improvement_table(improvements: pd.DataFrame) -> pd.DataFrame:
     for pair in improvements.itertuples():
         row = rows.setdefault((pair.a, pair.b), {"A": pair.a, "B": pair.b, "batch sizes": pair.batch_sizes,
                                                  "seeds (A, B)": f"{pair.seeds_a}, {pair.seeds_b}"})
-        row[f"P(A > B), {pair.metric}"] = (with_interval(pair.p, pair.interval, 2) if pair.interval is not None
+        row[f"P(A > B), {pair.metric}"] = ("— (one seed a side: not tested)" if pd.isna(pair.p)
+                                           else with_interval(pair.p, pair.interval, 2) if pair.interval is not None
                                            else f"{pair.p:.2f} ({NO_INTERVAL})")
     return pd.DataFrame(list(rows.values()))
 
@@ -335,6 +337,9 @@ def seeds_needed_table(results: Results, acc_points: float) -> pd.DataFrame:
 def ranking_warnings(results: Results, acc_points: float) -> list[str]:
     """A line for each step of a ranking (neighbours in mean accuracy at one batch size) that rests on a difference
     under ``acc_points``, or under what the seeds of the two can detect (alpha 0.05, power 0.8), or on one seed."""
+    if len(results.finished) and results.finished.groupby(results.group).size().max() == 1:
+        return ["One seed a setting: no ranking in these tables is tested (any order could be seed noise); run more "
+                "seeds to tell the methods apart (Seeds needed says how many a sweep like this one takes)."]
     trials, lines = _contenders(results), []
     for batch, (label, column) in itertools.product(sorted(trials["global_batch_size"].unique()), RANKED.items()):
         runs = trials[trials["global_batch_size"] == batch].dropna(subset=[column])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from byol_bench.trial.result import TrialResult
+from byol_bench.protocol import floors_under
+from byol_bench.trial.result import TrialResult, values
 
 
 def epoch_line(name: str, row: dict, epochs: int) -> str:
@@ -21,4 +22,6 @@ def result_line(name: str, result: TrialResult) -> str:
     if metrics.knn_top1 is not None:
         line += (f", kNN top-1 {metrics.knn_top1:.3f} (random init {floors.random_init_knn_top1:.3f}), "
                  f"linear top-1 {metrics.linear_top1:.3f} ({floors.random_init_linear_top1:.3f})")
-    return line + f", {metrics.images_per_s or 0:.0f} img/s, pretrained in {metrics.pretrain_time_s:.0f} s"
+    line += f", {metrics.images_per_s or 0:.0f} img/s, pretrained in {metrics.pretrain_time_s:.0f} s"
+    under = floors_under({**values(metrics), **values(floors)})
+    return line + (f"; under its floor: {', '.join(under)}" if under else "")

@@ -146,7 +146,8 @@ def run_trial(cfg: TrialConfig, floors: dict | None = None, on_epoch: Callable[[
     measures them before training. ``on_epoch(row, checkpoint)`` is called after every epoch with that
     epoch's history row and a ``Checkpoint`` that ``resume`` accepts to continue the trial from the next
     epoch. In a DDP trial it is called on every rank (the checkpoints are the same); only rank 0 logs.
-    ``save_backbone(backbone)`` is called once training is done (on rank 0), where ``cfg.save_weights`` asks for it.
+    ``save_backbone(backbone)`` is called once training is done (on rank 0), where ``cfg.save_weights`` asks for it
+    and the backbone was trained here.
     With ``cfg.backbone_weights`` the backbone is one trained elsewhere, loaded once its random-init floors are measured.
     """
     if rank() != 0:
@@ -168,7 +169,7 @@ def run_trial(cfg: TrialConfig, floors: dict | None = None, on_epoch: Callable[[
     if loaded is not None:
         method.backbone.load_state_dict(loaded[0])
     pretrain(cfg, method, model, optimizer, data, state, evaluator, online_probe, on_epoch=on_epoch, log=log)
-    if save_backbone is not None and cfg.save_weights and rank() == 0:
+    if save_backbone is not None and cfg.save_weights and not loaded and rank() == 0:  # loaded: on disk already
         save_backbone(method.backbone)
     scores = evaluator(method) if state.status == "ok" else {}
     if scores and not loaded and scores["effective_rank"] < collapse_rank(cfg.projection_dim):  # a loaded backbone's
