@@ -10,7 +10,7 @@ from __future__ import annotations
 # documents. What a benchmark compares across (the method, its batch size and knobs, the seed) is not in it.
 PROTOCOL = {"dataset": "data set", "data_dir": "data folder", "subset": "train subset", "test_subset": "test subset",
             "validation": "validation split", "image_size": "image size", "view_size": "view size",
-            "backbone": "backbone", "epochs": "pretraining epochs", "knn_k": "kNN k", "knn_t": "kNN T",
+            "store_size": "stored size", "backbone": "backbone", "epochs": "pretraining epochs", "knn_k": "kNN k", "knn_t": "kNN T",
             "probe_epochs": "probe epochs", "probe_lr": "probe lr", "probe_label_fractions": "label fractions",
             "eval_datasets": "transfer data sets"}
 # What a trial's floors (random-init backbone, raw pixels) depend on: the protocol less pretraining, and the seed that

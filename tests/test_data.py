@@ -50,8 +50,9 @@ def test_imagefolder_tree_is_decoded_and_split(tmp_path):
         (tmp_path / label).mkdir()
         for i in range(10):
             to_pil_image(torch.randint(0, 255, (3, 40, 50), dtype=torch.uint8)).save(tmp_path / label / f"{i}.png")
-    data = load_data("imagefolder", data_dir=str(tmp_path), image_size=24)
-    assert data.train_images.shape == (16, 3, 24, 24) and data.test_images.shape == (4, 3, 24, 24)
+    data = load_data("imagefolder", data_dir=str(tmp_path), image_size=24, store_dir=str(tmp_path.parent / "stores"))
+    # stored at 24 x 256/224 px, rounded up: random-resized crops of 24 px draw from more than the 24 px centre
+    assert data.image_size == 24 and data.train_images.shape == (16, 3, 28, 28) and data.test_images.shape == (4, 3, 28, 28)
     assert torch.bincount(data.test_labels).tolist() == [2, 2]
 
 

@@ -183,7 +183,8 @@ def cmd_compare(args) -> int:
 def cmd_data(args) -> int:
     from byol_bench.data.datasets import DATASETS, load_data
 
-    data = load_data(args.name, args.data_dir, download=not args.offline)
+    data = load_data(args.name, args.data_dir, image_size=args.image_size, download=not args.offline,
+                     store_dir=args.store_dir, store_size=args.store_size)  # its image store built where missing
     print(f"{data.name} ({DATASETS[data.name].description}): {len(data.pretrain_images)} pretraining, {len(data.train_images)} train, "
           f"{len(data.test_images)} test images of {data.channels}x{data.image_size}x{data.image_size}, "
           f"{data.num_classes} classes")
@@ -284,6 +285,12 @@ def _add_results_parsers(commands) -> None:
     data.add_argument("name", help="a registered data set, e.g. fashion-mnist")
     data.add_argument("--data-dir", help="the data root (torchvision layout) or ImageFolder tree")
     data.add_argument("--offline", action="store_true", help="only look on disk; never download")
+    data.add_argument("--build", action="store_true", help="build its image store now, ahead of a sweep (any data set "
+                                                            "with files is stored on first use anyway), saying its size "
+                                                            "and how long decoding took")
+    data.add_argument("--image-size", type=int, help="an ImageFolder tree's trial image size (its store is larger)")
+    data.add_argument("--store-dir", help="where image stores live (default: <data root>/stores)")
+    data.add_argument("--store-size", type=int, help="an ImageFolder tree's stored side (default: image size x 256/224)")
     data.set_defaults(run=cmd_data)
 
     report = commands.add_parser("report", help="tables and figures (HTML + Markdown) for a sweep or a trial JSON; "

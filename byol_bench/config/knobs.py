@@ -117,6 +117,12 @@ class TrialConfig:
                                      "these data sets, each a registered name (e.g. cifar10) or an imagefolder tree's "
                                      "path, converted to the pretraining images' channels and size (metrics "
                                      "transfer_<name>_knn_top1 and _linear_top1)", items=str)
+    store_dir: str | None = knob(None, "where decoded-image stores live (a data set decoded once per node and "
+                                 "stored size, memory-mapped by every trial); null: <data root>/stores. A shared file "
+                                 "system serves a whole cluster")
+    store_size: int | None = knob(None, "the side an ImageFolder tree's images are stored at (shorter side resized, "
+                                  "centre square), which random-resized crops draw from; null: image_size x 256/224",
+                                  above=0)
     backbone_weights: str | None = knob(None, "evaluate a backbone trained elsewhere (with epochs 0): a .safetensors, "
                                         ".pt or .pth state_dict, torchvision:MODEL.WEIGHTS (e.g. "
                                         "torchvision:resnet18.IMAGENET1K_V1) or timm:NAME (its pretrained weights)")

@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from byol_bench.data.imagefolder import imagefolder_source, imagefolder_splits
+from byol_bench.data.store import STORE_RATIO, from_store
+from byol_bench.data.subsets import stratified_subset
 from byol_bench.errors import UserError, unknown
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -62,6 +65,10 @@ class DatasetSpec:
     sizes: tuple[int, int, int] | None = None  # (pretrain, train, test) images; None: known only once loaded
     any_size: bool = False  # decoded (imagefolder) or drawn (synthetic) at the trial's image_size
     unlabeled_pretraining: bool = False  # pretrains on images without labels (STL-10's unlabeled split)
+    # Where its files are (found, or downloaded first): a data set with one goes through the image store (data/store.py),
+    # decoded once per node; the rest are made in memory (synthetic, digits).
+    source: Callable[[Path, bool], Path] | None = None
+    splits: Callable[[Path, int], dict] | None = None  # its store's splits, where not simply ``load``'s tensors
 
 
 def data_root(data_dir: str | None) -> Path:
@@ -154,6 +161,24 @@ def _cifar(class_name: str):
     return load
 
 
+def _torchvision_source(class_name: str, folder: str, **split):
+    """A torchvision data set's folder under the root, downloaded first where it is missing and ``download``."""
+    def source(root: Path, download: bool) -> Path:
+        if not (root / folder).is_dir():
+            _torchvision(class_name, root, download, TORCHVISION_HINT, **split)
+        return root / folder
+
+    return source
+
+
+def _fashion_mnist_source(root: Path, download: bool) -> Path:
+    folder = find_fashion_mnist(root)
+    if folder is None:
+        _torchvision("FashionMNIST", root, download, "install the Debian package dataset-fashion-mnist or set BYOL_BENCH_DATA")
+        folder = root / "FashionMNIST" / "raw"
+    return folder
+
+
 def _load_stl10(root: Path, image_size: int, download: bool):
     train, test, unlabeled = (_torchvision("STL10", root, download, TORCHVISION_HINT, split=s) for s in ("train", "test", "unlabeled"))
     as_labels = lambda ds: torch.from_numpy(ds.labels.astype(np.int64))  # noqa: E731
@@ -161,50 +186,6 @@ def _load_stl10(root: Path, image_size: int, download: bool):
     # Pretraining uses the unlabeled split and the labelled train split, as in the STL-10 protocol.
     pretrain = torch.cat([images(unlabeled), images(train)])
     return images(train), as_labels(train), images(test), as_labels(test), pretrain
-
-
-# --- ImageFolder trees -----------------------------------------------------------------------------
-
-
-def _decode_folder(samples: list[tuple[str, int]], image_size: int) -> tuple[Tensor, Tensor]:
-    """Decode every image once, resized (shorter side) and centre-cropped to ``image_size``."""
-    from PIL import Image
-    from torch.utils.data import DataLoader
-    from torchvision.transforms import functional as TF
-
-    def decode(index: int) -> Tensor:
-        with Image.open(samples[index][0]) as image:
-            image = TF.center_crop(TF.resize(image.convert("RGB"), image_size), [image_size, image_size])
-        return TF.pil_to_tensor(image)
-
-    loader = DataLoader(range(len(samples)), batch_size=256, num_workers=min(8, os.cpu_count() or 1),
-                        collate_fn=lambda idx: torch.stack([decode(i) for i in idx]))
-    images = torch.cat(list(loader)) if samples else torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)
-    return images, torch.tensor([label for _, label in samples], dtype=torch.int64)
-
-
-def _load_imagefolder(root: Path, image_size: int, download: bool):
-    from torchvision.datasets import ImageFolder
-
-    if not root.is_dir():
-        raise UserError(f"--data-dir {root} is not a folder; give the root of a <class>/<image> tree")
-    try:
-        if (root / "train").is_dir() and (root / "val").is_dir():
-            train_folder, val_folder = ImageFolder(str(root / "train")), ImageFolder(str(root / "val"))
-            if train_folder.class_to_idx != val_folder.class_to_idx:  # else val's labels would shift silently
-                raise UserError(f"{root}/train and {root}/val hold different classes; give both the same class folders")
-            train, test = train_folder.samples, val_folder.samples
-        else:
-            samples = ImageFolder(str(root)).samples
-            labels = torch.tensor([label for _, label in samples])
-            held_out = set(stratified_subset(labels, len(samples) // 5, seed=0).tolist())
-            train = [s for i, s in enumerate(samples) if i not in held_out]
-            test = [s for i, s in enumerate(samples) if i in held_out]
-    except (FileNotFoundError, RuntimeError) as error:
-        raise UserError(f"--data-dir {root} holds no <class>/<image> tree ({error})") from None
-    train_images, train_labels = _decode_folder(train, image_size)
-    test_images, test_labels = _decode_folder(test, image_size)
-    return train_images, train_labels, test_images, test_labels, None
 
 
 # --- synthetic -----------------------------------------------------------------------------------
@@ -263,33 +244,21 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 DATASETS: dict[str, DatasetSpec] = {
-    "fashion-mnist": DatasetSpec(28, 1, (0.2860,), (0.3530,), _load_fashion_mnist, "Fashion-MNIST, 70k 28 px grayscale", (60000, 60000, 10000)),
-    "cifar10": DatasetSpec(32, 3, CIFAR10_MEAN, CIFAR10_STD, _cifar("CIFAR10"), "CIFAR-10, 60k 32 px", (50000, 50000, 10000)),
-    "cifar100": DatasetSpec(32, 3, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), _cifar("CIFAR100"), "CIFAR-100, 60k 32 px", (50000, 50000, 10000)),
+    "fashion-mnist": DatasetSpec(28, 1, (0.2860,), (0.3530,), _load_fashion_mnist, "Fashion-MNIST, 70k 28 px grayscale", (60000, 60000, 10000),
+                                 source=_fashion_mnist_source),
+    "cifar10": DatasetSpec(32, 3, CIFAR10_MEAN, CIFAR10_STD, _cifar("CIFAR10"), "CIFAR-10, 60k 32 px", (50000, 50000, 10000),
+                           source=_torchvision_source("CIFAR10", "cifar-10-batches-py", train=False)),
+    "cifar100": DatasetSpec(32, 3, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), _cifar("CIFAR100"), "CIFAR-100, 60k 32 px", (50000, 50000, 10000),
+                            source=_torchvision_source("CIFAR100", "cifar-100-python", train=False)),
     "stl10": DatasetSpec(96, 3, (0.4408, 0.4279, 0.3867), (0.2682, 0.2610, 0.2686), _load_stl10, "STL-10, 96 px; pretrains on unlabeled+train", (105000, 5000, 8000),
-                          unlabeled_pretraining=True),
-    "imagefolder": DatasetSpec(64, 3, IMAGENET_MEAN, IMAGENET_STD, _load_imagefolder, "any root/<class>/<image> tree (--data-dir)", any_size=True),
+                          unlabeled_pretraining=True, source=_torchvision_source("STL10", "stl10_binary", split="test")),
+    "imagefolder": DatasetSpec(64, 3, IMAGENET_MEAN, IMAGENET_STD, None, "any root/<class>/<image> tree (--data-dir)", any_size=True,
+                               source=imagefolder_source, splits=imagefolder_splits),
     "digits": DatasetSpec(8, 1, (0.306,), (0.376,), _load_digits, "scikit-learn's 1,797 8 px handwritten digits, for "
                           "transfer evaluation", (1297, 1297, DIGITS_TEST)),
     "synthetic": DatasetSpec(32, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), _load_synthetic, "generated gratings for tests; not a benchmark", (2000, 2000, 500),
                              any_size=True),
 }
-
-
-def stratified_subset(labels: Tensor, count: int, seed: int) -> Tensor:
-    """Indices of a seeded subset of ``count`` items with the class proportions of ``labels``."""
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(labels), generator=g)
-    shuffled = labels[order]
-    by_class = shuffled.argsort(stable=True)
-    sorted_labels = shuffled[by_class]
-    class_counts = torch.bincount(sorted_labels)
-    class_starts = torch.cumsum(class_counts, 0) - class_counts
-    rank = torch.empty_like(by_class)
-    rank[by_class] = torch.arange(len(labels)) - class_starts[sorted_labels]
-    # Spread each class over [0, 1) and take the first ``count``: every class keeps its share.
-    position = (rank.double() + 0.5) / class_counts[shuffled].double()
-    return order[position.argsort(stable=True)[:count]].sort().values
 
 
 def split_validation(images: Tensor, labels: Tensor, fraction: float,
@@ -357,7 +326,8 @@ def load_transfer(item: str, like: ImageData, data_dir: str | None, subset: int 
 
 def load_data(name: str, data_dir: str | None = None, subset: int | None = None,
               test_subset: int | None = None, image_size: int | None = None, seed: int = 0,
-              download: bool = True, validation: float | None = None) -> ImageData:
+              download: bool = True, validation: float | None = None, store_dir: str | None = None,
+              store_size: int | None = None) -> ImageData:
     """Load a registered data set (downloading it if missing and ``download``), then take the seeded subsets.
     With ``validation``, that fraction of the (subset of the) train split is held out and takes the test
     split's place, which is dropped unread (``split_validation``)."""
@@ -367,7 +337,13 @@ def load_data(name: str, data_dir: str | None = None, subset: int | None = None,
     size = image_size or spec.image_size
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         raise UserError(f"--data-dir {data_dir} does not exist; give an existing folder or leave it out")
-    train_x, train_y, test_x, test_y, unlabeled = spec.load(data_root(data_dir), size, download)
+    if spec.source is not None:  # decoded once into the node's image store, memory-mapped by every trial
+        stored_size = store_size or (math.ceil(size * STORE_RATIO) if spec.any_size else size)
+        stores = Path(store_dir).expanduser() if store_dir else data_root(None) / "stores"
+        train_x, train_y, test_x, test_y, unlabeled = from_store(name, spec, data_root(data_dir), stored_size,
+                                                                 download, stores)
+    else:
+        train_x, train_y, test_x, test_y, unlabeled = spec.load(data_root(data_dir), size, download)
     if len(train_y) == 0 or len(test_y) == 0:
         raise UserError(f"data set {name} has no images in its train or test split; check --data-dir")
     for label, requested, available in (("--subset", subset, len(train_y)), ("--test-subset", test_subset, len(test_y))):
@@ -384,7 +360,8 @@ def load_data(name: str, data_dir: str | None = None, subset: int | None = None,
         keep = stratified_subset(test_y, test_subset, seed)
         test_x, test_y = test_x[keep], test_y[keep]
     return ImageData(
-        name=name, image_size=train_x.shape[-1], channels=train_x.shape[1], mean=spec.mean, std=spec.std,
+        name=name, image_size=size if spec.any_size else train_x.shape[-1], channels=train_x.shape[1], mean=spec.mean,
+        std=spec.std,
         num_classes=int(max(train_y.max(), test_y.max())) + 1,
         pretrain_images=train_x if unlabeled is None else unlabeled,
         pretrain_labels=train_y if unlabeled is None else None,

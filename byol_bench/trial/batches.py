@@ -17,6 +17,9 @@ from byol_bench.trial.distributed import rank, world_size
 from byol_bench.trial.views import PILViewDataset, TensorViews, ViewRecipe
 
 
+DEVICE_RESIDENT_MAX_BYTES = 2 * 2**30  # a pretraining set up to this size is copied to the GPU whole, once
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """Each epoch's shuffling and augmentation derive from (seed, epoch): a resumed trial repeats them."""
     return seed * 100_003 + epoch
@@ -52,14 +55,22 @@ def make_batches(cfg: TrialConfig, data: ImageData, recipes, device: torch.devic
     """A function epoch -> iterator of this rank's batches of views on ``device``, seeded per epoch."""
     images = data.pretrain_images
     if cfg.augment == "tensor":
-        on_device = images.to(device)
+        # On a GPU a small pretraining set is copied over once; a larger one stays in host memory (the image store's
+        # memory map) and each batch is gathered, pinned and copied ahead of its step. A CPU reads the map directly.
+        resident = device.type != "cuda" or images.numel() <= DEVICE_RESIDENT_MAX_BYTES
+        source = images.to(device) if resident else images
         views = TensorViews(recipes, data.image_size, data.channels, data.mean, data.std, cfg.seed, device,
                             rank(), world_size())
 
+        def make(batch: Tensor):
+            if resident:
+                return views(source[batch])
+            return views(source[batch].pin_memory().to(device, non_blocking=True))
+
         def tensor_batches(epoch: int):
             views.seed(epoch_seed(cfg.seed, epoch))
-            batches = epoch_order(cfg, len(images), epoch).to(device).split(cfg.batch_size)
-            make = lambda batch: views(on_device[batch])  # noqa: E731
+            order = epoch_order(cfg, len(images), epoch)
+            batches = (order.to(device) if resident else order).split(cfg.batch_size)
             yield from ahead_on_side_stream(make, batches, device) if device.type == "cuda" else map(make, batches)
 
         return tensor_batches

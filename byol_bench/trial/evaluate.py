@@ -40,15 +40,17 @@ PROBE_METHOD = {"classifier": "linear", "optimizer": "AdamW", "schedule": "cosin
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, images: Tensor, mean, std, device, batch_size: int | None = None) -> Tensor:
-    """Features of un-augmented images (uint8 on any device) in eval mode, returned on ``device``; by default
-    ``batch_size`` images per forward: CPU_EXTRACT_BATCH on a CPU, else EXTRACT_BATCH."""
+def extract_features(backbone: nn.Module, images: Tensor, mean, std, device, batch_size: int | None = None,
+                     size: int | None = None) -> Tensor:
+    """Features of un-augmented images (uint8 on any device, a memory map's too) in eval mode, returned on
+    ``device``; by default ``batch_size`` images per forward: CPU_EXTRACT_BATCH on a CPU, else EXTRACT_BATCH.
+    Images stored larger than ``size`` are resized to it (antialiased), a batch at a time."""
     batch_size = batch_size or (CPU_EXTRACT_BATCH if torch.device(device).type == "cpu" else EXTRACT_BATCH)
     was_training = backbone.training
     backbone.eval()
     chunks = []
     for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device, non_blocking=True).float().div_(255)
+        batch = at_size(images[start : start + batch_size].to(device, non_blocking=True).float().div_(255), size)
         chunks.append(backbone(normalize(batch, mean, std)).float())
     backbone.train(was_training)
     return torch.cat(chunks)
@@ -168,9 +170,16 @@ def representation_stats(features: Tensor) -> dict:
     return {"embedding_std": embedding_std, "effective_rank": float(torch.exp(-(p * p.log()).sum()))}
 
 
-def raw_pixel_features(train_images: Tensor, test_images: Tensor, mean, std) -> tuple[Tensor, Tensor]:
-    """Flattened, normalised pixels centred on the train mean: the floor that features must beat."""
-    train, test = (normalize(x.float().div(255), mean, std).flatten(1) for x in (train_images, test_images))
+def at_size(images: Tensor, size: int | None) -> Tensor:
+    """Float images at ``size`` px: as they are, or resized from the larger side they are stored at (antialiased)."""
+    if size is None or images.shape[-1] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def raw_pixel_features(train_images: Tensor, test_images: Tensor, mean, std, size: int | None = None) -> tuple[Tensor, Tensor]:
+    """Flattened, normalised pixels (at ``size``) centred on the train mean: the floor that features must beat."""
+    train, test = (normalize(at_size(x.float().div(255), size), mean, std).flatten(1) for x in (train_images, test_images))
     centre = train.mean(dim=0, keepdim=True)
     return train - centre, test - centre
 
@@ -204,7 +213,8 @@ class Evaluator:
 
     def _extract(self, module: nn.Module, images: Tensor) -> Tensor:
         """Features of all ``images``: in a DDP trial each rank extracts its share, then all ranks get every row."""
-        local = extract_features(module, images[shard(len(images))], self.data.mean, self.data.std, self.device)
+        local = extract_features(module, images[shard(len(images))], self.data.mean, self.data.std, self.device,
+                                 size=self.data.image_size)
         return gather_rows(local, len(images))
 
     def _scores(self, train: Tensor, test: Tensor, with_probe: bool) -> dict:
@@ -257,7 +267,8 @@ class Evaluator:
         floors = {f"random_init_{key}": value for key, value in scores.items()}
         if self.data.image_size <= 32:
             d = self.data
-            train, test = raw_pixel_features(d.train_images.to(self.device), d.test_images.to(self.device), d.mean, d.std)
+            train, test = raw_pixel_features(d.train_images.to(self.device), d.test_images.to(self.device), d.mean, d.std,
+                                             d.image_size)
             raw = self._scores(train, test, with_probe=False)
             floors.update(raw_pixels_knn_top1=raw["knn_top1"], raw_pixels_knn_top5=raw["knn_top5"])
         return floors
@@ -273,9 +284,9 @@ class Evaluator:
     def online_probe(self, backbone: nn.Module) -> OnlineProbe:
         """An online probe on ``backbone``'s features (their width read from one test image's)."""
         feature_dim = extract_features(backbone, self.data.test_images[:1], self.data.mean, self.data.std,
-                                       self.device).shape[1]
+                                       self.device, size=self.data.image_size).shape[1]
         return OnlineProbe(backbone, self.data.mean, self.data.std, feature_dim, self.data.num_classes,
-                           self.cfg.probe_lr, self.cfg.seed, self.device)
+                           self.cfg.probe_lr, self.cfg.seed, self.device, self.data.image_size)
 
     def online_probe_top1(self, backbone: nn.Module, probe: OnlineProbe) -> float:
         """The online probe's test top-1 on ``backbone``'s features of the un-augmented test images."""
@@ -294,8 +305,8 @@ class OnlineProbe:
     steps draw no random numbers."""
 
     def __init__(self, backbone: nn.Module, mean, std, feature_dim: int, num_classes: int, lr: float, seed: int,
-                 device):
-        self.backbone, self.mean, self.std, self.device = backbone, mean, std, device
+                 device, size: int | None = None):
+        self.backbone, self.mean, self.std, self.device, self.size = backbone, mean, std, device, size
         with torch.random.fork_rng():  # every device's generator: manual_seed seeds them all
             torch.manual_seed(seed)
             self.classifier = nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False),
@@ -305,7 +316,7 @@ class OnlineProbe:
     def train_step(self, images: Tensor, labels: Tensor) -> None:
         """One step on this rank's training ``images`` (uint8, un-augmented) and their ``labels``, gathered from
         every rank in a DDP trial, so that the ranks' classifiers stay the same."""
-        features = extract_features(self.backbone, images, self.mean, self.std, self.device)
+        features = extract_features(self.backbone, images, self.mean, self.std, self.device, size=self.size)
         features = gather_rows(features, len(features) * world_size())
         labels = gather_rows(labels.to(self.device), len(labels) * world_size())
         self.classifier.train()

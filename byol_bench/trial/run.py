@@ -83,7 +83,7 @@ def setup(cfg: TrialConfig) -> tuple[ImageData, nn.Module, nn.Module, torch.opti
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.dataset, cfg.data_dir, cfg.subset, cfg.test_subset, cfg.image_size, cfg.seed,
-                     validation=cfg.validation)
+                     validation=cfg.validation, store_dir=cfg.store_dir, store_size=cfg.store_size)
     if cfg.global_batch_size > len(data.pretrain_images):
         raise UserError(f"global batch {cfg.global_batch_size} (batch_size x workers) is larger than the "
                         f"{len(data.pretrain_images)} pretraining images; lower the batch size or raise --subset")
