@@ -79,12 +79,22 @@ def stored(folder: Path, build: Callable[[], dict[str, Split]], say: Callable[[s
     found = open_store(folder)
     if found is not None:
         return found
+    created = [parent for parent in (folder.parent, *folder.parent.parents) if not parent.exists()]
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(folder.with_name(f"{folder.name}.lock")):
-        found = open_store(folder)  # another trial built it while this one waited
-        if found is None:
-            _build(folder, build(), say)
-            found = open_store(folder)
+    lock = folder.with_name(f"{folder.name}.lock")
+    try:
+        with _locked(lock):
+            found = open_store(folder)  # another trial built it while this one waited
+            if found is None:
+                _build(folder, build(), say)
+                found = open_store(folder)
+    except BaseException:  # a source that cannot be read (a corrupt file): leave nothing behind
+        if not folder.exists():
+            lock.unlink(missing_ok=True)
+            for parent in created:
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
+        raise
     if found is None:
         raise OSError(f"the image store {folder} was built but cannot be read back")
     return found
