@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trial_parsers(commands)
     _add_results_parsers(commands)
     add_history_parser(commands)
-    add_model_parsers(commands, train_flags=_add_train_flags)
+    add_model_parsers(commands, train_flags=_add_train_flags, train=cmd_train)
     return parser
 
 

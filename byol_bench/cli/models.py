@@ -3,6 +3,7 @@ evaluation of a backbone trained elsewhere) and ``check-method`` (a plug-in meth
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import time
 from pathlib import Path
@@ -46,15 +47,14 @@ def _table(rows: list[tuple[str, str, str]]) -> str:
     return "\n".join(f"  {name.ljust(widths[0])}  {origin.ljust(widths[1])}  {what}".rstrip() for name, origin, what in rows)
 
 
-def cmd_evaluate(args) -> int:
-    """``train`` with ``backbone_weights``: no pretraining, the whole evaluation beside the same architecture's floors."""
-    from byol_bench.cli import cmd_train
-
+def cmd_evaluate(args, train) -> int:
+    """``train(args)`` with ``backbone_weights``: no pretraining, the whole evaluation beside the same architecture's
+    floors."""
     args.backbone_weights, args.epochs = args.weights, "0"
     if args.out is None:
         name = Path(args.weights.split(":")[-1]).stem.replace(".", "-")
         args.out = f"results/trials/evaluate-{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    return cmd_train(args)
+    return train(args)
 
 
 def cmd_check_method(args) -> int:
@@ -75,8 +75,8 @@ def cmd_check_method(args) -> int:
     return 1 if failed else 0
 
 
-def add_model_parsers(commands, train_flags) -> None:
-    """``train_flags(parser)`` adds train's flags (evaluate takes them)."""
+def add_model_parsers(commands, train_flags, train) -> None:
+    """``train_flags(parser)`` adds train's flags and ``train(args)`` runs a trial (evaluate is one)."""
     evaluate = commands.add_parser(
         "evaluate", help="the whole evaluation (kNN, linear probe, low-label, transfer, floors) of a backbone "
                          "trained elsewhere", description="Evaluate a backbone this suite did not train as a trial "
@@ -87,7 +87,7 @@ def add_model_parsers(commands, train_flags) -> None:
     evaluate.add_argument("weights", help="a .safetensors, .pt or .pth state_dict (one this suite saved, or any), "
                                           "torchvision:MODEL.WEIGHTS or timm:NAME (downloads)")
     train_flags(evaluate)
-    evaluate.set_defaults(run=cmd_evaluate)
+    evaluate.set_defaults(run=functools.partial(cmd_evaluate, train=train))
 
     check = commands.add_parser("check-method", help="run the checks every built-in method passes on a method "
                                                      "(a plug-in's): exit 1 naming what failed",

@@ -103,8 +103,9 @@ def _idx_file(folder: Path, stem: str) -> Path | None:
 def find_fashion_mnist(root: Path) -> Path | None:
     """The first folder holding all four Fashion-MNIST IDX files, in the documented search order."""
     env = os.environ.get("BYOL_BENCH_DATA")
-    places = [Path(env), Path(env) / "FashionMNIST" / "raw"] if env else []
-    places += [DEBIAN_FASHION_MNIST, root, root / "FashionMNIST" / "raw"]
+    places = [root, root / "FashionMNIST" / "raw"]  # --data-dir first, when given (else it is the data root)
+    places += [Path(env), Path(env) / "FashionMNIST" / "raw"] if env else []
+    places += [DEBIAN_FASHION_MNIST]
     for folder in places:
         if all(_idx_file(folder, stem) for stem in FASHION_MNIST_FILES.values()):
             return folder
