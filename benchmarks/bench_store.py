@@ -105,7 +105,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def training_step_rate(image_size: int, device: str, batch: int = 64, rounds: int = 3) -> float:
+def training_step_rate(image_size: int, device: str, batch: int = 16, rounds: int = 2) -> float:
     """Images/s of BYOL's training step with a ResNet-18 at ``image_size`` on ``device`` (the CPU: one thread)."""
     import torch
 

@@ -247,3 +247,13 @@ def test_a_checkpoint_is_read_without_running_code(tmp_path):
     torch.save({"state": print}, tmp_path / "hostile.pt")  # a global the checkpoint allowlist does not hold
     with pytest.raises(pickle.UnpicklingError):
         load_checkpoint(tmp_path / "hostile.pt")
+
+
+def test_a_trial_runs_again_from_its_own_result_json(tmp_path):
+    first = tmp_path / "first.json"
+    assert main(["train", "--method", "simclr", *TINY_FLAGS, "--epochs", "1", "--out", str(first)]) == 0
+    again = tmp_path / "again.json"
+    assert main(["train", "--config", str(first), "--out", str(again)]) == 0  # its config, read from the result
+    a, b = (json.loads(path.read_text()) for path in (first, again))
+    assert a["config"] == b["config"] and a["metrics"]["knn_top1"] == b["metrics"]["knn_top1"]
+    assert a["history"][0]["loss"] == b["history"][0]["loss"]

@@ -62,7 +62,15 @@ def validate(cfg: TrialConfig) -> None:
                         "learn from; leave online_probe out")
     if cfg.crop_min_scale is not None and cfg.crop_min_scale > 1:
         raise UserError(f"crop_min_scale {cfg.crop_min_scale} is above 1; give an area fraction in (0, 1]")
-    spec = DATASETS[cfg.dataset]
+    image_size, pretrain = _validate_data(cfg, DATASETS[cfg.dataset])
+    _validate_method_knobs(cfg, cfg.global_view_size(image_size), pretrain)
+    _validate_backbone_weights(cfg)
+    _validate_patches(cfg, image_size)
+
+
+def _validate_data(cfg: TrialConfig, spec) -> tuple[int, int | None]:
+    """The data's knobs against the data set: sizes, splits, subsets. Returns the image size and the pretraining
+    images (None where known only once loaded)."""
     if not spec.any_size and cfg.image_size not in (None, spec.image_size):
         raise UserError(f"image_size {cfg.image_size}: {cfg.dataset} is used at its native {spec.image_size} px; "
                         "leave image_size out (it sizes imagefolder and synthetic data only)")
@@ -92,9 +100,7 @@ def validate(cfg: TrialConfig) -> None:
     if cfg.view_size is not None and cfg.view_size > image_size:
         raise UserError(f"view_size {cfg.view_size} is larger than the {image_size} px images; give at most "
                         f"{image_size} (null: {image_size})")
-    _validate_method_knobs(cfg, cfg.global_view_size(image_size), pretrain)
-    _validate_backbone_weights(cfg)
-    _validate_patches(cfg, image_size)
+    return image_size, pretrain
 
 
 def _validate_eval_datasets(items: list[str]) -> None:
