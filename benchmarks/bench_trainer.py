@@ -57,7 +57,7 @@ from byol_bench.trial.batches import make_batches
 from byol_bench.trial.evaluate import ProbeRecipe, extract_features, linear_probe, topk_accuracy
 from byol_bench.trial.instrument import matrix_product_flops, synchronize
 from byol_bench.trial.loop import counted_train_step, resolve_precision, train_step
-from byol_bench.trial.provenance import provenance
+from byol_bench.trial.provenance import plugins_used, provenance
 from byol_bench.trial.run import build_method, build_optimizer, resolve_device
 from byol_bench.trial.schedules import learning_rate
 from byol_bench.trial.views import PILViewDataset
@@ -344,7 +344,8 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump({"config": cfg.to_dict(), "steps": args.steps, "warmup_steps": args.warmup_steps,
                        "rounds": args.rounds, "training": training, "probe": probe,
-                       "provenance": provenance(device, cfg.seed)}, f, indent=2)
+                       "provenance": asdict(provenance(device, cfg.seed, plugins_used(cfg.method, cfg.backbone)))},
+                      f, indent=2)
         log(f"wrote {args.out}")
 
 

@@ -175,7 +175,8 @@ def test_torchrun_runs_a_ddp_trial_through_the_train_command(tmp_path):
                           *(f"--{key.replace('_', '-')}={value}" for key, value in knobs.items())],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("wrote") == 1
+    assert run.stdout.splitlines() == [f"wrote {out}", f"wrote {out.with_name('trial.backbone.safetensors')} and its "
+                                       "model card"]  # rank 0 alone writes: the result, then its weights
     two = json.loads(out.read_text())
     assert two["status"] == "ok" and two["config"]["workers"] == 2 and two["run"]["global_batch_size"] == 64
     _, one = pretrained({**knobs, "batch_size": 64})
