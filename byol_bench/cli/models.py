@@ -65,7 +65,7 @@ def cmd_check_method(args) -> int:
 
     if args.name not in METHODS:
         found = broken("method", args.name)
-        raise UserError(f"{found}; fix or uninstall that package") if found else unknown("method", args.name, METHODS)
+        raise UserError(str(found)) if found else unknown("method", args.name, METHODS)
     print(f"checking method {args.name} (a tiny trial on synthetic images, one thread; about a minute)")
     checks = check_method(args.name, log=print)
     if not checks[0].passed:

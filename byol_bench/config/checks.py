@@ -36,8 +36,8 @@ def validate(cfg: TrialConfig) -> None:
 
     for field in fields(cfg):
         _check_constraint(field, getattr(cfg, field.name))
-    if cfg.method not in METHODS and broken("method", cfg.method):
-        raise UserError(f"{broken('method', cfg.method)}; fix or uninstall that package")
+    if cfg.method not in METHODS and (found := broken("method", cfg.method)):
+        raise UserError(str(found))
     for kind, name, registry in (("method", cfg.method, METHODS), ("data set", cfg.dataset, DATASETS),
                                  ("views", cfg.views, ("method", *METHODS))):
         if name not in registry:

@@ -62,7 +62,7 @@ def backbone_problem(name: str) -> str | None:
         return None
     found = broken("backbone", name)
     if found is not None:
-        return f"{found}; fix or uninstall that package"
+        return str(found)
     return None if name in BACKBONES else str(unknown("backbone", name, [*BACKBONES, "torchvision:NAME", "timm:NAME"]))
 
 

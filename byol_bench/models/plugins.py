@@ -34,7 +34,7 @@ class Broken:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.name} (from {self.package}) cannot be used: {self.reason}"
+        return f"{self.kind} {self.name} (from {self.package}) cannot be used: {self.reason}; fix or uninstall that package"
 
 
 BROKEN: list[Broken] = []
