@@ -18,8 +18,8 @@ from byol_bench.results.tables import trial_row, write_json, write_tables
 from byol_bench.trial.provenance import git_commit
 from byol_bench.trial.result import Metrics, TrialResult
 
-# Run-to-run spread of one trial's images/s on this machine: six runs of the same BYOL trial (2 cores, AMX Xeon,
-# under other work) had a coefficient of variation of about 10% (docs/regression-tracking.md).
+# Run-to-run spread of one trial's images/s on a busy shared runner, as a coefficient of variation: the noise the
+# detector must see through.
 NOISE = 0.10
 
 
