@@ -172,7 +172,7 @@ def _stop_when_part_way(process: subprocess.Popen, experiment: Path, finished: i
 
 
 def _kill_everything(process: subprocess.Popen) -> None:
-    """The driver and everything it started die at once, as on a crashed or rebooted machine."""
+    """The driver and everything it started die at once, as when the machine that runs it crashes."""
     os.killpg(process.pid, signal.SIGKILL)
 
 
@@ -191,19 +191,20 @@ def _refused_while_running(sweep: list[str], folder: Path, running: subprocess.P
     assert lock.read_text() == held
 
 
-def test_an_interrupted_sweep_resumes_only_its_missing_trials(tmp_path, capsys, monkeypatch):
+def test_an_interrupted_sweep_resumes_only_its_missing_trials(tmp_path, capsys, monkeypatch, ray_cluster):
     """Killed outright (SIGKILL) with one trial done and one part-way, resumed (the dead sweep's lock taken over;
     a second sweep meanwhile refused), interrupted again by Ctrl-C with two done and the third part-way, its
     newest checkpoint then truncated, resumed again: every part-way trial continues from a whole checkpoint, no
     finished trial is rerun, and the three trials end as three rows. Failpoints pause the second trial after its
-    first epoch and the third after its second, on their first runs: each stop lands there on any machine."""
+    first epoch and the third after its second, on their first runs: each stop lands there on any machine. The
+    sweeps join the test session's cluster (--address), which outlives them as a cluster outlives a lost driver."""
     monkeypatch.setenv(failpoints.ENV, json.dumps([
         {"at": "after_epoch", "action": "pause", "trial": "method=simclr,seed=1", "epoch": 1, "first_run": True},
         {"at": "after_epoch", "action": "pause", "trial": "method=simclr,seed=2", "epoch": 2, "first_run": True}]))
     path = write_sweep(tmp_path, "resumable", {"method": ["simclr"], "seed": [0, 1, 2]}, max_concurrent=1,
                        trial={"epochs": 3, "batch_size": 32})
     results, experiment = tmp_path / "results", tmp_path / "results" / "resumable" / "tune"
-    sweep = ["sweep", str(path), "--results-dir", str(results)]
+    sweep = ["sweep", str(path), "--results-dir", str(results), "--address", ray_cluster.get_runtime_context().gcs_address]
     first = _bench(*sweep, start_new_session=True)
     done, _ = _stop_when_part_way(first, experiment, 1, _kill_everything)
     resumed = _bench(*sweep, "--resume")

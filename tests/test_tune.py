@@ -75,11 +75,12 @@ def _read_until(process: subprocess.Popen, seen: str, deadline: float) -> str:
     return output
 
 
-def test_a_stopped_tune_resumes_without_rerunning_finished_search_trials(tmp_path, capsys, monkeypatch):
+def test_a_stopped_tune_resumes_without_rerunning_finished_search_trials(tmp_path, capsys, monkeypatch, ray_cluster):
     """Ctrl-C while the second search trial is part-way (paused by a failpoint after its first epoch): the tune
     stops (exit 130); --resume continues the second from its checkpoint, never reruns the first, finishes the
     search and runs the final trial into the same folder, whose report has the search section. While the search
-    runs, a second tune there is refused."""
+    runs, a second tune there is refused. Both tunes join the test session's cluster (--address) and hand it the
+    failpoint."""
     monkeypatch.setenv(failpoints.ENV, json.dumps([{"at": "after_epoch", "action": "pause", "trial": "simclr search #2",
                                                     "epoch": 1, "first_run": True}]))
     path = write_tune(tmp_path, {"dataset": "synthetic", "image_size": 16, "subset": 256, "test_subset": 100,
@@ -87,7 +88,8 @@ def test_a_stopped_tune_resumes_without_rerunning_finished_search_trials(tmp_pat
                       {"budget": {"trials": 2}, "scheduler": {"grace_period": 3}, "final_seeds": [0],
                        "run_defaults": False})
     results, script = tmp_path / "results", Path(sys.executable).with_name("byol-bench")
-    tune = [str(script), "tune", str(path), "--results-dir", str(results)]
+    tune = [str(script), "tune", str(path), "--results-dir", str(results),
+            "--address", ray_cluster.get_runtime_context().gcs_address]
     first = subprocess.Popen(tune, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _read_until(first, "simclr search #2: epoch 1/3", time.time() + 240)  # one at a time: #1 has finished
     for flags in ([], ["--resume"]):
@@ -103,7 +105,7 @@ def test_a_stopped_tune_resumes_without_rerunning_finished_search_trials(tmp_pat
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-3000:]
     assert "simclr search #1: epoch" not in output  # the finished trial was not rerun...
-    assert "simclr search #2: resumed at epoch" in output  # ...and the stopped one went on from its checkpoint
+    assert "simclr search #2: resumed at epoch" in output, output[-3000:]  # ...and the stopped one went on from its checkpoint
     search = pd.read_parquet(results / "tiny-tune" / "search.parquet").set_index("trial")
     assert list(search.index) == [1, 2] and (search["epochs"] == 3).all()
     assert first_trial.read_text() == recorded

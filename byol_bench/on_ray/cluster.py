@@ -7,6 +7,7 @@ import os
 import socket
 
 from byol_bench.errors import UserError
+from byol_bench.on_ray import failpoints
 from byol_bench.plan.sweep_file import Sweep
 
 RAY_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
@@ -50,8 +51,8 @@ def start_ray(address: str | None, verbose: bool):
     try:
         if address is None:  # "local": a new cluster of our own, never one that another process started here
             ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=verbose)
-        else:
-            ray.init(address=address, logging_level="WARNING", log_to_driver=verbose)
+        else:  # a cluster started elsewhere: its workers lack this process's environment, so faults go along
+            ray.init(address=address, logging_level="WARNING", log_to_driver=verbose, runtime_env=failpoints.runtime_env())
     except (ConnectionError, RuntimeError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"cannot connect to the Ray cluster at --address {address} ({reason}); "

@@ -4,7 +4,8 @@ a kill) instead of racing a timer against a trial's speed, which is flaky on fas
 ``BYOL_BENCH_FAILPOINTS`` holds a JSON list of faults, each ``{"at": POINT, "action": ACTION, ...}`` with the facts
 it waits for, e.g. ``{"at": "after_epoch", "action": "pause", "trial": "seed=1", "epoch": 2, "first_run": true}``:
 pause trial ``seed=1`` once its second epoch is reported, unless it was resumed. Unset (everywhere but the tests),
-``failpoint`` does nothing. A process reads the variable when it starts: set it before the Ray cluster starts.
+``failpoint`` does nothing. A process reads the variable when it starts: set it before the sweep starts (a sweep
+that joins a running cluster hands it to the workers there, ``runtime_env``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def _faults() -> tuple[dict, ...]:
         if fault.get("at") not in POINTS or fault.get("action") not in ACTIONS:
             raise ValueError(f"{ENV}: {fault} names no point of {POINTS} or no action of {tuple(ACTIONS)}")
     return faults
+
+
+def runtime_env() -> dict | None:
+    """Ray's runtime environment that gives a job's workers this process's faults (None: no faults here)."""
+    return {"env_vars": {ENV: os.environ[ENV]}} if os.environ.get(ENV) else None
 
 
 def failpoint(point: str, **facts) -> None:
