@@ -84,8 +84,9 @@ def save(what: str, record: dict) -> None:
     venv = REPO / ".venv"
     size = sum(path.stat().st_size for path in venv.rglob("*") if path.is_file() and not path.is_symlink())
     command = "CI=true bash .ci/run in a fresh clone of HEAD" if what == "ci" else " ".join(COMMANDS[what])
+    revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     record = {"what": what, "command": command.replace(sys.executable, "python"), "machine": machine(),
-              "date": datetime.date.today().isoformat(), "environment_gib": size / 2**30, **record}
+              "date": datetime.date.today().isoformat(), "revision": revision or None, "environment_gib": size / 2**30, **record}
     records = [r for r in records if (r["what"], r["machine"]) != (what, record["machine"])] + [record]
     RECORDS.write_text(json.dumps(records, indent=1) + "\n")
 
@@ -98,7 +99,8 @@ def _section(what: str, records: list[dict]) -> list[str]:
     lines = [f"## {TITLES[what]}", ""]
     for record in records:
         timed = f"{_minutes(record['wall_s'])} in all" if record["wall_s"] is not None else "set-up not timed"
-        lines += [f"`{record['command']}` on {record['machine']}, {record['date']}: {timed}"
+        at = f" at {record['revision']}" if record.get("revision") else ""
+        lines += [f"`{record['command']}`{at} on {record['machine']}, {record['date']}: {timed}"
                   + (f", the sweep {_minutes(record['sweep_s'])}." if "sweep_s" in record else ".")
                   + (f" ({record['passed']} passed; pytest {_minutes(record['pytest_s'])})." if "passed" in record else "")
                   + f" The environment (.venv) took {record['environment_gib']:.1f} GiB of disk.", ""]
