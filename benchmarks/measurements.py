@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -81,10 +82,11 @@ def run(what: str) -> dict:
 
 def save(what: str, record: dict) -> None:
     records = json.loads(RECORDS.read_text()) if RECORDS.exists() else []
-    venv = REPO / ".venv"
+    venv = (FRESH_CLONE if what == "ci" else REPO) / ".venv"
     size = sum(path.stat().st_size for path in venv.rglob("*") if path.is_file() and not path.is_symlink())
     command = "CI=true bash .ci/run in a fresh clone of HEAD" if what == "ci" else " ".join(COMMANDS[what])
-    revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = [] if what == "ci" else ["--dirty"]  # ci measures a clone of HEAD, never the working tree
+    revision = subprocess.run(["git", "describe", "--always", *dirty], cwd=REPO, capture_output=True, text=True).stdout.strip()
     record = {"what": what, "command": command.replace(sys.executable, "python"), "machine": machine(),
               "date": datetime.date.today().isoformat(), "revision": revision or None, "environment_gib": size / 2**30, **record}
     records = [r for r in records if (r["what"], r["machine"]) != (what, record["machine"])] + [record]
@@ -133,6 +135,7 @@ def render() -> None:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["measure"] and len(argv) == 2 and argv[1] in COMMANDS:
         save(argv[1], run(argv[1]))
+        shutil.rmtree(FRESH_CLONE, ignore_errors=True)  # its environment is several GiB
     elif argv[:2] == ["record", "demo"] and len(argv) == 3:
         save("demo", {"wall_s": None, **demo_record(Path(argv[2]))})
     elif argv:

@@ -172,7 +172,7 @@ def _stop_when_part_way(process: subprocess.Popen, experiment: Path, finished: i
 
 
 def _kill_everything(process: subprocess.Popen) -> None:
-    """The driver and everything it started die at once, as when the machine that runs it crashes."""
+    """The driver and everything it started (its own Ray cluster) die at once, as on a crashed machine."""
     os.killpg(process.pid, signal.SIGKILL)
 
 
@@ -197,7 +197,8 @@ def test_an_interrupted_sweep_resumes_only_its_missing_trials(tmp_path, capsys, 
     newest checkpoint then truncated, resumed again: every part-way trial continues from a whole checkpoint, no
     finished trial is rerun, and the three trials end as three rows. Failpoints pause the second trial after its
     first epoch and the third after its second, on their first runs: each stop lands there on any machine. The
-    sweeps join the test session's cluster (--address), which outlives them as a cluster outlives a lost driver."""
+    killed sweep runs on a cluster of its own (its workers find the failpoints in their environment); the resumed
+    ones join the test session's cluster (--address), which hands them the failpoints, and start no cluster."""
     monkeypatch.setenv(failpoints.ENV, json.dumps([
         {"at": "after_epoch", "action": "pause", "trial": "method=simclr,seed=1", "epoch": 1, "first_run": True},
         {"at": "after_epoch", "action": "pause", "trial": "method=simclr,seed=2", "epoch": 2, "first_run": True}]))
@@ -205,7 +206,7 @@ def test_an_interrupted_sweep_resumes_only_its_missing_trials(tmp_path, capsys, 
                        trial={"epochs": 3, "batch_size": 32})
     results, experiment = tmp_path / "results", tmp_path / "results" / "resumable" / "tune"
     sweep = ["sweep", str(path), "--results-dir", str(results), "--address", ray_cluster.get_runtime_context().gcs_address]
-    first = _bench(*sweep, start_new_session=True)
+    first = _bench(*sweep[:-2], start_new_session=True)
     done, _ = _stop_when_part_way(first, experiment, 1, _kill_everything)
     resumed = _bench(*sweep, "--resume")
     _refused_while_running(sweep, results / "resumable", resumed, capsys)

@@ -4,8 +4,8 @@ a kill) instead of racing a timer against a trial's speed, which is flaky on fas
 ``BYOL_BENCH_FAILPOINTS`` holds a JSON list of faults, each ``{"at": POINT, "action": ACTION, ...}`` with the facts
 it waits for, e.g. ``{"at": "after_epoch", "action": "pause", "trial": "seed=1", "epoch": 2, "first_run": true}``:
 pause trial ``seed=1`` once its second epoch is reported, unless it was resumed. Unset (everywhere but the tests),
-``failpoint`` does nothing. A process reads the variable when it starts: set it before the sweep starts (a sweep
-that joins a running cluster hands it to the workers there, ``runtime_env``).
+``failpoint`` does nothing. A process reads the variable when it starts: set it before the Ray cluster starts, or
+before a sweep that joins a running one with ``--address`` starts (it hands the faults to the workers there).
 """
 
 from __future__ import annotations
