@@ -82,11 +82,10 @@ def run(what: str) -> dict:
 
 def save(what: str, record: dict) -> None:
     records = json.loads(RECORDS.read_text()) if RECORDS.exists() else []
-    venv = (FRESH_CLONE if what == "ci" else REPO) / ".venv"
-    size = sum(path.stat().st_size for path in venv.rglob("*") if path.is_file() and not path.is_symlink())
+    tree = FRESH_CLONE if what == "ci" else REPO  # where the command ran: its environment and its revision
+    size = sum(path.stat().st_size for path in (tree / ".venv").rglob("*") if path.is_file() and not path.is_symlink())
     command = "CI=true bash .ci/run in a fresh clone of HEAD" if what == "ci" else " ".join(COMMANDS[what])
-    dirty = [] if what == "ci" else ["--dirty"]  # ci measures a clone of HEAD, never the working tree
-    revision = subprocess.run(["git", "describe", "--always", *dirty], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    revision = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=tree, capture_output=True, text=True).stdout.strip()
     record = {"what": what, "command": command.replace(sys.executable, "python"), "machine": machine(),
               "date": datetime.date.today().isoformat(), "revision": revision or None, "environment_gib": size / 2**30, **record}
     records = [r for r in records if (r["what"], r["machine"]) != (what, record["machine"])] + [record]
@@ -135,7 +134,8 @@ def render() -> None:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["measure"] and len(argv) == 2 and argv[1] in COMMANDS:
         save(argv[1], run(argv[1]))
-        shutil.rmtree(FRESH_CLONE, ignore_errors=True)  # its environment is several GiB
+        if argv[1] == "ci":
+            shutil.rmtree(FRESH_CLONE)  # its environment is several GiB
     elif argv[:2] == ["record", "demo"] and len(argv) == 3:
         save("demo", {"wall_s": None, **demo_record(Path(argv[2]))})
     elif argv:

@@ -205,8 +205,9 @@ def test_an_interrupted_sweep_resumes_only_its_missing_trials(tmp_path, capsys, 
     path = write_sweep(tmp_path, "resumable", {"method": ["simclr"], "seed": [0, 1, 2]}, max_concurrent=1,
                        trial={"epochs": 3, "batch_size": 32})
     results, experiment = tmp_path / "results", tmp_path / "results" / "resumable" / "tune"
-    sweep = ["sweep", str(path), "--results-dir", str(results), "--address", ray_cluster.get_runtime_context().gcs_address]
-    first = _bench(*sweep[:-2], start_new_session=True)
+    own_cluster = ["sweep", str(path), "--results-dir", str(results)]
+    sweep = [*own_cluster, "--address", ray_cluster.get_runtime_context().gcs_address]
+    first = _bench(*own_cluster, start_new_session=True)
     done, _ = _stop_when_part_way(first, experiment, 1, _kill_everything)
     resumed = _bench(*sweep, "--resume")
     _refused_while_running(sweep, results / "resumable", resumed, capsys)
